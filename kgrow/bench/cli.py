@@ -1,0 +1,158 @@
+"""`kgrow bench` command line.
+
+Example:
+    >>> parser = build_parser()
+    >>> args = parser.parse_args(["--profile", "quick", "--out", "/tmp/q", "--epochs", "2"])
+    >>> args.profile, args.epochs, args.methods
+    ('quick', 2, 'baseline')
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kgrow.bench import profiles, registry
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """Parses `32` or `32x48` (also `32,48`) into `(H, W)`.
+
+    Example:
+        >>> parse_image_size("32"), parse_image_size("24x32")
+        ((32, 32), (24, 32))
+    """
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must look like 32 or 32x32, got {text!r}")
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"image size must look like 32 or 32x32, got {text!r}")
+    return values
+
+
+def parse_model_arg(text: str) -> tuple[str, object]:
+    """Parses `name=value`; the value becomes an int, float, bool or None if it reads so.
+
+    Example:
+        >>> parse_model_arg("width=0.5"), parse_model_arg("stem=cifar")
+        (('width', 0.5), ('stem', 'cifar'))
+    """
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--model-arg must look like name=value, got {text!r}")
+    key, value = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False, "none": None}.get(value.lower(), value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds the bench flags to `parser` (used by `kgrow bench`)."""
+    parser.add_argument("--profile", default="quick",
+                        help=f"settings preset: {', '.join(profiles.available_profiles())} "
+                             f"(default quick; see --list-profiles)")
+    parser.add_argument("--out", help="output directory for results.json, results.md, "
+                                      "curves.png (required to run)")
+    parser.add_argument("--methods", default=registry.BASELINE,
+                        help="comma-separated method names; the baseline always runs first "
+                             "(see --list-methods)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="number of seeds per method; >1 reports mean and sample std")
+    group = parser.add_argument_group("overrides of the profile")
+    group.add_argument("--model", help="kgrow.models name, e.g. resnet20, vit_tiny")
+    group.add_argument("--model-arg", action="append", type=parse_model_arg, default=[],
+                       metavar="NAME=VALUE",
+                       help="model builder argument, repeatable (e.g. width=16); replaces "
+                            "the profile's model arguments when given (they are also dropped "
+                            "when --model names another model)")
+    group.add_argument("--dataset", help="kgrow.data dataset name, e.g. fashion_mnist")
+    group.add_argument("--epochs", type=int)
+    group.add_argument("--subset", type=int, help="number of training samples")
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--image-size", type=parse_image_size,
+                       help="resize images, e.g. 32 or 32x32")
+    group.add_argument("--optimizer", choices=("sgd", "adamw"))
+    group.add_argument("--lr", type=float, help="peak learning rate")
+    group.add_argument("--warmup-epochs", type=float)
+    group.add_argument("--weight-decay", type=float, help="Keras decoupled weight decay")
+    group.add_argument("--label-smoothing", type=float)
+    group.add_argument("--augment", help="kgrow.data augmentation preset ('none' for none)")
+    parser.add_argument("--data-dir", help="directory kgrow.data reads datasets from")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it may register methods); repeatable")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                        help="Keras fit verbosity: 1 progress bar, 2 one line per epoch "
+                             "(default: 1 on a terminal, 2 otherwise)")
+    parser.add_argument("--list-methods", action="store_true", help="list methods and exit")
+    parser.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone parser for the bench flags."""
+    return add_arguments(argparse.ArgumentParser(
+        prog="kgrow bench",
+        description="Train the baseline and kgrow methods on the same model, data, epochs "
+                    "and seed; report wall-clock, training FLOPs, accuracy and memory."))
+
+
+def spec_from_args(args: argparse.Namespace):
+    """The `BenchSpec` the parsed flags describe."""
+    from kgrow.bench.runner import BenchSpec
+    augment = args.augment
+    model_kwargs = dict(args.model_arg) if args.model_arg else None
+    if model_kwargs is None and args.model and args.model != profiles.get_profile(
+            args.profile).model:
+        # The profile's builder arguments (e.g. width) belong to its own model.
+        model_kwargs = {}
+    overrides = dict(
+        model=args.model, dataset=args.dataset, epochs=args.epochs, subset=args.subset,
+        batch_size=args.batch_size, image_size=args.image_size, optimizer=args.optimizer,
+        lr=args.lr, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, data_dir=args.data_dir,
+        model_kwargs=model_kwargs)
+    spec = BenchSpec.from_profile(
+        args.profile, methods=args.methods.split(","), seed=args.seed,
+        num_seeds=args.seeds, **overrides)
+    if augment is not None:
+        spec.train.augment = None if augment.lower() == "none" else augment
+    return spec
+
+
+def run(args: argparse.Namespace, out=sys.stdout) -> int:
+    """Executes `kgrow bench` for parsed flags; returns the exit status."""
+    for module in args.plugin:
+        importlib.import_module(module)
+    if args.list_methods:
+        print("\n".join(registry.available_methods()), file=out)
+        return 0
+    if args.list_profiles:
+        for name in profiles.available_profiles():
+            p = profiles.get_profile(name)
+            print(f"{name}: {p.description} [{p.budget}]", file=out)
+        return 0
+    if not args.out:
+        raise SystemExit("kgrow bench: --out DIR is required to run a benchmark.")
+    try:
+        spec = spec_from_args(args)
+    except KeyError as err:  # unknown method/profile: the message says what exists
+        raise SystemExit(f"kgrow bench: {err.args[0]}") from None
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"kgrow bench: {err}") from None
+    from kgrow.bench.runner import run_bench
+    verbose = args.verbose if args.verbose is not None else (1 if out.isatty() else 2)
+    run_bench(spec, args.out, verbose=verbose, log=lambda line: print(line, file=out,
+                                                                      flush=True))
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of `kgrow bench ...` when called on its own."""
+    return run(build_parser().parse_args(argv))

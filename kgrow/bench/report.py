@@ -1,0 +1,220 @@
+"""Summaries of benchmark runs: seed aggregation, comparisons, Markdown, plots.
+
+Pure functions of the per-run records produced by `kgrow.bench.runner`.
+
+Example:
+    >>> runs = {"baseline": {"train_wall_s": 10.0, "train_flops": 4e12, "test_acc": 0.90},
+    ...         "fast": {"train_wall_s": 5.0, "train_flops": 1e12, "test_acc": 0.895}}
+    >>> c = compare(runs)["fast"]
+    >>> c["speedup_wall"], c["speedup_flops"], round(c["acc_delta_pp"], 2)
+    (2.0, 4.0, -0.5)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+SUMMED_KEYS = ("train_wall_s", "train_flops", "test_acc", "peak_mem_mb", "eval_wall_s")
+
+
+def binomial_stderr_pp(accuracy: float, num_test: int) -> float:
+    """Standard error of a test accuracy, in percentage points.
+
+    A test set of `n` independent samples gives accuracy `p` with binomial
+    standard error `sqrt(p (1 - p) / n)`.
+
+    Example:
+        >>> round(binomial_stderr_pp(0.9, 10_000), 3)
+        0.3
+    """
+    if num_test < 1:
+        raise ValueError(f"num_test must be >= 1, got {num_test}.")
+    if not 0 <= accuracy <= 1:
+        raise ValueError(f"accuracy must be in [0, 1], got {accuracy}.")
+    return 100.0 * math.sqrt(accuracy * (1.0 - accuracy) / num_test)
+
+
+def _std(values: Sequence[float]) -> float | None:
+    # Sample standard deviation; undefined (None) for a single seed.
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def mean_curve(curves: Sequence[Sequence[Mapping[str, float]]]) -> list[dict]:
+    """Epoch-wise mean of several runs' curves (epochs all runs reached).
+
+    Example:
+        >>> a = [{"epoch": 1, "wall_s": 1.0, "train_loss": 2.0, "test_acc": 0.5}]
+        >>> b = [{"epoch": 1, "wall_s": 3.0, "train_loss": 1.0, "test_acc": 0.7}]
+        >>> mean_curve([a, b])[0]["wall_s"]
+        2.0
+    """
+    length = min(len(c) for c in curves)
+    out = []
+    for i in range(length):
+        points = [c[i] for c in curves]
+        point = {"epoch": points[0]["epoch"]}
+        for key in points[0]:
+            if key != "epoch" and all(isinstance(p.get(key), (int, float)) for p in points):
+                point[key] = float(np.mean([p[key] for p in points]))
+        out.append(point)
+    return out
+
+
+def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Summary of one method over seeds: means, sample std, mean curve.
+
+    With a single record the means are its values and every std is None.
+
+    Example:
+        >>> r = [{"seed": s, "train_wall_s": w, "train_flops": 1.0, "test_acc": a,
+        ...       "peak_mem_mb": 100.0, "eval_wall_s": 1.0, "num_test": 100,
+        ...       "curve": []} for s, w, a in ((0, 1.0, 0.8), (1, 3.0, 0.9))]
+        >>> s = aggregate(r)
+        >>> s["train_wall_s"], round(s["std"]["train_wall_s"], 4), s["seeds"]
+        (2.0, 1.4142, [0, 1])
+    """
+    if not records:
+        raise ValueError("aggregate needs at least one run record.")
+    summary: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for key in SUMMED_KEYS:
+        values = [float(r[key]) for r in records]
+        summary[key] = float(np.mean(values))
+        std[key] = _std(values)
+    summary["curve"] = mean_curve([r["curve"] for r in records])
+    summary["seeds"] = [r["seed"] for r in records]
+    summary["n_seeds"] = len(records)
+    summary["std"] = std
+    summary["test_acc_stderr_pp"] = binomial_stderr_pp(summary["test_acc"],
+                                                      int(records[0]["num_test"]))
+    summary["per_seed"] = [dict(r) for r in records]
+    return summary
+
+
+def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline") -> dict[str, dict]:
+    """Each non-baseline run against the baseline.
+
+    `speedup_wall` and `speedup_flops` are baseline / method (above 1 means
+    the method is cheaper); `acc_delta_pp` is method minus baseline accuracy in
+    percentage points. With several seeds (matching `per_seed` records),
+    `acc_delta_pp_std` is the sample std of the per-seed paired differences.
+
+    Raises:
+        KeyError: No run named `baseline`.
+    """
+    if baseline not in runs:
+        raise KeyError(f"No {baseline!r} run to compare against; runs: {', '.join(runs)}.")
+    base = runs[baseline]
+    out = {}
+    for name, run in runs.items():
+        if name == baseline:
+            continue
+        entry = {
+            "speedup_wall": _ratio(base["train_wall_s"], run["train_wall_s"]),
+            "speedup_flops": _ratio(base["train_flops"], run["train_flops"]),
+            "acc_delta_pp": 100.0 * (run["test_acc"] - base["test_acc"]),
+        }
+        paired = _paired_deltas_pp(base.get("per_seed"), run.get("per_seed"))
+        if paired is not None:
+            entry["acc_delta_pp_std"] = _std(paired)
+        out[name] = entry
+    return out
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator) / float(denominator) if denominator else None
+
+
+def _paired_deltas_pp(base_runs, runs) -> list[float] | None:
+    if not base_runs or not runs:
+        return None
+    base_by_seed = {r["seed"]: r["test_acc"] for r in base_runs}
+    deltas = [100.0 * (r["test_acc"] - base_by_seed[r["seed"]])
+              for r in runs if r["seed"] in base_by_seed]
+    return deltas or None
+
+
+def _fmt_pm(value: float, std: float | None, fmt: str) -> str:
+    text = format(value, fmt)
+    return text if std is None else f"{text} ± {format(std, fmt)}"
+
+
+def to_markdown(results: Mapping[str, Any]) -> str:
+    """`results.json` content as a Markdown report with one table.
+
+    Example:
+        >>> res = {"model": "m", "dataset": "d", "epochs": 1, "seed": 0, "profile": "p",
+        ...        "runs": {"baseline": {"train_wall_s": 2.0, "train_flops": 1e9,
+        ...                 "test_acc": 0.5, "peak_mem_mb": 10.0, "n_seeds": 1,
+        ...                 "std": {}, "test_acc_stderr_pp": 5.0}}, "comparisons": {}}
+        >>> "| baseline | 50.00" in to_markdown(res)
+        True
+    """
+    lines = [
+        f"# kgrow bench: {results['model']} on {results['dataset']}",
+        "",
+        f"Profile `{results['profile']}`, {results['epochs']} epochs, seed {results['seed']}"
+        + (f" ({results['n_seeds']} seeds: mean ± sample std)"
+           if results.get("n_seeds", 1) > 1 else "") + ".",
+        "",
+        "| run | test acc % | train wall s | train FLOPs | peak RSS MB | speedup wall |"
+        " speedup FLOPs | Δ acc pp |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    comparisons = results.get("comparisons", {})
+    for name, run in results["runs"].items():
+        std = run.get("std") or {}
+        acc_std = std.get("test_acc")
+        comp = comparisons.get(name)
+        if comp is None:
+            speed_w = speed_f = delta = "—"
+        else:
+            speed_w = "—" if comp["speedup_wall"] is None else f"{comp['speedup_wall']:.2f}x"
+            speed_f = "—" if comp["speedup_flops"] is None else f"{comp['speedup_flops']:.2f}x"
+            delta = _fmt_pm(comp["acc_delta_pp"], comp.get("acc_delta_pp_std"), "+.2f")
+        lines.append(
+            f"| {name} | {_fmt_pm(100 * run['test_acc'], None if acc_std is None else 100 * acc_std, '.2f')}"
+            f" | {_fmt_pm(run['train_wall_s'], std.get('train_wall_s'), '.1f')}"
+            f" | {run['train_flops']:.3g} | {run['peak_mem_mb']:.0f}"
+            f" | {speed_w} | {speed_f} | {delta} |")
+    stderr = [f"{name} ±{run['test_acc_stderr_pp']:.2f} pp"
+              for name, run in results["runs"].items() if "test_acc_stderr_pp" in run]
+    lines += [
+        "",
+        "Speedups are baseline / method; Δ acc is method minus baseline.",
+        "Binomial standard error of each test accuracy (test-set size): " + ", ".join(stderr)
+        + ".",
+    ]
+    notes = results.get("notes")
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: Mapping[str, Any], path: str) -> None:
+    """Writes test accuracy against training seconds and against epochs (PNG).
+
+    Uses matplotlib's Agg backend (no display needed).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (ax_time, ax_epoch) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, run in results["runs"].items():
+        curve = run["curve"]
+        acc = [100 * p["test_acc"] for p in curve]
+        ax_time.plot([p["wall_s"] for p in curve], acc, marker="o", label=name)
+        ax_epoch.plot([p["epoch"] for p in curve], acc, marker="o", label=name)
+    ax_time.set_xlabel("training wall-clock s (evaluation excluded)")
+    ax_epoch.set_xlabel("epoch")
+    for ax in (ax_time, ax_epoch):
+        ax.set_ylabel("test accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{results['model']} on {results['dataset']} ({results['profile']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,318 @@
+"""Runs registered methods on one model/data/epochs/seed setting and reports.
+
+`run_bench(spec, out_dir)` trains the baseline and every other requested
+method one after the other in this process, with the same data, model
+builder, epochs and seed, then writes `results.json`, `results.md` and
+`curves.png` into `out_dir`.
+
+Example:
+    >>> spec = BenchSpec.from_profile("quick", methods=["baseline"], epochs=1)
+    >>> spec.train.epochs, spec.model
+    (1, 'resnet20')
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import platform
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import keras
+
+from kgrow import training
+from kgrow.bench import meters, profiles, registry, report
+
+MEMORY_NOTE = ("peak_mem_mb is the highest resident set size (RSS) of the whole process "
+               "while the run trained, sampled every 50 ms by a thread (source: {source}); "
+               "memory freed by earlier runs in the same process may stay mapped, so "
+               "peak_mem_delta_mb (peak minus RSS at the run's start) is also given.")
+WALL_NOTE = ("train_wall_s is fit() wall-clock time minus the per-epoch test evaluation "
+             "and the FLOPs-meter bookkeeping; it includes graph tracing and the methods' "
+             "own callback work.")
+FLOPS_NOTE = ("train_flops = sum over epochs of kgrow.flops training FLOPs per sample of "
+              "the model as it was at that epoch's begin (frozen layers and sparsity "
+              "accounted) x samples delivered that epoch.")
+
+
+@dataclasses.dataclass
+class BenchSpec:
+    """One benchmark setting: what to train, on what, and which methods.
+
+    Attributes:
+        model: `kgrow.models` name.
+        dataset: `kgrow.data` dataset name.
+        train: Training hyper-parameters (epochs, batch size, seed, ...).
+        model_kwargs: Extra model builder arguments.
+        subset: Training samples used (None: all).
+        image_size: Resize to `(H, W)` (None: native).
+        data_dir: Where `kgrow.data` looks for files (None: its default).
+        methods: Method names; the baseline always runs first.
+        seeds: Seeds to repeat every method with.
+        profile: Profile name the spec came from (for the report).
+    """
+
+    model: str
+    dataset: str
+    train: training.TrainConfig
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    subset: int | None = None
+    image_size: tuple[int, int] | None = None
+    data_dir: str | None = None
+    methods: Sequence[str] = (registry.BASELINE,)
+    seeds: Sequence[int] = (0,)
+    profile: str = "custom"
+
+    def __post_init__(self):
+        methods = registry.check_methods(list(self.methods))
+        if registry.BASELINE in methods:
+            methods.remove(registry.BASELINE)
+        self.methods = [registry.BASELINE] + methods
+        self.seeds = [int(s) for s in self.seeds]
+        if not self.seeds:
+            raise ValueError("seeds must hold at least one seed.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}.")
+        if self.subset is not None and (int(self.subset) != self.subset or self.subset < 1):
+            raise ValueError(f"subset must be a positive integer or None, got {self.subset!r}.")
+        if self.image_size is not None:
+            self.image_size = tuple(int(v) for v in self.image_size)
+            if len(self.image_size) != 2 or min(self.image_size) < 1:
+                raise ValueError(f"image_size must be (H, W) of positive integers, got "
+                                 f"{self.image_size!r}.")
+
+    @classmethod
+    def from_profile(cls, name: str, *, methods: Sequence[str] = (registry.BASELINE,),
+                     seed: int = 0, num_seeds: int = 1, **overrides) -> "BenchSpec":
+        """A spec from a profile, with overrides.
+
+        Args:
+            name: Profile name (`kgrow.bench.profiles`).
+            methods: Method names.
+            seed: First seed; `num_seeds` consecutive seeds are used.
+            num_seeds: How many seeds to repeat each method with.
+            **overrides: Any `Profile` field (`model`, `dataset`, `epochs`,
+                `batch_size`, `subset`, `lr`, ...) or `data_dir`. None values
+                are ignored so unset command-line flags keep the profile's.
+                When `epochs` is overridden and `warmup_epochs` is not, the
+                profile's warm-up is capped at half the epochs.
+
+        Raises:
+            KeyError: Unknown profile or method.
+            TypeError: Unknown override name.
+        """
+        profile = profiles.get_profile(name)
+        fields = {f.name for f in dataclasses.fields(profiles.Profile)} - {"name",
+                                                                          "description",
+                                                                          "budget"}
+        unknown = set(overrides) - fields - {"data_dir"}
+        if unknown:
+            raise TypeError(f"Unknown override(s) {sorted(unknown)}; allowed: "
+                            f"{sorted(fields | {'data_dir'})}.")
+        if int(num_seeds) != num_seeds or num_seeds < 1:
+            raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}.")
+        values = {f: getattr(profile, f) for f in fields}
+        values.update({k: v for k, v in overrides.items() if v is not None and k != "data_dir"})
+        warmup = values["warmup_epochs"]
+        if overrides.get("warmup_epochs") is None and values["epochs"] >= 1:
+            # The profile's warm-up belongs to its epoch count; a shorter run
+            # keeps at most half of its epochs for warm-up.
+            warmup = min(warmup, 0.5 * values["epochs"])
+        train = training.TrainConfig(
+            optimizer=values["optimizer"], lr=values["lr"], batch_size=values["batch_size"],
+            epochs=values["epochs"], warmup_epochs=warmup,
+            final_lr=values["final_lr"], weight_decay=values["weight_decay"],
+            no_decay=values["no_decay"], label_smoothing=values["label_smoothing"],
+            augment=values["augment"], seed=seed)
+        return cls(model=values["model"], dataset=values["dataset"], train=train,
+                   model_kwargs=dict(values["model_kwargs"]), subset=values["subset"],
+                   image_size=values["image_size"], data_dir=overrides.get("data_dir"),
+                   methods=methods, seeds=range(seed, seed + int(num_seeds)), profile=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON description of the spec."""
+        return {"model": self.model, "model_kwargs": dict(self.model_kwargs),
+                "dataset": self.dataset, "subset": self.subset,
+                "image_size": None if self.image_size is None else list(self.image_size),
+                "data_dir": self.data_dir, "methods": list(self.methods),
+                "seeds": list(self.seeds), "profile": self.profile,
+                "train": self.train.to_dict()}
+
+
+def load_data(spec: BenchSpec, seed: int):
+    """The `DataBundle` of one run (fresh: methods may change its selection)."""
+    from kgrow import data
+    return data.load(spec.dataset, batch_size=spec.train.batch_size,
+                     image_size=spec.image_size, augment=spec.train.augment,
+                     subset=spec.subset, seed=seed, data_dir=spec.data_dir,
+                     label_mode="onehot")
+
+
+def live_input_shape(bundle) -> tuple:
+    """Input shape `(H, W, C)` the next epoch is trained at.
+
+    The live image size of the bundle's selection (progressive resizing sets
+    it between epochs) when one is set, else the size the bundle delivers.
+    """
+    shape = tuple(int(d) for d in bundle.info.image_shape)
+    live = bundle.selection.current_image_size()
+    return shape if live is None else (int(live[0]), int(live[1]), shape[2])
+
+
+def _history_value(history: Mapping[str, list], key: str, method: str) -> list:
+    if key not in history:
+        raise KeyError(
+            f"Method {method!r}: fit logged no {key!r} (logged: {sorted(history)}). The bench "
+            f"needs a metric named 'accuracy'; compile with kgrow.training."
+            f"compile_for_classification or leave the model uncompiled.")
+    return history[key]
+
+
+def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains one method once and measures it.
+
+    Args:
+        method: Registered method name.
+        spec: The benchmark setting.
+        seed: Seed for weights, data order and augmentation.
+        verbose: Keras `fit` verbosity (0 silent, 1 progress bar, 2 one line
+            per epoch).
+        log: Where the one-line run summaries go.
+
+    Returns:
+        The run record: `train_wall_s`, `train_flops`, `test_acc`,
+        `peak_mem_mb`, `curve` (per epoch: `epoch`, `wall_s`, `train_loss`,
+        `test_acc`, `samples`, `train_flops` cumulative) and details.
+    """
+    keras.backend.clear_session()
+    gc.collect()
+    keras.utils.set_random_seed(seed)
+    train_cfg = dataclasses.replace(spec.train, seed=seed)
+    bundle = load_data(spec, seed)
+    context = registry.MethodContext(
+        model_name=spec.model, model_kwargs=dict(spec.model_kwargs),
+        input_shape=tuple(bundle.info.image_shape), num_classes=bundle.info.num_classes,
+        train=train_cfg, data=bundle, steps_per_epoch=int(bundle.steps_per_epoch),
+        label_mode=bundle.info.label_mode)
+    setup = registry.setup_method(method, context)
+    model = setup.model
+    if not getattr(model, "compiled", False):
+        context.compile(model)
+
+    counter = meters.SampleCounter()
+    clock = meters.RunClock()
+    flops_meter = meters.FlopsMeter(counter, lambda: live_input_shape(bundle), clock=clock,
+                                    sparsity=setup.sparsity)
+    callbacks = [clock.head, *setup.callbacks, flops_meter, clock.tail]
+    # shuffle=False: the bundle's pipeline already reshuffles every epoch.
+    with meters.PeakMemory() as memory:
+        history = model.fit(counter.wrap(bundle.train), epochs=train_cfg.epochs,
+                            validation_data=bundle.test, callbacks=callbacks,
+                            verbose=verbose, shuffle=False).history
+    losses = _history_value(history, "loss", method)
+    accs = _history_value(history, "val_accuracy", method)
+
+    curve, cumulative = [], 0.0
+    for i, (loss, acc) in enumerate(zip(losses, accs)):
+        cumulative += flops_meter.epochs[i]["flops"]
+        curve.append({"epoch": i + 1, "wall_s": clock.epoch_walls[i],
+                      "train_loss": float(loss), "test_acc": float(acc),
+                      "samples": flops_meter.epochs[i]["samples"],
+                      "flops_per_sample": flops_meter.epochs[i]["flops_per_sample"],
+                      "train_flops": cumulative})
+    record = {
+        "method": method, "seed": seed,
+        "train_wall_s": clock.elapsed(), "eval_wall_s": clock.eval_s,
+        "train_flops": flops_meter.total(),
+        "test_acc": float(accs[-1]), "num_test": int(bundle.info.num_test),
+        "test_acc_stderr_pp": report.binomial_stderr_pp(float(accs[-1]),
+                                                       int(bundle.info.num_test)),
+        "peak_mem_mb": memory.peak_mb, "start_mem_mb": memory.start_mb,
+        "peak_mem_delta_mb": memory.peak_mb - memory.start_mb,
+        "peak_mem_source": memory.source,
+        "epochs_run": len(curve), "samples_seen": sum(p["samples"] for p in curve),
+        "final_params": int(model.count_params()),
+        "flops_notes": list(flops_meter.notes),
+        "curve": curve,
+    }
+    log(f"[kgrow bench] {method} (seed {seed}): test acc {100 * record['test_acc']:.2f}% "
+        f"(±{record['test_acc_stderr_pp']:.2f} pp), train {record['train_wall_s']:.1f} s "
+        f"(+{record['eval_wall_s']:.1f} s eval), {record['train_flops']:.3g} train FLOPs, "
+        f"peak RSS {record['peak_mem_mb']:.0f} MB")
+    return record
+
+
+def _environment() -> dict[str, Any]:
+    import tensorflow as tf
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]]) -> dict[str, Any]:
+    """`results.json` content from the run records of every method.
+
+    Args:
+        spec: The benchmark setting.
+        records: Method name -> its run records (one per seed).
+    """
+    runs = {name: report.aggregate(recs) for name, recs in records.items()}
+    sources = sorted({r["peak_mem_source"] for recs in records.values() for r in recs})
+    notes = [WALL_NOTE, FLOPS_NOTE, MEMORY_NOTE.format(source=", ".join(sources))]
+    notes += [f"{name} seed {r['seed']}: {n}" for name, recs in records.items()
+              for r in recs for n in r.get("flops_notes", ())]
+    return {
+        "model": spec.model, "dataset": spec.dataset, "epochs": spec.train.epochs,
+        "seed": spec.seeds[0], "seeds": list(spec.seeds), "n_seeds": len(spec.seeds),
+        "profile": spec.profile, "runs": runs,
+        "comparisons": report.compare(runs, registry.BASELINE),
+        "spec": spec.to_dict(), "environment": _environment(), "notes": notes,
+    }
+
+
+def write_results(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
+    """Writes results.json, results.md and curves.png; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: os.path.join(out_dir, name)
+             for name in ("results.json", "results.md", "curves.png")}
+    with open(paths["results.json"], "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    with open(paths["results.md"], "w", encoding="utf-8") as f:
+        f.write(report.to_markdown(results))
+    report.plot_curves(results, paths["curves.png"])
+    return paths
+
+
+def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs every method of `spec` for every seed and writes the reports.
+
+    Methods run one after the other (baseline first) for each seed; results
+    are rewritten after every run, so an interrupted benchmark keeps what
+    finished.
+
+    Returns:
+        The `results.json` content.
+    """
+    records: dict[str, list] = {name: [] for name in spec.methods}
+    total = len(spec.methods) * len(spec.seeds)
+    started = time.perf_counter()
+    results = None
+    done = 0
+    for seed in spec.seeds:
+        for name in spec.methods:
+            done += 1
+            log(f"[kgrow bench] run {done}/{total}: {name} (seed {seed}) - {spec.model} on "
+                f"{spec.dataset}, {spec.train.epochs} epochs, profile {spec.profile}")
+            records[name].append(run_method(name, spec, seed, verbose=verbose, log=log))
+            finished = {k: v for k, v in records.items() if v}
+            if registry.BASELINE in finished:
+                results = build_results(spec, finished)
+                write_results(results, out_dir)
+    log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; wrote "
+        f"{os.path.join(out_dir, 'results.json')}, results.md, curves.png")
+    return results

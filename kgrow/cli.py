@@ -1,0 +1,51 @@
+"""The `kgrow` command line.
+
+Commands:
+    bench   Train the baseline and kgrow methods on the same setting and report
+            wall-clock, training FLOPs, accuracy and memory
+            (`kgrow bench --help`).
+
+Example:
+    >>> build_parser().parse_args(["bench", "--out", "/tmp/x"]).command
+    'bench'
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `kgrow` argument parser with its sub-commands."""
+    from kgrow import __version__
+    from kgrow.bench import cli as bench_cli
+
+    parser = argparse.ArgumentParser(
+        prog="kgrow", description="Progressive training for Keras 3: grow, freeze, sparsify "
+                                  "and sieve inside model.fit.")
+    parser.add_argument("--version", action="version", version=f"kgrow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    bench = commands.add_parser(
+        "bench", help="compare the baseline with kgrow methods",
+        description="Train the baseline and kgrow methods on the same model, data, epochs "
+                    "and seed, one after the other; write results.json, results.md and "
+                    "curves.png into --out.")
+    bench_cli.add_arguments(bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Runs the `kgrow` command line; returns the exit status."""
+    # TensorFlow's C++ start-up chatter hides the progress output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from kgrow.bench import cli as bench_cli
+        return bench_cli.run(args)
+    raise SystemExit(f"kgrow: unknown command {args.command!r}")  # argparse prevents this
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,618 @@
+"""`TrainingController`: the one owner of a model's training state during `fit`.
+
+Every kgrow technique changes the same few things while `model.fit` runs: the
+architecture, which weights train, the optimizer, the data, shadow copies.
+The controller is the single place that does these changes, so that several
+techniques composed in one run share the state instead of fighting over it.
+There is one controller per model (`TrainingController.of(model)`); it lives
+on the model object in an attribute Keras' tracking and saving ignore.
+
+What it owns:
+
+* the current model: `replace_model(growth_result)` re-binds the model object
+  `fit` runs on to the grown graph and carries the optimizer state and EMA
+  shadows through the growth result's `TransferPlan`;
+* the optimizer: rebuilt with the same configuration (the LR schedule object
+  kept) and its slots, iteration count and other state carried
+  (`kgrow.controller.optimizer`);
+* the train step: installed on the model instance (`model.train_step`), a
+  mirror of Keras' with ordered hook points (`kgrow.controller.step`);
+* EMA copies (`add_ema`), freezing (`freeze`/`unfreeze`), per-group LR
+  multipliers (`set_lr_multipliers`), the live data selection
+  (`attach_selection`), and named state of other callbacks
+  (`register_state`);
+* checkpoints: `save(dir)` / `TrainingController.restore(model, dir)` (all of
+  the above in one atomic checkpoint).
+
+Order of operations:
+
+* on_train_begin: `ControllerCheckpoint` restores the latest checkpoint
+  (architecture, weights, optimizer, EMA, frozen set, LR groups, data
+  selection, named states) and makes `fit` continue at the saved epoch.
+  Callbacks register their named state (pending saved state is applied at
+  registration).
+* on_epoch_begin: the first `ControlledCallback` to see the epoch runs every
+  attached controlled callback's `controlled_epoch_begin(epoch)` in phase
+  order: `Phase.ARCHITECTURE` (growth) -> `FREEZE` -> `MASKS` -> `DATA`
+  (selection, image size) -> `SCHEDULE` (LR multipliers, regularization),
+  registration order within a phase. Later controlled callbacks of the same
+  epoch do nothing. Plain Keras callbacks keep their list order.
+* retrace: every change that needs a new train function calls
+  `request_retrace()`, which installs a stand-in train function; the first
+  batch of the epoch traces the real one once, however many changes were
+  made (`retrace_count` counts the traces).
+* per step: nothing in Python. Inside the compiled step: gradient transforms
+  -> optimizer update -> LR-multiplier rescaling -> post-update hooks
+  (masks before EMA); see `kgrow.controller.step`.
+* on_epoch_end: `ControllerCheckpoint` saves (place it last in `callbacks`
+  so that it sees the other callbacks' end-of-epoch state).
+
+Example:
+    >>> import keras, numpy as np
+    >>> inp = keras.Input((3,)); out = keras.layers.Dense(1, name="d")(inp)
+    >>> model = keras.Model(inp, out); model.compile("sgd", "mse")
+    >>> ctrl = TrainingController.of(model)
+    >>> ema = ctrl.add_ema("ema", half_life_steps=10)
+    >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), epochs=1, verbose=0)
+    >>> TrainingController.of(model) is ctrl
+    True
+"""
+from __future__ import annotations
+
+import enum
+import warnings
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kgrow.controller import checkpoint as ckpt
+from kgrow.controller import freezing
+from kgrow.controller._variables import (layer_names, trainable_candidates, weights_by_path)
+from kgrow.controller.ema import EMA, resolve_decay
+from kgrow.controller.multipliers import parse_rules, resolve_rules
+from kgrow.controller.optimizer import (clone_optimizer, knows_variables, load_optimizer_state,
+                                        optimizer_state)
+from kgrow.controller.step import ORDER_EMA, StepHooks, make_train_step
+from kgrow.surgery.graph import rebind
+from kgrow.surgery.transfer import TransferPlan
+
+__all__ = ["TrainingController", "Phase"]
+
+STATE_FORMAT = 1
+
+
+class Phase(enum.IntEnum):
+    """Order in which controlled callbacks act at an epoch boundary."""
+    ARCHITECTURE = 100
+    FREEZE = 200
+    MASKS = 300
+    DATA = 400
+    SCHEDULE = 500
+
+
+class _RetraceOnCall:
+    """Stand-in for `model.train_function`: traces the real one on first call.
+
+    Keras' `fit` calls `model.train_function(iterator)` for every batch and
+    only builds it once per `fit`; this object lets any number of changes
+    between two batches cost a single retrace.
+    """
+
+    def __init__(self, controller):
+        self._controller = controller
+
+    def __call__(self, *args, **kwargs):
+        controller = self._controller
+        model = controller.model
+        model.make_train_function(force=True)
+        controller.retrace_count += 1
+        return model.train_function(*args, **kwargs)
+
+
+class TrainingController:
+    """The training state of one model during `fit`. Use `TrainingController.of(model)`.
+
+    Attributes:
+        model: the controlled model (the same object for the whole run; its
+            graph changes with `replace_model`).
+        hooks: the step's `StepHooks` (gradient transforms, post-update hooks).
+        selection: the attached `kgrow.data.LiveSelection` or None.
+        epoch: index of the current (or, after a restore, the next) epoch.
+        retrace_count: number of train-function traces the controller caused.
+        growth_history: the `info` of every `replace_model`, in order.
+    """
+
+    _ATTR = "_kgrow_controller"
+
+    def __init__(self, model):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"TrainingController needs a keras.Model, got {type(model).__name__}")
+        if getattr(model, self._ATTR, None) is not None:
+            raise ValueError("This model already has a controller; use "
+                             "TrainingController.of(model).")
+        self.model = model
+        self.hooks = StepHooks()
+        self.selection = None
+        self.epoch = 0
+        self.retrace_count = 0
+        self.growth_history: list[dict] = []
+        self._emas: dict[str, EMA] = {}
+        self._lr_rules = []
+        self._lr_values: list[tf.Variable] = []
+        self._lr_assignment: dict[str, int] = {}
+        self._states: dict[str, tuple[Callable, Callable]] = {}
+        self._pending_states: dict = {}
+        self._pending_selection = None
+        self._callbacks: list = []
+        self._epoch_begun = None
+        # object.__setattr__: neither Keras' tracker nor TF's checkpoint
+        # dependency tracking must see the controller or the step function.
+        object.__setattr__(model, self._ATTR, self)
+        object.__setattr__(model, "train_step", make_train_step(self))
+        self.request_retrace()
+
+    @classmethod
+    def of(cls, model) -> "TrainingController":
+        """The controller of `model`, created (and its train step installed) on first use."""
+        existing = getattr(model, cls._ATTR, None)
+        return existing if existing is not None else cls(model)
+
+    # -- infrastructure -------------------------------------------------------
+    def scope(self):
+        """The model's `tf.distribute` strategy scope (build new models/variables in it)."""
+        return self.model.distribute_strategy.scope()
+
+    def request_retrace(self) -> None:
+        """Makes the next train-function call retrace (once) with the current state."""
+        current = getattr(self.model, "train_function", None)
+        if not isinstance(current, _RetraceOnCall):
+            object.__setattr__(self.model, "train_function", _RetraceOnCall(self))
+
+    def retrace_now(self) -> None:
+        """Traces the train function immediately (normally not needed)."""
+        self.model.make_train_function(force=True)
+        self.retrace_count += 1
+
+    # -- growth ---------------------------------------------------------------
+    def replace_model(self, result, reset_optimizer: bool = False,
+                      reset_ema: bool = False) -> None:
+        """Makes the controlled model take over a grown (or shrunk) architecture.
+
+        Build `result.model` inside `controller.scope()`. Afterwards the model
+        object `fit` runs on computes the new graph; the optimizer is rebuilt
+        with the same configuration and its state carried through
+        `result.plan` (new entries of slots start at zero; the iteration count
+        always continues, so LR schedules continue); EMA shadows are carried
+        through the same plan (new entries copy the new weights); LR groups
+        are re-resolved; the train function is retraced at the next batch.
+
+        Args:
+            result: a `kgrow.surgery.GrowthResult` (`.model`, `.plan`, `.info`).
+            reset_optimizer: start all optimizer slots at zero (moments reset,
+                as Network Expansion and AutoProg do); iterations still carry.
+            reset_ema: restart every EMA as a copy of the new model.
+
+        Example:
+            >>> result = kgrow.surgery.scale_width(model, 2.0)  # doctest: +SKIP
+            >>> TrainingController.of(model).replace_model(result)  # doctest: +SKIP
+        """
+        new_model, plan = getattr(result, "model", None), getattr(result, "plan", None)
+        if not isinstance(new_model, keras.Model) or not isinstance(plan, TransferPlan):
+            raise TypeError("replace_model() takes a GrowthResult with a keras.Model `model` "
+                            f"and a TransferPlan `plan`; got {type(result).__name__}.")
+        if new_model is self.model:
+            raise ValueError("replace_model(): the growth result's model is the controlled "
+                             "model itself; growth must build a new model.")
+        new_weights = weights_by_path(new_model)
+        old_weights = weights_by_path(self.model)
+        missing = [p for p in new_weights if p not in plan]
+        if missing:
+            raise KeyError(f"The transfer plan has no entry for new variables {missing[:5]}; "
+                           "it must cover every variable of the new model.")
+        bad_sources = sorted({plan[p].source for p in new_weights
+                              if plan[p].source is not None and plan[p].source not in old_weights})
+        if bad_sources:
+            raise KeyError(f"The transfer plan names sources {bad_sources[:5]} that the current "
+                           "model does not have.")
+
+        optimizer = getattr(self.model, "optimizer", None)
+        carry = optimizer is not None and getattr(optimizer, "built", False)
+        state = optimizer_state(optimizer) if carry else None
+        rebind(self.model, new_model)
+        with self.scope():
+            if carry:
+                self._install_optimizer(clone_optimizer(optimizer), state, plan,
+                                        reset=reset_optimizer)
+            for ema in self._emas.values():
+                if reset_ema:
+                    ema.reset_to_model()
+                else:
+                    ema._carry(plan)
+        self._resolve_lr_groups(strict=False)
+        self.growth_history.append(dict(getattr(result, "info", {}) or {}))
+        self.request_retrace()
+
+    def _install_optimizer(self, optimizer, state, plan, reset=False) -> None:
+        """Builds `optimizer` on every variable that may train, loads `state`."""
+        with self.scope():
+            optimizer.build(trainable_candidates(self.model))
+            if state is not None:
+                load_optimizer_state(optimizer, state, plan=plan, reset=reset)
+        self.model.optimizer = optimizer
+
+    def _ensure_optimizer_covers(self, variables) -> None:
+        """Rebuilds the optimizer (state carried) if it cannot update `variables`.
+
+        Happens when layers were frozen before the optimizer was built (e.g.
+        in a restored model) and are unfrozen now.
+        """
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or not getattr(optimizer, "built", False):
+            return
+        if knows_variables(optimizer, variables):
+            return
+        state = optimizer_state(optimizer)
+        self._install_optimizer(clone_optimizer(optimizer), state, plan=None)
+
+    # -- freezing -------------------------------------------------------------
+    def freeze(self, layers) -> list[str]:
+        """Freezes layers (`trainable=False`) so that the running `fit` obeys it.
+
+        Args:
+            layers: a layer name, a list of names, or a predicate `layer -> bool`.
+
+        Returns:
+            The names of the layers frozen.
+
+        See `kgrow.controller.freezing` for what a frozen layer does
+        (BatchNorm runs in inference mode; optimizer slots are kept).
+        """
+        return self._set_trainable(layers, False)
+
+    def unfreeze(self, layers=None) -> list[str]:
+        """Unfreezes layers (default: every frozen layer); training continues
+        with their kept optimizer slots."""
+        if layers is None:
+            layers = self.frozen
+            if not layers:
+                return []
+        return self._set_trainable(layers, True)
+
+    def _set_trainable(self, spec, value: bool) -> list[str]:
+        chosen = freezing.resolve_layers(self.model, spec)
+        for layer in chosen:
+            layer.trainable = value
+        if value:
+            self._ensure_optimizer_covers(self.model.trainable_weights)
+        self._note_trainable_state()
+        self.request_retrace()
+        return [layer.name for layer in chosen]
+
+    def _note_trainable_state(self) -> None:
+        # Keras warns at the next fit() when trainable flags differ from those
+        # seen at compile time; the controller has retraced, so the flags seen
+        # now are the compiled ones.
+        if getattr(self.model, "compiled", False):
+            self.model._compiled_trainable_state = {
+                layer: layer.trainable for layer in self.model._flatten_layers()}
+
+    @property
+    def frozen(self) -> list[str]:
+        """Names of the frozen layers that have trainable weights."""
+        return freezing.frozen_layer_names(self.model)
+
+    # -- EMA ------------------------------------------------------------------
+    def add_ema(self, name: str, decay: Optional[float] = None, *,
+                half_life_steps: Optional[float] = None,
+                half_life_epochs: Optional[float] = None,
+                steps_per_epoch: Optional[int] = None,
+                trainable_only: bool = False) -> EMA:
+        """Adds an EMA copy of the model, updated after every optimizer step.
+
+        Give exactly one of `decay`, `half_life_steps`, or `half_life_epochs`
+        (with `steps_per_epoch`). Shadows start as copies of the current
+        weights.
+
+        Example:
+            >>> ema = ctrl.add_ema("teacher", decay=0.999)  # doctest: +SKIP
+            >>> with ema.swap():  # doctest: +SKIP
+            ...     model.evaluate(test_ds)
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"EMA name must be a non-empty string, got {name!r}")
+        if name in self._emas:
+            raise ValueError(f"An EMA named {name!r} already exists "
+                             f"(EMAs: {sorted(self._emas)}).")
+        value = resolve_decay(decay, half_life_steps, half_life_epochs, steps_per_epoch)
+        ema = EMA(self, name, value, trainable_only=trainable_only)
+        self._emas[name] = ema
+        self.hooks.add_post_update(ema._update, name=f"ema:{name}", order=ORDER_EMA)
+        self.request_retrace()
+        return ema
+
+    def ema(self, name: str) -> EMA:
+        if name not in self._emas:
+            raise KeyError(f"No EMA named {name!r}; EMAs: {sorted(self._emas)}")
+        return self._emas[name]
+
+    @property
+    def emas(self) -> dict:
+        return dict(self._emas)
+
+    def remove_ema(self, name: str) -> None:
+        self.ema(name)
+        del self._emas[name]
+        self.hooks.remove(f"ema:{name}")
+        self.request_retrace()
+
+    # -- LR multipliers -------------------------------------------------------
+    def set_lr_multipliers(self, multipliers: dict) -> None:
+        """Sets per-group learning-rate multipliers `{layer name or path regex: m}`.
+
+        Exact for SGD (momentum), Adam and AdamW (see
+        `kgrow.controller.multipliers`). Calling again with the same keys
+        only changes values (no retrace); other keys replace the groups.
+        Variables in no group train at the optimizer's learning rate.
+
+        Example:
+            >>> ctrl.set_lr_multipliers({"stage1": 0.5, r"^head/": 0.1})  # doctest: +SKIP
+        """
+        rules = parse_rules(multipliers)
+        if [r.pattern for r in rules] == [r.pattern for r in self._lr_rules]:
+            for var, rule in zip(self._lr_values, rules):
+                var.assign(rule.multiplier)
+            self._lr_rules = rules
+            return
+        assignment, unused = resolve_rules(rules, [v.path for v in trainable_candidates(
+            self.model)], layer_names(self.model))
+        if unused:
+            raise ValueError(f"LR-multiplier rules {unused} match no trainable variable; "
+                             "a key is a layer name or a regex searched in variable paths "
+                             f"such as {[v.path for v in self.model.trainable_weights][:6]}.")
+        with self.scope():
+            self._lr_values = [tf.Variable(r.multiplier, trainable=False, dtype=tf.float32,
+                                           name=f"kgrow_lr_multiplier_{i}")
+                               for i, r in enumerate(rules)]
+        self._lr_rules = rules
+        self._lr_assignment = assignment
+        self.request_retrace()
+
+    @property
+    def lr_multipliers(self) -> dict:
+        return {r.pattern: float(v.numpy()) for r, v in zip(self._lr_rules, self._lr_values)}
+
+    def _resolve_lr_groups(self, strict: bool) -> None:
+        if not self._lr_rules:
+            return
+        rules = [type(r)(r.pattern, float(v.numpy()))
+                 for r, v in zip(self._lr_rules, self._lr_values)]
+        assignment, unused = resolve_rules(
+            rules, [v.path for v in trainable_candidates(self.model)], layer_names(self.model))
+        if unused:
+            message = (f"LR-multiplier rules {unused} match no trainable variable of the "
+                       "changed model; they stay registered but have no effect.")
+            if strict:
+                raise ValueError(message)
+            warnings.warn(message, stacklevel=3)
+        self._lr_assignment = assignment
+
+    def _lr_groups_for(self, variables) -> list:
+        """`[(variable, multiplier variable)]` for the grouped ones (used at trace time)."""
+        return [(v, self._lr_values[self._lr_assignment[v.path]]) for v in variables
+                if v.path in self._lr_assignment]
+
+    # -- data selection and named state --------------------------------------
+    def attach_selection(self, selection) -> None:
+        """Registers the live data selection (an object with get_state/set_state)."""
+        for method in ("get_state", "set_state"):
+            if not callable(getattr(selection, method, None)):
+                raise TypeError(f"attach_selection() needs an object with {method}(); got "
+                                f"{type(selection).__name__}")
+        self.selection = selection
+        if self._pending_selection is not None:
+            selection.set_state(self._pending_selection)
+            self._pending_selection = None
+
+    def register_state(self, name: str, get: Callable[[], object],
+                       set: Callable[[object], None]) -> None:
+        """Adds named state (schedule position, counters, ...) to checkpoints.
+
+        `get()` returns JSON types and numpy arrays; `set(value)` restores
+        it. If a restored checkpoint holds state under `name`, `set` is called
+        now. Registering a name again replaces the previous functions.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"State name must be a non-empty string, got {name!r}")
+        if not callable(get) or not callable(set):
+            raise TypeError("register_state() needs callables get() and set(value).")
+        self._states[name] = (get, set)
+        if name in self._pending_states:
+            set(self._pending_states.pop(name))
+
+    def unregister_state(self, name: str) -> None:
+        if name not in self._states:
+            raise KeyError(f"No registered state {name!r}; registered: {sorted(self._states)}")
+        del self._states[name]
+
+    # -- epoch pipeline -------------------------------------------------------
+    def attach_callback(self, callback) -> None:
+        """Adds a controlled callback to the epoch pipeline (see `Phase`)."""
+        if not isinstance(getattr(callback, "phase", None), Phase):
+            raise TypeError("Controlled callbacks need a `phase` attribute of type Phase.")
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+        self._epoch_begun = None
+
+    def detach_callback(self, callback) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Runs the attached callbacks' epoch-begin work once, in phase order."""
+        if self._epoch_begun == epoch:
+            return
+        self._epoch_begun = epoch
+        self.epoch = int(epoch)
+        order = sorted(enumerate(self._callbacks), key=lambda ic: (int(ic[1].phase), ic[0]))
+        for _, callback in order:
+            callback.controlled_epoch_begin(epoch)
+
+    # -- state and checkpoints ------------------------------------------------
+    def get_state(self) -> dict:
+        """Everything a checkpoint restores, as JSON types and numpy arrays."""
+        model = self.model
+        optimizer = getattr(model, "optimizer", None)
+        states = {}
+        for name, (get, _) in self._states.items():
+            states[name] = get()
+        weights = model.weights
+        weight_ids = {id(v) for v in weights}
+        selection = (self.selection.get_state() if self.selection is not None
+                     else self._pending_selection)
+        return {
+            "format": STATE_FORMAT,
+            "epoch": int(self.epoch),
+            "model_class": type(model).__name__,
+            "architecture": model.to_json(),
+            "weights": {p: np.array(v.numpy()) for p, v in weights_by_path(model).items()},
+            "seed_states": [np.array(v.numpy()) for v in model.variables
+                            if id(v) not in weight_ids],
+            "optimizer": None if optimizer is None else {
+                "config": keras.optimizers.serialize(optimizer),
+                "state": optimizer_state(optimizer)},
+            "ema": {name: {"decay": e.decay, "trainable_only": e.trainable_only,
+                           "shadows": e.values()} for name, e in self._emas.items()},
+            "frozen": self.frozen,
+            "lr_multipliers": [[r.pattern, float(v.numpy())]
+                               for r, v in zip(self._lr_rules, self._lr_values)],
+            "selection": selection,
+            "states": states,
+            "growth_history": list(self.growth_history),
+        }
+
+    def save(self, directory: str, epoch: Optional[int] = None, keep: int = 2) -> str:
+        """Writes the state as a new atomic checkpoint in `directory`; returns its path.
+
+        Args:
+            directory: checkpoint directory.
+            epoch: number of completed epochs (where a resumed `fit` starts);
+                default: `self.epoch`.
+            keep: complete checkpoints kept on disk.
+        """
+        if epoch is not None:
+            self.epoch = int(epoch)
+        return ckpt.write_checkpoint(directory, self.get_state(), epoch=self.epoch, keep=keep)
+
+    @classmethod
+    def restore(cls, model, directory: str, custom_objects=None) -> "TrainingController":
+        """Restores the latest checkpoint of `directory` into `model`.
+
+        The model may be a fresh object built with the original (e.g. small)
+        architecture and compiled: it takes over the saved architecture
+        (rebind), weights, optimizer (config and state), EMAs, frozen set,
+        LR groups, data selection and named states.
+
+        Returns:
+            The model's controller; `controller.epoch` is the saved epoch.
+        """
+        controller = cls.of(model)
+        controller.set_state(ckpt.read_checkpoint(directory), custom_objects=custom_objects)
+        return controller
+
+    def set_state(self, state: dict, custom_objects=None) -> None:
+        """Inverse of `get_state` (see `restore`)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"Unsupported controller state format {state.get('format')!r}; "
+                             f"this kgrow reads format {STATE_FORMAT}.")
+        model = self.model
+        self._restore_architecture(state, custom_objects)
+        self._restore_weights(state)
+        for name in state["frozen"]:
+            freezing.resolve_layers(model, name)[0].trainable = False
+        self._note_trainable_state()
+        saved_opt = state.get("optimizer")
+        if saved_opt is not None:
+            with self.scope():
+                optimizer = keras.optimizers.deserialize(saved_opt["config"],
+                                                         custom_objects=custom_objects)
+            self._install_optimizer(optimizer, saved_opt["state"], plan=None)
+        elif getattr(model, "optimizer", None) is not None:
+            current = model.optimizer
+            if getattr(current, "built", False) and not knows_variables(
+                    current, trainable_candidates(model)):
+                # Built on the replaced architecture's variables: start afresh.
+                self._install_optimizer(clone_optimizer(current), None, plan=None)
+        for name in list(self._emas):
+            self.hooks.remove(f"ema:{name}")
+        self._emas = {}
+        for name, saved in state["ema"].items():
+            ema = self.add_ema(name, decay=saved["decay"], trainable_only=saved["trainable_only"])
+            ema._load(saved["shadows"])
+        self._lr_rules, self._lr_values, self._lr_assignment = [], [], {}
+        if state["lr_multipliers"]:
+            self.set_lr_multipliers(dict(state["lr_multipliers"]))
+        if state["selection"] is not None:
+            if self.selection is not None:
+                self.selection.set_state(state["selection"])
+            else:
+                self._pending_selection = state["selection"]
+        self._pending_states = {}
+        for name, value in state["states"].items():
+            if name in self._states:
+                self._states[name][1](value)
+            else:
+                self._pending_states[name] = value
+        self.growth_history = list(state.get("growth_history", []))
+        self.epoch = int(state["epoch"])
+        self.request_retrace()
+
+    def _restore_architecture(self, state, custom_objects) -> None:
+        model = self.model
+        if state["model_class"] != type(model).__name__:
+            raise ValueError(f"The checkpoint holds a {state['model_class']}, the model is a "
+                             f"{type(model).__name__}.")
+        if isinstance(model, keras.Sequential) or not hasattr(model, "_nodes_by_depth"):
+            # No rebind for these: the saved weights must fit the model as it is.
+            return
+        with self.scope():
+            saved = keras.models.model_from_json(state["architecture"],
+                                                 custom_objects=custom_objects)
+        rebind(model, saved)
+
+    def _restore_weights(self, state) -> None:
+        model = self.model
+        saved = state["weights"]
+        current = weights_by_path(model)
+        if set(saved) != set(current) and len(saved) == len(current) and all(
+                tuple(np.shape(a)) == tuple(v.shape)
+                for a, v in zip(saved.values(), current.values())):
+            # Sequential/subclassed models get auto-generated (session-dependent)
+            # path prefixes; with identical shapes in order, load positionally.
+            saved = dict(zip(current, saved.values()))
+        missing = sorted(set(current) - set(saved))
+        extra = sorted(set(saved) - set(current))
+        if missing or extra:
+            raise ValueError(f"Checkpoint weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]}.")
+        for p, v in current.items():
+            value = np.asarray(saved[p])
+            if tuple(value.shape) != tuple(v.shape):
+                raise ValueError(f"Checkpoint weight {p!r} has shape {value.shape}, the model's "
+                                 f"{tuple(v.shape)}.")
+            v.assign(value.astype(v.dtype))
+        weight_ids = {id(v) for v in model.weights}
+        seeds = [v for v in model.variables if id(v) not in weight_ids]
+        if len(seeds) == len(state["seed_states"]):
+            for v, value in zip(seeds, state["seed_states"]):
+                v.assign(np.asarray(value).astype(v.dtype))
+        else:
+            warnings.warn(f"The checkpoint has {len(state['seed_states'])} RNG seed states, "
+                          f"the model {len(seeds)}; random layers restart from their "
+                          "current seeds.", stacklevel=3)
+
+    def __repr__(self):
+        return (f"TrainingController(model={self.model.name!r}, emas={sorted(self._emas)}, "
+                f"frozen={len(self.frozen)}, lr_groups={len(self._lr_rules)}, "
+                f"hooks={len(self.hooks.gradient_transforms) + len(self.hooks.post_updates)})")

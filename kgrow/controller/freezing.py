@@ -1,0 +1,79 @@
+"""Selecting layers to freeze or unfreeze.
+
+Freezing is Keras' own `layer.trainable = False`; the controller makes it take
+effect inside a running `fit` (retrace of the train function) and keeps the
+optimizer able to unfreeze later. What a frozen layer does:
+
+* its weights get no gradient and no update, so they stay bit-identical
+  (the optimizer never sees them: no momentum step, no weight decay);
+* its kernel gradients are not computed. Layers *in front of* the first
+  trainable layer get no backward pass at all; a frozen layer *between*
+  trainable ones still back-propagates the activation gradient (the layers
+  before it need it) but not its weight gradient;
+* `BatchNormalization` with `trainable=False` runs in inference mode in
+  Keras 3: it normalizes with its moving statistics and does not update them,
+  so a frozen block's BN statistics stay fixed too (the usual fine-tuning
+  behaviour, and what SpFDE's "frozen blocks keep their weights" needs);
+* Dropout and other stochastic layers keep their training behaviour;
+* its optimizer slots stay where they were and are used again after an
+  unfreeze.
+
+Example:
+    >>> import keras
+    >>> inp = keras.Input((3,)); h = keras.layers.Dense(4, name="a")(inp)
+    >>> model = keras.Model(inp, keras.layers.Dense(2, name="b")(h))
+    >>> [l.name for l in resolve_layers(model, "a")]
+    ['a']
+    >>> [l.name for l in resolve_layers(model, lambda layer: layer.name != "a")]
+    ['input_layer', 'b']
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Union
+
+from kgrow.controller._variables import all_layers
+
+__all__ = ["resolve_layers", "frozen_layer_names"]
+
+LayerSpec = Union[str, Iterable[str], Callable]
+
+
+def resolve_layers(model, spec: LayerSpec) -> list:
+    """The layers named by `spec`: a name, a list of names, or a predicate.
+
+    Names are searched among all layers, those of nested models included.
+
+    Raises:
+        ValueError: an unknown name, or a predicate that selects nothing.
+        TypeError: `spec` is of another type.
+    """
+    layers = list(all_layers(model))
+    if callable(spec) and not isinstance(spec, str):
+        chosen = [layer for layer in layers if spec(layer)]
+        if not chosen:
+            raise ValueError("The layer predicate matched no layer of the model "
+                             f"(layers: {[layer.name for layer in layers][:20]}).")
+        return chosen
+    names = [spec] if isinstance(spec, str) else spec
+    try:
+        names = list(names)
+    except TypeError:
+        raise TypeError("Layers are given as a name, a list of names, or a predicate "
+                        f"`layer -> bool`; got {type(spec).__name__}.") from None
+    if not names:
+        raise ValueError("No layer names given.")
+    by_name = {layer.name: layer for layer in layers}
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"Layer names must be strings, got {bad!r}")
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"Unknown layer name(s) {unknown}; the model has: "
+                         f"{sorted(by_name)[:40]}{' ...' if len(by_name) > 40 else ''}")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def frozen_layer_names(model) -> list[str]:
+    """Names of the layers with `trainable=False` that own trainable-kind weights."""
+    return [layer.name for layer in all_layers(model)
+            if not layer.trainable and getattr(layer, "_trainable_variables", None)]

@@ -1,0 +1,108 @@
+"""Per-group learning-rate multipliers.
+
+A group is named by a rule: the name of a layer (all its variables, nested
+ones included) or else a regular expression searched in variable paths
+(`layer_name/var_name`). Each rule has a multiplier `m >= 0`.
+
+How it is applied: the optimizer takes its ordinary step for every
+variable, then the controller's train step rescales the *update* of each
+grouped variable, `w <- w_old + m * (w_new - w_old)`. For optimizers whose
+update is linear in the learning rate for a given state (SGD with or
+without (Nesterov) momentum, Adam, AdamW with decoupled weight decay,
+RMSprop, Adagrad, Lion, ...), this equals running the group with learning
+rate `m * lr`. (Scaling the gradient instead would not: Adam is invariant to
+the gradient's scale.) With momentum the buffer holds unscaled updates and
+`m` multiplies whatever it contributes, so a multiplier that changes over time
+acts on the whole buffer at once (like PyTorch param-group learning rates),
+not only on new gradients. Weight constraints are applied by the optimizer
+before the rescaling, so a constrained group with `m != 1` is no longer
+exactly constrained.
+
+Multipliers live in non-trainable scalar variables read by the compiled
+step: changing their values (a per-epoch schedule) needs no retrace; changing
+the set of rules does.
+
+Example:
+    >>> rules = parse_rules({"head": 0.1, r"kernel$": 2.0})
+    >>> [r.pattern for r in rules]
+    ['head', 'kernel$']
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Mapping
+
+__all__ = ["Rule", "parse_rules", "resolve_rules"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One LR group: a layer name or a regex over variable paths, and its multiplier."""
+    pattern: str
+    multiplier: float
+
+
+def _check_multiplier(key, m) -> float:
+    try:
+        m = float(m)
+    except (TypeError, ValueError):
+        raise TypeError(f"LR multiplier for {key!r} must be a number, got {m!r}") from None
+    if not math.isfinite(m) or m < 0:
+        raise ValueError(f"LR multiplier for {key!r} must be finite and >= 0, got {m}")
+    return m
+
+
+def parse_rules(rules: Mapping[str, float]) -> list[Rule]:
+    """Validates `{layer_name_or_regex: multiplier}` into a list of `Rule`."""
+    if not isinstance(rules, Mapping):
+        raise TypeError("LR multipliers must be a mapping {layer name or path regex: "
+                        f"multiplier}}, got {type(rules).__name__}")
+    out = []
+    for key, m in rules.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"LR multiplier keys must be non-empty strings, got {key!r}")
+        try:
+            re.compile(key)
+        except re.error as err:
+            raise ValueError(f"LR multiplier key {key!r} is neither a layer name nor a valid "
+                             f"regular expression: {err}") from None
+        out.append(Rule(key, _check_multiplier(key, m)))
+    return out
+
+
+def _matches(rule: Rule, path: str, layer_names: set) -> bool:
+    if rule.pattern in layer_names:
+        return path.startswith(rule.pattern + "/")
+    return re.search(rule.pattern, path) is not None
+
+
+def resolve_rules(rules: list[Rule], paths, layer_names) -> tuple[dict, list[str]]:
+    """Assigns variable paths to rules.
+
+    Args:
+        rules: parsed rules.
+        paths: the variable paths the rules may cover.
+        layer_names: names of the model's layers (a rule equal to one of them
+            selects that layer's variables, not a regex match).
+
+    Returns:
+        `({path: rule index}, [patterns that matched nothing])`.
+
+    Raises:
+        ValueError: a variable matches two rules.
+    """
+    layer_names = set(layer_names)
+    assigned, used = {}, set()
+    for path in paths:
+        hits = [i for i, r in enumerate(rules) if _matches(r, path, layer_names)]
+        if len(hits) > 1:
+            raise ValueError(
+                f"Variable {path!r} matches several LR-multiplier rules "
+                f"{[rules[i].pattern for i in hits]}; make the rules disjoint.")
+        if hits:
+            assigned[path] = hits[0]
+            used.add(hits[0])
+    unused = [r.pattern for i, r in enumerate(rules) if i not in used]
+    return assigned, unused

@@ -1,0 +1,313 @@
+"""Rebuilding a Keras 3 optimizer for a changed model, carrying its state.
+
+A built Keras optimizer cannot take new variables, and a variable cannot
+change shape, so every growth step needs a new optimizer. What must survive
+is its *state*:
+
+* per-variable slots (SGD momentum, Adam/AdamW first and second moments,
+  AMSGrad maxima, RMSprop averages, gradient accumulators, the optimizer's own
+  EMA, ...): moved through the same `TransferPlan` as the weights, new
+  entries start at zero (the optimizer-EMA slot starts at the new weight);
+* the iteration count, so that learning-rate schedules and Adam's bias
+  correction continue where they were;
+* everything else the optimizer owns (learning-rate variable, loss-scale
+  state, Nadam's momentum product, ...), copied by name;
+* the configuration, including the learning-rate schedule *object* and the
+  weight-decay exclusions.
+
+Slots are found generically: after `build`, a Keras optimizer keeps, for
+each kind of slot, a list aligned with the variables it was built on (e.g.
+`SGD.momentums`, `Adam._momentums`, `Adam._velocities`). Every list
+attribute of that length whose entries are the optimizer's own variables
+with the shapes of the model variables is such a slot list, whatever its
+name; so optimizers kgrow has never heard of are carried too. A
+`LossScaleOptimizer` is handled level by level (its own scale state, then the
+wrapped optimizer).
+
+The state is plain data (`{"levels": [...]}` of numpy arrays keyed by
+variable path), so the same functions serve growth (`rebuild_optimizer`) and
+checkpoints (`optimizer_state` / `load_optimizer_state`).
+
+Example:
+    >>> import keras, numpy as np
+    >>> inp = keras.Input((3,)); out = keras.layers.Dense(2, name="d")(inp)
+    >>> model = keras.Model(inp, out)
+    >>> opt = keras.optimizers.SGD(0.1, momentum=0.9); opt.build(model.trainable_variables)
+    >>> sorted(optimizer_state(opt)["levels"][0]["slots"]["momentums"])
+    ['d/bias', 'd/kernel']
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import keras
+import numpy as np
+
+from kgrow.surgery.transfer import TransferPlan, VariableTransfer
+
+__all__ = ["clone_optimizer", "optimizer_state", "load_optimizer_state", "rebuild_optimizer",
+           "slot_lists", "optimizer_levels", "knows_variables"]
+
+# Slot lists whose new entries start as a copy of the new weight, not at zero:
+# Keras' built-in optimizer EMA (`use_ema=True`).
+_FILL_FROM_WEIGHTS = frozenset({"_model_variables_moving_average"})
+
+
+def optimizer_levels(optimizer) -> list:
+    """`[optimizer, wrapped optimizer, ...]` (LossScaleOptimizer wraps one)."""
+    levels = [optimizer]
+    while hasattr(levels[-1], "inner_optimizer"):
+        levels.append(levels[-1].inner_optimizer)
+    return levels
+
+
+def _built_variables(level) -> list:
+    return list(getattr(level, "_trainable_variables", None) or [])
+
+
+def slot_lists(level) -> dict:
+    """`{attribute name: [slot variable or None, ...]}` of one optimizer level.
+
+    Each list is aligned with the model variables the optimizer was built on
+    (`level._trainable_variables`).
+    """
+    built = _built_variables(level)
+    if not built:
+        return {}
+    own = {id(v) for v in level.variables}
+    found, seen_lists = {}, set()
+    for attr, value in sorted(vars(level).items()):
+        if attr == "_trainable_variables" or not isinstance(value, (list, tuple)):
+            continue
+        if len(value) != len(built) or all(s is None for s in value):
+            continue
+        if not all(s is None or (isinstance(s, keras.Variable) and id(s) in own) for s in value):
+            continue
+        if any(s is not None and tuple(s.shape) != tuple(v.shape) for s, v in zip(value, built)):
+            continue
+        key = tuple(id(s) for s in value)
+        if key in seen_lists:  # an alias of a list already found
+            continue
+        seen_lists.add(key)
+        found[attr] = list(value)
+    return found
+
+
+def _own_variables(level, levels) -> list:
+    """The level's variables that belong to no wrapped level."""
+    inner_ids = set()
+    for inner in levels[levels.index(level) + 1:]:
+        inner_ids.update(id(v) for v in inner.variables)
+    return [v for v in level.variables if id(v) not in inner_ids]
+
+
+def _other_variables(level, levels) -> dict:
+    """`{key: variable}` for a level's variables that are not slots.
+
+    Keys are variable names, made unique by creation order (`name#1`) so that
+    two optimizers of the same class and configuration get the same keys.
+    """
+    slot_ids = {id(s) for lst in slot_lists(level).values() for s in lst if s is not None}
+    out = {}
+    for v in _own_variables(level, levels):
+        if id(v) in slot_ids:
+            continue
+        key, k = v.name, 0
+        while key in out:
+            k += 1
+            key = f"{v.name}#{k}"
+        out[key] = v
+    return out
+
+
+def _counter_ids(level) -> set:
+    """Variables kept even by a reset: the iteration count and the LR value."""
+    ids = {id(level._iterations)} if hasattr(level, "_iterations") else set()
+    lr = getattr(level, "_learning_rate", None)
+    if isinstance(lr, keras.Variable):
+        ids.add(id(lr))
+    return ids
+
+
+def knows_variables(optimizer, variables) -> bool:
+    """True if `optimizer` is built and can update every one of `variables`."""
+    if not getattr(optimizer, "built", False):
+        return False
+    known = {optimizer._var_key(v) for v in _built_variables(optimizer)}
+    return all(optimizer._var_key(v) in known for v in variables)
+
+
+def clone_optimizer(optimizer):
+    """A new, unbuilt optimizer with the same configuration.
+
+    The learning-rate schedule (or callable) is the *same object*, not a copy
+    re-created from its config: its identity, any state it keeps and
+    references other callbacks hold to it stay valid. Weight-decay
+    exclusions by name pattern are copied; exclusions by variable are moved
+    by `load_optimizer_state`, which knows the variables.
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return keras.optimizers.LossScaleOptimizer(
+            clone_optimizer(optimizer.inner_optimizer),
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps, name=optimizer.name)
+    config = optimizer.get_config()
+    lr = optimizer._learning_rate
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) or (
+            callable(lr) and not isinstance(lr, keras.Variable)):
+        config["learning_rate"] = lr
+    try:
+        new = type(optimizer).from_config(config)
+    except Exception as err:
+        raise ValueError(
+            f"Could not re-create optimizer {type(optimizer).__name__} from its config "
+            f"({err}). Optimizers used with the kgrow controller must round-trip through "
+            "get_config()/from_config().") from err
+    pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
+    if pattern is not None:
+        new.exclude_from_weight_decay(var_names=[pattern.pattern])
+    return new
+
+
+def _weight_decay_state(level) -> dict:
+    excluded = getattr(level, "_exclude_from_weight_decay", None) or set()
+    built = _built_variables(level)
+    paths = [v.path for v in built if level._var_key(v) in excluded]
+    if len(paths) < len(excluded):
+        warnings.warn(
+            f"{len(excluded) - len(paths)} variable(s) excluded from weight decay in "
+            f"optimizer {level.name!r} are not among the variables it was built on; their "
+            "exclusion cannot be carried to the rebuilt optimizer.", stacklevel=3)
+    pattern = getattr(level, "_exclude_from_weight_decay_pattern", None)
+    return {"excluded_paths": paths, "pattern": None if pattern is None else pattern.pattern}
+
+
+def optimizer_state(optimizer) -> dict:
+    """The optimizer's state as plain data (numpy arrays keyed by path/name).
+
+    Returns:
+        `{"levels": [{"class", "slots": {attr: {var path: array}},
+        "others": {name: array}, "weight_decay": {...}}, ...]}`, one level per
+        `optimizer_levels(optimizer)`.
+    """
+    levels = optimizer_levels(optimizer)
+    out = []
+    for level in levels:
+        built = _built_variables(level)
+        slots = {}
+        for attr, lst in slot_lists(level).items():
+            slots[attr] = {v.path: np.array(s.numpy()) for s, v in zip(lst, built)
+                           if s is not None}
+        others = {k: np.array(v.numpy()) for k, v in _other_variables(level, levels).items()}
+        out.append({"class": type(level).__name__, "slots": slots, "others": others,
+                    "weight_decay": _weight_decay_state(level)})
+    return {"levels": out}
+
+
+def _transfer_for(plan: Optional[TransferPlan], path: str) -> VariableTransfer:
+    if plan is None:
+        return VariableTransfer(path, ())
+    if path not in plan:
+        raise KeyError(f"The transfer plan has no entry for variable {path!r}; a growth "
+                       "result's plan must cover every variable of the new model.")
+    return plan[path]
+
+
+def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = None,
+                         reset: bool = False) -> None:
+    """Assigns a saved `optimizer_state` to a built optimizer, through `plan`.
+
+    Args:
+        optimizer: a built optimizer of the same class and configuration as
+            the one `state` was taken from.
+        state: the output of `optimizer_state`.
+        plan: maps each variable the optimizer was built on (by path) to its
+            source; None means "same path" (checkpoint restore).
+        reset: keep only the iteration count and the learning-rate value;
+            every slot and other state starts fresh.
+
+    Raises:
+        ValueError: the optimizer's class or slot kinds differ from the state's.
+    """
+    levels = optimizer_levels(optimizer)
+    saved_levels = state["levels"]
+    classes = [type(level).__name__ for level in levels]
+    if [s["class"] for s in saved_levels] != classes:
+        raise ValueError(f"Optimizer state is for {[s['class'] for s in saved_levels]}, "
+                         f"the optimizer is {classes}.")
+    for level, saved in zip(levels, saved_levels):
+        built = _built_variables(level)
+        if not reset:
+            lists = slot_lists(level)
+            unknown = set(saved["slots"]) - set(lists)
+            if unknown and built:
+                raise ValueError(
+                    f"Optimizer {level.name!r} has no slots {sorted(unknown)} that the saved "
+                    f"state has (it has {sorted(lists)}); was it configured differently?")
+            for attr, lst in lists.items():
+                saved_slot = saved["slots"].get(attr, {})
+                for s, v in zip(lst, built):
+                    if s is None:
+                        continue
+                    t = _transfer_for(plan, v.path)
+                    old = saved_slot.get(t.source) if t.source is not None else None
+                    if old is None:
+                        value = np.zeros(tuple(s.shape), dtype=np.float64)
+                        new_mask = np.ones(tuple(s.shape), dtype=bool)
+                    else:
+                        value = t.gather(old, tuple(s.shape), fill=0.0)
+                        new_mask = t.new_mask(tuple(s.shape))
+                    if attr in _FILL_FROM_WEIGHTS and new_mask.any():
+                        value = np.where(new_mask, np.asarray(v.numpy()), value)
+                    s.assign(value.astype(s.dtype))
+        keep = _counter_ids(level)
+        for key, var in _other_variables(level, levels).items():
+            if reset and id(var) not in keep:
+                continue
+            if key not in saved["others"]:
+                raise ValueError(f"Optimizer {level.name!r} variable {key!r} is missing from "
+                                 f"the saved state (saved: {sorted(saved['others'])}).")
+            value = np.asarray(saved["others"][key])
+            if tuple(value.shape) != tuple(var.shape):
+                raise ValueError(f"Optimizer variable {key!r} has shape {tuple(var.shape)}, "
+                                 f"the saved state has {value.shape}.")
+            var.assign(value.astype(var.dtype))
+        _load_weight_decay(level, saved.get("weight_decay"), built, plan)
+
+
+def _load_weight_decay(level, saved, built, plan) -> None:
+    if not saved or not hasattr(level, "exclude_from_weight_decay"):
+        return
+    paths = set(saved.get("excluded_paths") or [])
+    var_list = []
+    for v in built:
+        t = _transfer_for(plan, v.path) if plan is None or v.path in plan else None
+        if t is not None and t.source in paths:
+            var_list.append(v)
+    pattern = saved.get("pattern")
+    if var_list or pattern:
+        level.exclude_from_weight_decay(var_list=var_list or None,
+                                        var_names=[pattern] if pattern else None)
+
+
+def rebuild_optimizer(old, variables, plan: Optional[TransferPlan] = None,
+                      reset: bool = False):
+    """A new optimizer built on `variables`, carrying `old`'s state via `plan`.
+
+    Call it inside the model's distribution-strategy scope: the new slot
+    variables are created here.
+
+    Args:
+        old: the optimizer in use.
+        variables: the variables the new optimizer updates (all that may
+            train, frozen ones included, so an unfreeze finds their slots).
+        plan: `TransferPlan` from the old model's variable paths to the new
+            ones; None: same paths.
+        reset: start every slot at zero (keep iterations and the LR value).
+    """
+    state = optimizer_state(old)
+    new = clone_optimizer(old)
+    new.build(list(variables))
+    load_optimizer_state(new, state, plan=plan, reset=reset)
+    return new

@@ -1,0 +1,221 @@
+"""The controller's training step and its ordered hook points.
+
+`make_train_step(controller)` returns a function that replaces
+`model.train_step` on one model instance. It mirrors Keras 3's TensorFlow
+`train_step` (forward pass with `training=True`, `compute_loss`, the loss
+tracker, sample weights, `optimizer.scale_loss` for LossScaleOptimizer,
+`compute_metrics`) and adds hook points. One step runs, in this order:
+
+1. forward pass and loss; gradients of `model.trainable_weights` only (frozen
+   layers are not differentiated; layers in front of the first trainable
+   one get no backward pass at all);
+2. gradient transforms, in (`order`, registration) order, in replica
+   context: `fn(grads, variables) -> grads` (e.g. zero the gradients of
+   masked weights). Gradients are per replica (before the all-reduce) and,
+   with a LossScaleOptimizer, still multiplied by the loss scale;
+3. `optimizer.apply_gradients` (all-reduce, clipping, weight decay, update,
+   iteration count);
+4. in cross-replica context (one `merge_call`):
+   a. LR multipliers: the update of each grouped variable is rescaled
+      (`kgrow.controller.multipliers`);
+   b. post-update hooks in (`order`, registration) order, each called as
+      `fn(ctx)` with an `UpdateContext`. Standard orders: `ORDER_MASKS`
+      (re-apply sparse masks) < `ORDER_EMA` (EMA shadows), so the EMA
+      averages the masked weights.
+5. metrics.
+
+Everything is traced into the train function: there is no Python work per
+step. Adding or removing hooks needs a retrace (`controller.request_retrace()`,
+done by the controller's own methods).
+
+Example:
+    >>> hooks = StepHooks()
+    >>> hooks.add_post_update(lambda ctx: None, name="ema", order=ORDER_EMA)
+    'ema'
+    >>> hooks.add_post_update(lambda ctx: None, name="masks", order=ORDER_MASKS)
+    'masks'
+    >>> [h.name for h in hooks.post_updates]
+    ['masks', 'ema']
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import warnings
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+
+__all__ = ["StepHooks", "Hook", "UpdateContext", "make_train_step", "ORDER_MASKS",
+           "ORDER_EMA", "ORDER_DEFAULT", "unwrap"]
+
+ORDER_DEFAULT = 0
+ORDER_MASKS = 100
+ORDER_EMA = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """A registered hook: `fn`, its unique `name`, its `order`, registration `seq`."""
+    name: str
+    fn: Callable
+    order: int
+    seq: int
+    kind: str
+
+
+class StepHooks:
+    """Ordered registry of gradient transforms and post-update hooks."""
+
+    def __init__(self):
+        self._hooks: dict[str, Hook] = {}
+        self._seq = itertools.count()
+
+    def _add(self, kind, fn, name, order) -> str:
+        if not callable(fn):
+            raise TypeError(f"A {kind} hook must be callable, got {type(fn).__name__}")
+        if not isinstance(order, int):
+            raise TypeError(f"Hook order must be an int, got {order!r}")
+        seq = next(self._seq)
+        name = name or f"{kind}_{seq}"
+        if name in self._hooks:
+            raise ValueError(f"A step hook named {name!r} is already registered; remove it "
+                             "first or choose another name.")
+        self._hooks[name] = Hook(name, fn, order, seq, kind)
+        return name
+
+    def add_gradient_transform(self, fn, name: Optional[str] = None,
+                               order: int = ORDER_DEFAULT) -> str:
+        """Registers `fn(grads, variables) -> grads`; returns its name."""
+        return self._add("gradient_transform", fn, name, order)
+
+    def add_post_update(self, fn, name: Optional[str] = None, order: int = ORDER_DEFAULT) -> str:
+        """Registers `fn(ctx: UpdateContext)`; returns its name."""
+        return self._add("post_update", fn, name, order)
+
+    def remove(self, name: str) -> None:
+        if name not in self._hooks:
+            raise KeyError(f"No step hook named {name!r}; registered: {sorted(self._hooks)}")
+        del self._hooks[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._hooks
+
+    def _sorted(self, kind) -> list[Hook]:
+        return sorted((h for h in self._hooks.values() if h.kind == kind),
+                      key=lambda h: (h.order, h.seq))
+
+    @property
+    def gradient_transforms(self) -> list[Hook]:
+        return self._sorted("gradient_transform")
+
+    @property
+    def post_updates(self) -> list[Hook]:
+        return self._sorted("post_update")
+
+
+def unwrap(value):
+    """The backend (tf) variable under a Keras variable; other values unchanged."""
+    return value.value if isinstance(value, keras.Variable) else value
+
+
+class UpdateContext:
+    """What a post-update hook gets: the strategy and a safe way to assign.
+
+    Post-update hooks run in cross-replica context. Mirrored variables must
+    be changed through `ctx.update`, which runs `fn(variable, *args)` once
+    per replica on that replica's copy; mirrored or per-replica arguments
+    arrive as the replica's own component.
+
+    Attributes:
+        strategy: the `tf.distribute.Strategy` of the model.
+        variables: the model variables this step trained (Keras variables).
+    """
+
+    def __init__(self, strategy, variables):
+        self.strategy = strategy
+        self.variables = list(variables)
+
+    def update(self, variable, fn, *args):
+        """Runs `fn(variable_copy, *args)` on every replica's copy of `variable`."""
+        return self.strategy.extended.update(
+            unwrap(variable), fn, args=tuple(unwrap(a) for a in args), group=False)
+
+
+def _scale_delta(variable, old, multiplier):
+    m = tf.cast(multiplier, variable.dtype)
+    return variable.assign(old + m * (variable - old))
+
+
+def _unscale_loss_for_distribution(loss):
+    # Keras' train_step reports the loss per replica times the number of
+    # replicas (compute_loss divided it); same here.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        loss = loss * tf.cast(replicas, loss.dtype)
+    return loss
+
+
+def _batch_size(x):
+    first = next(t for t in tf.nest.flatten(x) if t is not None)
+    return tf.shape(first)[0]
+
+
+def make_train_step(controller) -> Callable:
+    """Builds the train step for `controller.model` (see the module docstring).
+
+    The returned function reads the controller's current model, hooks and
+    LR groups when it is traced, so one installed function serves every
+    architecture the model takes on.
+    """
+
+    def train_step(data):
+        model = controller.model
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            if getattr(model, "_call_has_training_arg", True):
+                y_pred = model(x, training=True)
+            else:
+                y_pred = model(x)
+            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                       training=True)
+            model._loss_tracker.update_state(_unscale_loss_for_distribution(loss),
+                                             sample_weight=_batch_size(x))
+            if model.optimizer is not None:
+                loss = model.optimizer.scale_loss(loss)
+
+        variables = list(model.trainable_weights)
+        if not variables:
+            warnings.warn("The model does not have any trainable weights.")
+            return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        grads = list(tape.gradient(loss, variables))
+        for hook in controller.hooks.gradient_transforms:
+            grads = list(hook.fn(grads, variables))
+            if len(grads) != len(variables):
+                raise ValueError(f"Gradient transform {hook.name!r} returned {len(grads)} "
+                                 f"gradients for {len(variables)} variables.")
+
+        scaled = controller._lr_groups_for(variables)
+        # Read before the update; automatic control dependencies keep the
+        # read ahead of the optimizer's write to the same variable.
+        olds = [tf.identity(unwrap(v)) for v, _ in scaled]
+        model.optimizer.apply_gradients(zip(grads, variables))
+
+        post = controller.hooks.post_updates
+        if scaled or post:
+            def cross_replica(strategy, *olds):
+                for (v, m), old in zip(scaled, olds):
+                    strategy.extended.update(unwrap(v), _scale_delta, args=(old, m),
+                                             group=False)
+                ctx = UpdateContext(strategy, variables)
+                for hook in post:
+                    hook.fn(ctx)
+
+            tf.distribute.get_replica_context().merge_call(cross_replica, args=tuple(olds))
+
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    train_step.__name__ = "kgrow_train_step"
+    return train_step

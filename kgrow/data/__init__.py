@@ -1,0 +1,40 @@
+"""Datasets as ``tf.data`` pipelines that training methods can steer during ``fit``.
+
+Entry points:
+
+* `load(name, ...)`: a dataset by name; ``"fashion_mnist"`` offline from the
+  Debian package's IDX files, any TFDS image-classification name through TFDS.
+* `from_arrays((x, y), (x_test, y_test), ...)`: numpy arrays.
+* `from_datasets(train_ds, test_ds, num_classes=..., ...)`: ``tf.data``
+  datasets of (image, label).
+
+Each returns a `DataBundle` with ``.train``, ``.test``, ``.info``
+(`DatasetInfo`), ``.steps_per_epoch`` and ``.selection`` (`LiveSelection`:
+the active training samples and the live image size, read by ``.train`` at
+the start of every epoch). Augmentation is configured with `AugmentConfig`
+or a preset name (``"none"``, ``"basic"``, ``"deit"``).
+
+Example:
+    >>> import kgrow
+    >>> bundle = kgrow.data.load("fashion_mnist", batch_size=128, augment="basic")
+    >>> bundle.selection.set_active(range(0, 60000, 2))   # next epoch: half the data
+    >>> bundle.steps_per_epoch
+    234
+
+Note on ``model.fit``: Keras 3 counts the batches of the first epoch of a
+dataset without known length and stops later epochs at that count. Shrinking
+the selection works (Keras warns "Your input ran out of data" and goes on to
+the next epoch); growing it past the first epoch's size truncates epochs.
+"""
+from kgrow.data.api import from_arrays, from_datasets, load
+from kgrow.data.augment import PRESETS, AugmentConfig, get_preset
+from kgrow.data.idx import parse_idx, read_idx
+from kgrow.data.pipeline import DataBundle, DatasetInfo
+from kgrow.data.randaugment import rand_augment
+from kgrow.data.selection import LiveSelection
+from kgrow.data.sources import BUILTIN_DATASETS
+
+__all__ = [
+    "AugmentConfig", "BUILTIN_DATASETS", "DataBundle", "DatasetInfo", "LiveSelection", "PRESETS",
+    "from_arrays", "from_datasets", "get_preset", "load", "parse_idx", "rand_augment", "read_idx",
+]

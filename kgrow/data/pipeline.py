@@ -1,0 +1,377 @@
+"""Building the ``tf.data`` pipelines of a `DataBundle`.
+
+Training pipeline, one pass (= one iteration over ``bundle.train``):
+
+1. When the pass starts (Keras creates the epoch's iterator after
+   ``on_epoch_begin``), read the `LiveSelection`: the active mask, the live
+   image size, and the pass index ``epoch`` (incremented for the next pass).
+2. Order the active sample indices with a stateless shuffle seeded by
+   ``(seed, epoch)``: the same seed gives the same batches, every pass is
+   ordered differently, and no global TF seed is involved. Streamed sources
+   filter by the mask and use a shuffle buffer seeded the same way.
+3. Per image (only when RandAugment is on, or for streamed sources): read,
+   convert to float pixels on the 0-255 scale, resize (streams), RandAugment.
+4. Batch with ``drop_remainder=True`` so the batch dimension is static.
+5. Per batch: resize to the live size (or the static ``image_size``),
+   random crop with padding, horizontal flip, normalization
+   ``(x - mean) / std`` per channel, random erasing, label encoding,
+   MixUp/CutMix. All random draws are stateless, seeded by
+   ``(seed, epoch, batch index)``, so batches are reproducible even though
+   the maps run in parallel.
+6. Prefetch.
+
+Because the live image size can change between passes, the height and width
+of the training ``element_spec`` are ``None``; the batch and channel
+dimensions are static, and all batches of one pass share one size. The test
+pipeline is neither shuffled nor augmented, is resized to the static
+``image_size`` only, and keeps fully static shapes.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from kgrow.data import augment as augment_lib
+from kgrow.data import randaugment
+from kgrow.data.sources import ArraySource, StreamSource
+
+LABEL_MODES = ("onehot", "sparse")
+SUBSET_MODES = ("first", "random")
+#: Shuffle buffer (elements) for streamed training sets.
+STREAM_SHUFFLE_BUFFER = 10_000
+_AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a bundle's data.
+
+    Attributes:
+        name: Dataset name.
+        num_classes: Number of classes.
+        image_shape: ``(H, W, C)`` of the images as delivered (after the static
+            ``image_size``; a live size set on the selection is not reflected).
+        num_train: Training samples (after ``subset``).
+        num_test: Test samples.
+        label_mode: ``"onehot"`` (float32 ``[B, num_classes]``) or
+            ``"sparse"`` (int32 ``[B]``).
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple
+    num_train: int
+    num_test: int
+    label_mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """Everything the pipeline builders need, validated by the loaders."""
+
+    batch_size: int
+    label_mode: str
+    num_classes: int
+    augment: augment_lib.AugmentConfig
+    seed: int
+    native_shape: tuple          # (H, W, C) of the source; H, W may be None
+    image_size: tuple | None     # static target (H, W) or None
+    mean: tuple                  # per channel, 0-255 scale
+    std: tuple
+    pixel_scale: float
+
+    @property
+    def channels(self):
+        return int(self.native_shape[-1])
+
+    @property
+    def delivered_hw(self):
+        return tuple(self.image_size) if self.image_size else tuple(self.native_shape[:2])
+
+
+# -- small pure stages ---------------------------------------------------------------
+def to_pixels(images, pixel_scale):
+    """float32 images on the 0-255 scale."""
+    images = tf.cast(images, tf.float32)
+    return images if pixel_scale == 1.0 else images * pixel_scale
+
+
+def resize_to(images, size):
+    """Bilinear resize of ``[..., H, W, C]`` to ``size`` (int32 ``[2]``); no-op at equal size."""
+    current = tf.shape(images)[-3:-1]
+    return tf.cond(tf.reduce_all(tf.equal(current, size)),
+                   lambda: images,
+                   lambda: tf.image.resize(images, size, method="bilinear"))
+
+
+def normalize(images, mean, std):
+    return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def encode_labels(labels, label_mode, num_classes):
+    if label_mode == "onehot":
+        return tf.one_hot(labels, num_classes, dtype=tf.float32)
+    return tf.cast(labels, tf.int32)
+
+
+def _assert_range(labels, num_classes):
+    checks = [tf.debugging.assert_non_negative(labels, message="label out of range: negative id"),
+              tf.debugging.assert_less(
+                  labels, tf.cast(num_classes, labels.dtype),
+                  message=f"label out of range: class ids must be < num_classes={num_classes}")]
+    with tf.control_dependencies(checks):
+        return tf.identity(labels)
+
+
+def _fold(seed, data):
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64))
+
+
+# -- the pass structure ----------------------------------------------------------------
+class _PassBuilder:
+    """Builds the per-pass dataset for one source, selection and settings."""
+
+    def __init__(self, source, selection, settings, indexed_train=None):
+        self.source = source
+        # Streams: the training elements as (index, image, label), index in [0, num_train).
+        self.indexed_train = indexed_train
+        self.selection = selection
+        self.s = settings
+        self.base_seed = tf.constant([settings.seed, 0x6B67726F], tf.int64)  # "kgro"
+        hw = settings.image_size or settings.native_shape[:2]
+        self.static_size = None if None in hw else tf.constant(hw, tf.int32)
+        self.fill = tuple(float(m) for m in settings.mean)
+        if isinstance(source, ArraySource):
+            self.x = tf.convert_to_tensor(source.x_train)
+            self.y = tf.convert_to_tensor(source.y_train)
+
+    # Pass start: everything the pass depends on is read here, once.
+    def _start(self, advance):
+        sel = self.selection
+        if advance:
+            pass_id = sel.epoch.assign_add(1) - 1
+        else:
+            pass_id = sel.epoch.read_value()
+        live = sel.image_size.read_value()
+        size = live if self.static_size is None else tf.where(live > 0, live, self.static_size)
+        return pass_id, sel.active.read_value(), size
+
+    def dataset(self, *, advance=True, shuffle=True, augment=True, mixing=True,
+                with_index=False, drop_remainder=True):
+        cfg = self.s.augment if augment else augment_lib.AugmentConfig()
+        use_mixing = mixing and augment and cfg.uses_mixing
+
+        def per_pass(_):
+            pass_id, active, size = self._start(advance)
+            pass_seed = _fold(self.base_seed, pass_id)
+            if isinstance(self.source, ArraySource):
+                ds = self._array_images(active, size, pass_seed, cfg, shuffle, drop_remainder)
+            else:
+                ds = self._stream_images(active, size, pass_seed, cfg, shuffle, drop_remainder)
+            batch_seed = _fold(pass_seed, 2)
+            return ds.enumerate().map(
+                lambda k, b: self._batch_ops(b, _fold(batch_seed, k), size, cfg, use_mixing,
+                                             with_index),
+                num_parallel_calls=_AUTOTUNE)
+
+        return tf.data.Dataset.from_tensors(np.int64(0)).flat_map(per_pass).prefetch(_AUTOTUNE)
+
+    # Step 2-4 for in-memory sources.
+    def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder):
+        indices = tf.where(active)[:, 0]
+        if shuffle:
+            indices = tf.random.experimental.stateless_shuffle(indices, _fold(pass_seed, 0))
+        x, y, scale, b = self.x, self.y, self.s.pixel_scale, self.s.batch_size
+        if cfg.uses_randaugment:
+            seeds = tf.random.stateless_uniform(
+                [tf.shape(indices)[0], 2], _fold(pass_seed, 1),
+                minval=None, maxval=None, dtype=tf.int64)
+
+            def load_one(i, seed):
+                image = self._rand_augment(to_pixels(tf.gather(x, i), scale), seed, cfg)
+                return image, tf.gather(y, i), i
+
+            ds = tf.data.Dataset.from_tensor_slices((indices, seeds))
+            ds = ds.map(load_one, num_parallel_calls=_AUTOTUNE)
+            return ds.batch(b, drop_remainder=drop_remainder)
+
+        def load_batch(i):
+            return to_pixels(tf.gather(x, i), scale), tf.gather(y, i), i
+
+        ds = tf.data.Dataset.from_tensor_slices(indices).batch(b, drop_remainder=drop_remainder)
+        return ds.map(load_batch, num_parallel_calls=_AUTOTUNE)
+
+    # Step 2-4 for streamed sources (elements (index, image, label)).
+    def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder):
+        ds = self.indexed_train.filter(lambda i, image, label: tf.gather(active, i))
+        if shuffle:
+            shuffle_seed = tf.random.stateless_uniform(
+                [], _fold(pass_seed, 0), minval=None, maxval=None, dtype=tf.int64)
+            ds = ds.shuffle(min(STREAM_SHUFFLE_BUFFER, self.source.num_train), seed=shuffle_seed)
+        element_seed = _fold(pass_seed, 1)
+        scale = self.s.pixel_scale
+
+        def load_one(i, image, label):
+            image = resize_to(to_pixels(image, scale), size)
+            if cfg.uses_randaugment:
+                image = self._rand_augment(image, _fold(element_seed, i), cfg)
+            return image, label, i
+
+        ds = ds.map(load_one, num_parallel_calls=_AUTOTUNE)
+        return ds.batch(self.s.batch_size, drop_remainder=drop_remainder)
+
+    def _rand_augment(self, image, seed, cfg):
+        return randaugment.rand_augment(
+            image, seed, magnitude=cfg.randaugment_magnitude, num_ops=cfg.randaugment_num_ops,
+            magnitude_std=cfg.randaugment_magnitude_std, prob=cfg.randaugment_prob,
+            fill=self.fill)
+
+    # Step 5.
+    def _batch_ops(self, batch, seed, size, cfg, use_mixing, with_index):
+        images, labels, index = batch
+        images = resize_to(images, size)
+        images = augment_lib.random_crop_with_padding(images, cfg.crop_padding, _fold(seed, 0))
+        if cfg.horizontal_flip:
+            images = augment_lib.random_horizontal_flip(images, _fold(seed, 1))
+        images = normalize(images, self.s.mean, self.s.std)
+        if cfg.erasing_prob > 0:
+            images = augment_lib.random_erasing(images, cfg.erasing_prob, _fold(seed, 2))
+        labels = encode_labels(_assert_range(labels, self.s.num_classes),
+                               self.s.label_mode, self.s.num_classes)
+        if use_mixing:
+            images, labels = augment_lib.mix_batch(images, labels, cfg, _fold(seed, 3))
+        images = tf.ensure_shape(images, [None, None, None, self.s.channels])
+        return (images, labels, index) if with_index else (images, labels)
+
+
+def build_test(source, settings):
+    """The test pipeline: not shuffled, not augmented, static shapes, last batch kept."""
+    s = settings
+    size = s.image_size or s.native_shape[:2]
+    resize = (s.image_size is not None and tuple(s.image_size) != tuple(s.native_shape[:2]))
+
+    def prepare(images):
+        images = to_pixels(images, s.pixel_scale)
+        if resize:
+            images = tf.image.resize(images, size, method="bilinear")
+        return images
+
+    def finish(images, labels):
+        images = normalize(images, s.mean, s.std)
+        labels = encode_labels(_assert_range(labels, s.num_classes), s.label_mode, s.num_classes)
+        return images, labels
+
+    if isinstance(source, ArraySource):
+        if source.x_test is None:
+            return None
+        x, y = tf.convert_to_tensor(source.x_test), tf.convert_to_tensor(source.y_test)
+        ds = tf.data.Dataset.range(source.num_test).batch(s.batch_size)
+        ds = ds.map(lambda i: finish(prepare(tf.gather(x, i)), tf.gather(y, i)),
+                    num_parallel_calls=_AUTOTUNE)
+    else:
+        if source.test is None:
+            return None
+        ds = source.test.map(lambda image, label: (prepare(image), label),
+                             num_parallel_calls=_AUTOTUNE)
+        ds = ds.batch(s.batch_size).map(finish, num_parallel_calls=_AUTOTUNE)
+    return ds.prefetch(_AUTOTUNE)
+
+
+class DataBundle:
+    """Train/test pipelines of one dataset plus what describes them.
+
+    Attributes:
+        train: ``tf.data.Dataset`` of ``(images float32 [B, H, W, C], labels)``,
+            reshuffled every pass, augmented, prefetched; H and W are None in
+            the element spec (see `kgrow.data.pipeline`).
+        test: ``tf.data.Dataset`` of ``(images, labels)``, or None.
+        info: `DatasetInfo`.
+        selection: `kgrow.data.LiveSelection` read by ``train`` at every pass.
+        augment: The `AugmentConfig` of ``train``.
+        normalization: ``(mean, std)`` per channel on the 0-255 pixel scale.
+        batch_size: Batch size of both pipelines.
+        seed: Seed of shuffling and augmentation.
+        subset_indices: Indices into the original training set of the
+            samples kept by ``subset`` (None without a subset); training
+            sample ``i`` of this bundle is original sample
+            ``subset_indices[i]``.
+
+    Example:
+        >>> import numpy as np, kgrow
+        >>> x = np.random.randint(0, 255, (64, 8, 8, 1), np.uint8)
+        >>> y = np.arange(64) % 4
+        >>> bundle = kgrow.data.from_arrays((x, y), (x, y), batch_size=16)
+        >>> bundle.steps_per_epoch
+        4
+        >>> images, labels = next(iter(bundle.train))
+        >>> images.shape, labels.shape
+        (TensorShape([16, 8, 8, 1]), TensorShape([16, 4]))
+    """
+
+    def __init__(self, builder, test, info, *, normalization, subset_indices):
+        self._builder = builder
+        self.info = info
+        self.selection = builder.selection
+        self.augment = builder.s.augment
+        self.batch_size = builder.s.batch_size
+        self.seed = builder.s.seed
+        self.normalization = normalization
+        self.subset_indices = subset_indices
+        self.train = builder.dataset()
+        self.test = test
+
+    @property
+    def steps_per_epoch(self):
+        """Batches in the next training pass: ``num_active // batch_size``.
+
+        Reflects the current selection, so it changes when the selection
+        does. Do not pass it to ``fit(steps_per_epoch=...)``: with a finite
+        dataset Keras then keeps one iterator across epochs instead of
+        starting a new pass every epoch.
+        """
+        return self.selection.num_active // self.batch_size
+
+    def train_with_index(self, augment=False, shuffle=False):
+        """A pass over the active training samples with their indices.
+
+        For methods that collect per-sample statistics (forgetting events,
+        losses for sieving) in a separate pass. Reads the selection like
+        ``train`` (active mask, live image size) but does not advance the
+        pass counter, keeps the last incomplete batch, and never mixes
+        samples (a mixed sample has no single index).
+
+        Args:
+            augment: Apply the per-sample augmentations of ``train`` (crop,
+                flip, RandAugment, erasing).
+            shuffle: Shuffle (seeded by the current pass index).
+
+        Returns:
+            ``tf.data.Dataset`` of ``(images, labels, indices)``; ``indices``
+            are int64 training-sample indices (positions in the selection's
+            mask).
+        """
+        return self._builder.dataset(advance=False, shuffle=shuffle, augment=augment,
+                                     mixing=False, with_index=True, drop_remainder=False)
+
+    def __repr__(self):
+        i = self.info
+        return (f"DataBundle({i.name!r}, train={i.num_train}, test={i.num_test}, "
+                f"image_shape={i.image_shape}, classes={i.num_classes}, "
+                f"batch_size={self.batch_size}, label_mode={i.label_mode!r})")
+
+
+def build_bundle(source, selection, settings, subset_indices, indexed_train=None):
+    """Assembles a `DataBundle` from a validated source and settings.
+
+    ``indexed_train`` (streams only) yields the training elements as
+    ``(index, image, label)`` with ``index`` in ``[0, selection.num_train)``.
+    """
+    builder = _PassBuilder(source, selection, settings, indexed_train)
+    info = DatasetInfo(
+        name=source.name, num_classes=settings.num_classes,
+        image_shape=tuple(int(d) for d in settings.delivered_hw) + (settings.channels,),
+        num_train=selection.num_train,
+        num_test=source.num_test, label_mode=settings.label_mode)
+    normalization = (tuple(settings.mean), tuple(settings.std))
+    return DataBundle(builder, build_test(source, settings), info,
+                      normalization=normalization, subset_indices=subset_indices)

@@ -1,0 +1,209 @@
+"""`LiveSelection`: the part of the data pipeline that may change during `fit`.
+
+The training pipeline reads these variables once at the start of every pass
+over the data (when Keras creates the epoch's iterator, after
+``on_epoch_begin``), so a callback that changes them between epochs changes
+the next epoch without rebuilding the `tf.data` graph or the model's train
+function:
+
+* ``active``: bool ``[num_train]``; only active training samples are served
+  (data sieving, forgetting-based pruning).
+* ``image_size``: int32 ``[2]``; when both entries are > 0 the training images
+  are resized to ``(height, width)`` (progressive resizing). ``(0, 0)`` means
+  "the size the bundle was built with".
+* ``epoch``: int64 scalar, the index of the next training pass. The pipeline
+  derives the pass's shuffle order and augmentation seeds from
+  ``(seed, epoch)`` and increments it when a pass starts, so every pass is
+  ordered differently and a run restored from ``get_state()`` continues with
+  the same orders.
+
+The variables live on the host CPU and are created outside any
+`tf.distribute` strategy (a strategy would mirror them onto accelerators, where
+the host-side input pipeline cannot read them).
+"""
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops
+
+
+def _host_variable(initial_value, dtype, name):
+    """A non-trainable variable on the CPU that no strategy mirrors."""
+    with tf.init_scope(), tf.device("/CPU:0"):
+        if tf.distribute.has_strategy():
+            # Inside `strategy.scope()` tf.Variable is intercepted and becomes a
+            # MirroredVariable with copies on every replica device; building the
+            # resource variable directly bypasses the strategy's creator.
+            return resource_variable_ops.ResourceVariable(
+                initial_value, dtype=dtype, trainable=False, name=name)
+        return tf.Variable(initial_value, dtype=dtype, trainable=False, name=name)
+
+
+class LiveSelection:
+    """Which training samples are active, and the live training image size.
+
+    Args:
+        num_train: Number of training samples (indices ``0 .. num_train-1``).
+        image_size: Optional initial live size ``(height, width)``.
+        min_active: Smallest number of active samples `set_active` accepts
+            (a bundle raises it to its batch size, because the training
+            pipeline drops incomplete batches).
+
+    Example:
+        >>> sel = LiveSelection(10)
+        >>> sel.set_active([0, 2, 4])
+        >>> sel.num_active, sel.active_indices().tolist()
+        (3, [0, 2, 4])
+        >>> sel.set_image_size(16, 16)
+        >>> sel.get_state()["image_size"]
+        [16, 16]
+    """
+
+    def __init__(self, num_train, image_size=None, min_active=1):
+        num_train = _positive_int(num_train, "num_train")
+        self.num_train = num_train
+        self.min_active = _positive_int(min_active, "min_active")
+        if self.min_active > num_train:
+            raise ValueError(
+                f"min_active={self.min_active} exceeds the number of training samples "
+                f"({num_train}).")
+        self.active = _host_variable(tf.ones([num_train], tf.bool), tf.bool, "kgrow_active")
+        self.image_size = _host_variable(tf.zeros([2], tf.int32), tf.int32, "kgrow_image_size")
+        self.epoch = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_epoch")
+        if image_size is not None:
+            self.set_image_size(*image_size)
+
+    # -- active samples -------------------------------------------------------
+    def set_active(self, selection):
+        """Makes exactly the given training samples active.
+
+        Args:
+            selection: Either a bool mask of length ``num_train`` or a
+                sequence of distinct integer indices in ``[0, num_train)``.
+
+        Raises:
+            ValueError: wrong mask length, indices out of range or repeated,
+                or fewer than ``min_active`` samples selected.
+        """
+        mask = self._to_mask(selection)
+        count = int(mask.sum())
+        if count < self.min_active:
+            raise ValueError(
+                f"The selection keeps {count} training samples, fewer than the minimum of "
+                f"{self.min_active} (the training pipeline drops incomplete batches, so at "
+                f"least one full batch must stay active).")
+        self.active.assign(mask)
+
+    def _to_mask(self, selection):
+        arr = np.asarray(selection)
+        if arr.dtype == bool:
+            if arr.shape != (self.num_train,):
+                raise ValueError(
+                    f"A bool mask must have shape ({self.num_train},), got {arr.shape}.")
+            return arr
+        if arr.size == 0:
+            arr = arr.astype(np.int64)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(
+                "set_active expects a bool mask of length num_train or a 1-D sequence of "
+                f"integer indices; got an array of dtype {arr.dtype} and shape {arr.shape}.")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.num_train):
+            raise ValueError(
+                f"Indices must lie in [0, {self.num_train}); got min {arr.min()}, "
+                f"max {arr.max()}.")
+        if np.unique(arr).size != arr.size:
+            raise ValueError("Indices passed to set_active must be distinct.")
+        mask = np.zeros(self.num_train, dtype=bool)
+        mask[arr] = True
+        return mask
+
+    def active_mask(self):
+        """The active mask as a numpy bool array of length ``num_train``."""
+        return self.active.numpy().copy()
+
+    def active_indices(self):
+        """Sorted int64 indices of the active training samples."""
+        return np.flatnonzero(self.active.numpy()).astype(np.int64)
+
+    @property
+    def num_active(self):
+        """Number of active training samples (read from the variable)."""
+        return int(np.count_nonzero(self.active.numpy()))
+
+    # -- image size -----------------------------------------------------------
+    def set_image_size(self, height, width=None):
+        """Sets the live training image size; ``None`` clears it.
+
+        Args:
+            height: Target height in pixels, or ``None`` to go back to the
+                bundle's own size.
+            width: Target width; defaults to ``height``.
+        """
+        if height is None:
+            if width is not None:
+                raise ValueError("Pass both sizes or None, not only the width.")
+            self.image_size.assign([0, 0])
+            return
+        width = height if width is None else width
+        size = [_positive_int(height, "height"), _positive_int(width, "width")]
+        self.image_size.assign(size)
+
+    def current_image_size(self):
+        """The live size ``(height, width)`` or ``None`` when it is not set."""
+        h, w = (int(v) for v in self.image_size.numpy())
+        return (h, w) if h > 0 and w > 0 else None
+
+    # -- pass counter ---------------------------------------------------------
+    def set_epoch(self, epoch):
+        """Sets the index of the next training pass (e.g. to Keras' epoch).
+
+        A controller calling this in ``on_epoch_begin`` ties the shuffle order
+        and augmentation seeds of a pass to the epoch number instead of to the
+        number of passes started so far.
+        """
+        epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}.")
+        self.epoch.assign(epoch)
+
+    # -- checkpoints ----------------------------------------------------------
+    def get_state(self):
+        """Plain python/numpy state for checkpoints (see `set_state`)."""
+        return {
+            "num_train": self.num_train,
+            "active": self.active_mask(),
+            "image_size": [int(v) for v in self.image_size.numpy()],
+            "epoch": int(self.epoch.numpy()),
+        }
+
+    def set_state(self, state):
+        """Restores a state produced by `get_state`.
+
+        Raises:
+            ValueError: the state belongs to a training set of another size
+                or misses a key.
+        """
+        missing = {"num_train", "active", "image_size", "epoch"} - set(state)
+        if missing:
+            raise ValueError(f"LiveSelection state misses keys {sorted(missing)}.")
+        if int(state["num_train"]) != self.num_train:
+            raise ValueError(
+                f"State is for {state['num_train']} training samples, this selection has "
+                f"{self.num_train}.")
+        size = [int(v) for v in state["image_size"]]
+        if len(size) != 2 or min(size) < 0 or (min(size) == 0 and max(size) != 0):
+            raise ValueError(f"Invalid image_size {size} in state (expected [h, w] or [0, 0]).")
+        self.set_active(np.asarray(state["active"], dtype=bool))
+        self.image_size.assign(size)
+        self.set_epoch(state["epoch"])
+
+    def __repr__(self):
+        return (f"LiveSelection(num_train={self.num_train}, num_active={self.num_active}, "
+                f"image_size={self.current_image_size()}, epoch={int(self.epoch.numpy())})")
+
+
+def _positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}.")
+    return int(value)

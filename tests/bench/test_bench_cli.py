@@ -1,0 +1,78 @@
+import io
+import subprocess
+import sys
+
+import pytest
+
+from kgrow import cli
+from kgrow.bench import cli as bench_cli
+from kgrow.bench import profiles
+from kgrow.bench.runner import BenchSpec
+
+
+def _spec(*argv):
+    return bench_cli.spec_from_args(bench_cli.build_parser().parse_args(list(argv)))
+
+
+def test_profile_values_and_overrides():
+    quick = profiles.get_profile("quick")
+    spec = _spec("--profile", "quick")
+    assert (spec.model, spec.dataset, spec.subset, spec.train.epochs) == (
+        quick.model, quick.dataset, quick.subset, quick.epochs)
+    assert spec.model_kwargs == dict(quick.model_kwargs)
+    spec = _spec("--epochs", "3", "--subset", "256", "--batch-size", "32", "--lr", "0.05",
+                 "--model-arg", "width=0.25", "--seed", "4", "--seeds", "2", "--augment", "none")
+    assert (spec.train.epochs, spec.subset, spec.train.batch_size, spec.train.lr) == (
+        3, 256, 32, 0.05)
+    assert spec.model_kwargs == {"width": 0.25}
+    assert spec.seeds == [4, 5] and spec.train.augment is None
+
+
+def test_other_model_drops_profile_model_args():
+    assert _spec("--model", "vit_tiny").model_kwargs == {}
+    assert _spec("--model", "vit_tiny", "--model-arg", "depth=2").model_kwargs == {"depth": 2}
+
+
+def test_baseline_always_first():
+    assert _spec("--methods", "baseline").methods == ["baseline"]
+    from kgrow import bench
+    bench.register_method("zz_cli_copy", bench.get_method("baseline"))
+    try:
+        assert _spec("--methods", "zz_cli_copy").methods == ["baseline", "zz_cli_copy"]
+    finally:
+        bench.unregister_method("zz_cli_copy")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "baseline,warp_drive"], "Unknown method.*'warp_drive'.*baseline"),
+    (["--profile", "huge"], "Unknown profile 'huge'.*quick"),
+    (["--epochs", "0"], "epochs"),
+    ([], "--out DIR is required"),
+])
+def test_errors_are_clear(argv, message, tmp_path):
+    args = ["bench", *argv] + (["--out", str(tmp_path)] if argv else [])
+    with pytest.raises(SystemExit, match=message):
+        cli.main(args)
+
+
+def test_parsers():
+    assert bench_cli.parse_image_size("24x32") == (24, 32)
+    assert bench_cli.parse_model_arg("zero_init_residual=true") == ("zero_init_residual", True)
+    with pytest.raises(Exception, match="image size"):
+        bench_cli.parse_image_size("big")
+
+
+def test_from_profile_rejects_unknown_override():
+    with pytest.raises(TypeError, match="Unknown override"):
+        BenchSpec.from_profile("quick", colour="red")
+
+
+def test_list_commands():
+    out = io.StringIO()
+    args = cli.build_parser().parse_args(["bench", "--list-profiles"])
+    assert bench_cli.run(args, out=out) == 0
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == (
+        profiles.available_profiles())
+    proc = subprocess.run([sys.executable, "-m", "kgrow", "bench", "--list-methods"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "baseline"

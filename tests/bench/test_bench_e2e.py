@@ -1,0 +1,89 @@
+"""A tiny real benchmark: Fashion-MNIST (512 training images), ResNet-8 at 1/4 width."""
+import json
+import os
+
+import pytest
+
+from kgrow import bench, flops, models
+from kgrow.bench.runner import BenchSpec, run_bench
+
+RUN_KEYS = {"train_wall_s", "train_flops", "test_acc", "peak_mem_mb", "curve"}
+CURVE_KEYS = {"epoch", "wall_s", "train_loss", "test_acc"}
+COMPARISON_KEYS = {"speedup_wall", "speedup_flops", "acc_delta_pp"}
+MODEL_KWARGS = {"depth": 8, "width": 0.25}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench"))
+    # The same factory under a second name: a second method on identical settings.
+    bench.register_method("baseline_copy", bench.get_method("baseline"), overwrite=True)
+    try:
+        spec = BenchSpec.from_profile(
+            "quick", methods=["baseline_copy", "baseline"], epochs=1, subset=512,
+            batch_size=128, model="resnet_cifar", model_kwargs=MODEL_KWARGS, seed=3)
+        lines = []
+        results = run_bench(spec, out, verbose=0, log=lines.append)
+    finally:
+        bench.unregister_method("baseline_copy")
+    return out, results, lines
+
+
+def test_results_json_shape(bench_run):
+    out, results, _ = bench_run
+    with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    assert saved["runs"].keys() == results["runs"].keys()
+    assert (saved["model"], saved["dataset"], saved["epochs"], saved["seed"],
+            saved["profile"]) == ("resnet_cifar", "fashion_mnist", 1, 3, "quick")
+    # The baseline runs first even when listed second.
+    assert list(saved["runs"]) == ["baseline", "baseline_copy"]
+    for run in saved["runs"].values():
+        assert RUN_KEYS <= set(run)
+        assert len(run["curve"]) == 1 and CURVE_KEYS <= set(run["curve"][0])
+        assert run["curve"][0]["epoch"] == 1
+        assert 0.0 <= run["test_acc"] <= 1.0
+        assert run["train_wall_s"] > 0 and run["peak_mem_mb"] > 0
+        assert run["curve"][0]["wall_s"] <= run["train_wall_s"]
+    assert set(saved["comparisons"]) == {"baseline_copy"}
+    assert COMPARISON_KEYS <= set(saved["comparisons"]["baseline_copy"])
+
+
+def test_comparisons_computed_from_runs(bench_run):
+    _, results, _ = bench_run
+    base, copy = results["runs"]["baseline"], results["runs"]["baseline_copy"]
+    comp = results["comparisons"]["baseline_copy"]
+    assert comp["speedup_wall"] == pytest.approx(base["train_wall_s"] / copy["train_wall_s"])
+    assert comp["speedup_flops"] == pytest.approx(base["train_flops"] / copy["train_flops"])
+    assert comp["acc_delta_pp"] == pytest.approx(100 * (copy["test_acc"] - base["test_acc"]))
+
+
+def test_flops_are_model_flops_times_samples(bench_run):
+    _, results, _ = bench_run
+    model = models.get("resnet_cifar", (28, 28, 1), 10, **MODEL_KWARGS)
+    per_sample = flops.count(model, (28, 28, 1)).training
+    for run in results["runs"].values():
+        assert run["per_seed"][0]["samples_seen"] == 512  # 4 full batches of 128
+        assert run["train_flops"] == pytest.approx(512 * per_sample)
+
+
+def test_evaluation_time_is_excluded(bench_run):
+    _, results, _ = bench_run
+    for run in results["runs"].values():
+        assert run["eval_wall_s"] > 0  # the 10k test images were evaluated, and timed
+        assert run["per_seed"][0]["num_test"] == 10_000
+
+
+def test_report_files_and_progress_lines(bench_run):
+    out, _, lines = bench_run
+    with open(os.path.join(out, "results.md"), encoding="utf-8") as f:
+        md = f.read()
+    assert "| baseline |" in md and "| baseline_copy |" in md
+    with open(os.path.join(out, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sum("test acc" in line for line in lines) == 2  # one summary line per run
+
+
+def test_unknown_method_error():
+    with pytest.raises(KeyError, match=r"Unknown method.*'nope'.*Registered methods: baseline"):
+        BenchSpec.from_profile("quick", methods=["baseline", "nope"])

@@ -1,0 +1,84 @@
+import math
+
+import numpy as np
+import pytest
+
+from kgrow.bench import report
+
+
+def _record(seed, wall, flops, acc, curve_acc):
+    return {"seed": seed, "train_wall_s": wall, "train_flops": flops, "test_acc": acc,
+            "peak_mem_mb": 100.0 + seed, "eval_wall_s": 1.0, "num_test": 1000,
+            "curve": [{"epoch": i + 1, "wall_s": wall * (i + 1) / len(curve_acc),
+                       "train_loss": 1.0, "test_acc": a} for i, a in enumerate(curve_acc)]}
+
+
+def test_binomial_stderr():
+    assert report.binomial_stderr_pp(0.5, 10_000) == pytest.approx(0.5)
+    assert report.binomial_stderr_pp(1.0, 10) == 0.0
+    with pytest.raises(ValueError, match="accuracy"):
+        report.binomial_stderr_pp(1.5, 10)
+    with pytest.raises(ValueError, match="num_test"):
+        report.binomial_stderr_pp(0.5, 0)
+
+
+def test_aggregate_over_seeds():
+    runs = [_record(0, 10.0, 100.0, 0.80, [0.5, 0.8]),
+            _record(1, 14.0, 100.0, 0.90, [0.6, 0.9]),
+            _record(2, 12.0, 100.0, 0.85, [0.7, 0.85])]
+    s = report.aggregate(runs)
+    assert s["train_wall_s"] == pytest.approx(12.0)
+    assert s["std"]["train_wall_s"] == pytest.approx(2.0)  # sample std of 10, 14, 12
+    assert s["test_acc"] == pytest.approx(0.85)
+    assert s["std"]["test_acc"] == pytest.approx(0.05)
+    assert s["std"]["train_flops"] == 0.0
+    assert s["n_seeds"] == 3 and s["seeds"] == [0, 1, 2]
+    assert [p["test_acc"] for p in s["curve"]] == pytest.approx([0.6, 0.85])
+    assert s["test_acc_stderr_pp"] == pytest.approx(100 * math.sqrt(0.85 * 0.15 / 1000))
+
+
+def test_aggregate_single_seed_has_no_std():
+    s = report.aggregate([_record(0, 10.0, 1.0, 0.8, [0.8])])
+    assert s["train_wall_s"] == 10.0 and s["std"]["train_wall_s"] is None
+    with pytest.raises(ValueError):
+        report.aggregate([])
+
+
+def test_mean_curve_truncates_to_common_epochs():
+    a = [{"epoch": 1, "wall_s": 1.0, "test_acc": 0.5}, {"epoch": 2, "wall_s": 2.0,
+                                                        "test_acc": 0.6}]
+    b = [{"epoch": 1, "wall_s": 3.0, "test_acc": 0.7}]
+    curve = report.mean_curve([a, b])
+    assert len(curve) == 1 and curve[0]["wall_s"] == 2.0 and curve[0]["test_acc"] == 0.6
+
+
+def test_compare_ratios_and_paired_std():
+    base = report.aggregate([_record(0, 10.0, 8.0, 0.80, [0.8]),
+                             _record(1, 10.0, 8.0, 0.90, [0.9])])
+    fast = report.aggregate([_record(0, 4.0, 2.0, 0.79, [0.79]),
+                             _record(1, 6.0, 2.0, 0.87, [0.87])])
+    comp = report.compare({"baseline": base, "fast": fast})
+    assert set(comp) == {"fast"}
+    assert comp["fast"]["speedup_wall"] == pytest.approx(10.0 / 5.0)
+    assert comp["fast"]["speedup_flops"] == pytest.approx(4.0)
+    assert comp["fast"]["acc_delta_pp"] == pytest.approx(-2.0)
+    # paired deltas -1 pp and -3 pp: sample std sqrt(2)
+    assert comp["fast"]["acc_delta_pp_std"] == pytest.approx(math.sqrt(2))
+    with pytest.raises(KeyError, match="No 'baseline' run"):
+        report.compare({"fast": fast})
+
+
+def test_markdown_and_plot(tmp_path):
+    base = report.aggregate([_record(0, 10.0, 8e12, 0.9, [0.8, 0.9])])
+    other = report.aggregate([_record(0, 5.0, 2e12, 0.88, [0.85, 0.88])])
+    results = {"model": "resnet20", "dataset": "fashion_mnist", "epochs": 2, "seed": 0,
+               "profile": "quick", "runs": {"baseline": base, "other": other},
+               "notes": ["a note"]}
+    results["comparisons"] = report.compare(results["runs"])
+    md = report.to_markdown(results)
+    assert "| baseline | 90.00 | 10.0 | 8e+12 |" in md
+    assert "| other | 88.00 | 5.0 | 2e+12 | 100 | 2.00x | 4.00x | -2.00 |" in md
+    assert "- a note" in md
+    path = tmp_path / "curves.png"
+    report.plot_curves(results, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
