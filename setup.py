@@ -14,6 +14,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        "tensorboard>=2.21,<2.22",
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},
     entry_points={"console_scripts": ["kgrow=kgrow.cli:main"]},

@@ -1,8 +1,9 @@
 """Train any kgrow zoo model on any kgrow dataset with a plain `model.fit`.
 
 The reference run every kgrow method is compared with. Writes into `--out`:
-TensorBoard logs (`tensorboard/`), per-epoch CSV (`history.csv`) and the final
-test metrics with the full configuration (`result.json`).
+TensorBoard logs (`tensorboard/`, needs the `tensorboard` package), per-epoch
+CSV (`history.csv`) and the final test metrics with the full configuration
+(`result.json`).
 
 Example (about 3 minutes on 2 CPU cores):
     python recipes/train_baseline.py --model resnet20 --model-arg width=0.5 \
@@ -11,10 +12,12 @@ Example (about 3 minutes on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -48,12 +51,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
     p.add_argument("--save-model", action="store_true", help="also save model.keras")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="skip the TensorBoard logs (they need the tensorboard package)")
     p.add_argument("--out", required=True, help="output directory")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not args.no_tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise SystemExit("TensorBoard logging needs the tensorboard package: "
+                         "pip install tensorboard, or pass --no-tensorboard.")
     config = training.TrainConfig(
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
         warmup_epochs=args.warmup, final_lr=args.final_lr, weight_decay=args.wd,
@@ -69,12 +77,17 @@ def main(argv=None) -> dict:
                                  label_mode=bundle.info.label_mode)
 
     os.makedirs(args.out, exist_ok=True)
-    callbacks = [keras.callbacks.TensorBoard(os.path.join(args.out, "tensorboard")),
-                 keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv"))]
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv"))]
+    if not args.no_tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.out, "tensorboard")))
     start = time.perf_counter()
-    history = model.fit(bundle.train, epochs=config.epochs, validation_data=bundle.test,
-                        callbacks=callbacks, verbose=args.verbose,
-                        shuffle=False)  # the pipeline reshuffles every epoch itself
+    with warnings.catch_warnings():
+        # One epoch is one finite pass of unknown length; Keras calls that
+        # running out of data.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        history = model.fit(bundle.train, epochs=config.epochs, validation_data=bundle.test,
+                            callbacks=callbacks, verbose=args.verbose,
+                            shuffle=False)  # the pipeline reshuffles every epoch itself
     fit_s = time.perf_counter() - start
     test_loss, test_acc = model.evaluate(bundle.test, verbose=0)
 

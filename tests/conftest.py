@@ -32,3 +32,22 @@ def _fresh_keras_session_per_module():
     import keras
     yield
     keras.backend.clear_session()
+
+
+def new_mirrored_strategy():
+    """A MirroredStrategy on the 2 logical CPUs with its own collective keys.
+
+    Every MirroredStrategy starts its collective keys at the same numbers and
+    the process-wide collective executor caches what it saw per key, so a
+    second strategy in one process (another test) would reuse keys with other
+    tensor shapes and abort with "Shape mismatch in the collective instance".
+    TensorFlow's own tests move each strategy to a fresh key range this way.
+    """
+    from tensorflow.python.distribute import mirrored_strategy as mirrored_lib
+    mirrored_lib.MirroredStrategy._collective_key_base += 100000
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture
+def mirrored_strategy():
+    return new_mirrored_strategy()

@@ -214,3 +214,43 @@ class TestTrainConfig:
     def test_bad_steps_per_epoch(self):
         with pytest.raises(ValueError, match="steps_per_epoch"):
             training.TrainConfig().total_steps(0)
+
+
+def _load_recipe():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "train_baseline.py"
+    spec = importlib.util.spec_from_file_location("train_baseline_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baseline_recipe_end_to_end(tmp_path):
+    import json
+    recipe = _load_recipe()
+    out = tmp_path / "run"
+    result = recipe.main([
+        "--model", "resnet_cifar", "--model-arg", "depth=8", "--model-arg", "width=0.25",
+        "--dataset", "fashion_mnist", "--subset", "256", "--batch-size", "64",
+        "--epochs", "1", "--warmup", "0.5", "--lr", "0.05", "--verbose", "0",
+        "--no-tensorboard", "--out", str(out)])
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["test_acc"] == pytest.approx(result["test_acc"])
+    assert 0.0 <= saved["test_acc"] <= 1.0 and saved["num_test"] == 10_000
+    assert saved["num_train"] == 256
+    assert saved["train"]["lr"] == 0.05 and saved["model_kwargs"] == {"depth": 8, "width": 0.25}
+    assert saved["history"]["val_accuracy"][-1] == pytest.approx(saved["test_acc"])
+    assert (out / "history.csv").read_text().count("\n") == 2  # header + 1 epoch
+
+
+def test_baseline_recipe_needs_tensorboard_or_opt_out(tmp_path, monkeypatch):
+    import importlib.util
+    recipe = _load_recipe()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit, match="pip install tensorboard"):
+        recipe.main(["--model", "resnet20", "--dataset", "fashion_mnist",
+                     "--out", str(tmp_path)])

@@ -118,7 +118,8 @@ _add(Profile(
                 "300 epochs, AdamW 5e-4 x batch/512, wd 0.05 (not on biases, norms, class "
                 "token, position embedding), 5 warm-up epochs, cosine to 1e-5, label "
                 "smoothing 0.1, drop path 0.1 (papers 000/002 setting). Multi-GPU only.",
-    model="vit_small", model_kwargs={"drop_path": 0.1}, dataset="imagenet2012", image_size=(224, 224), epochs=300,
+    model="vit_small", model_kwargs={"drop_path": 0.1}, dataset="imagenet2012",
+    image_size=(224, 224), epochs=300,
     batch_size=1024, optimizer="adamw", lr=1e-3, warmup_epochs=5, final_lr=1e-5,
     weight_decay=0.05, no_decay=("bias", "gamma", "beta", "token", "embeddings"),
     label_smoothing=0.1, augment="deit", budget="days on 8 GPUs",

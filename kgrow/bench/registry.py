@@ -229,3 +229,6 @@ def setup_method(name: str, context: MethodContext) -> MethodSetup:
 
 
 register_method(BASELINE, baseline_factory)
+# kgrow's own methods, imported only when used.
+register_method("grow_width", "kgrow.callbacks.growth:bench_width_growth")
+register_method("grow_depth", "kgrow.callbacks.growth:bench_depth_growth")

@@ -155,7 +155,8 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# kgrow bench: {results['model']} on {results['dataset']}",
         "",
-        f"Profile `{results['profile']}`, {results['epochs']} epochs, seed {results['seed']}"
+        f"Profile `{results['profile']}`, {results['epochs']} "
+        f"epoch{'s' if results['epochs'] != 1 else ''}, seed {results['seed']}"
         + (f" ({results['n_seeds']} seeds: mean ± sample std)"
            if results.get("n_seeds", 1) > 1 else "") + ".",
         "",
@@ -174,8 +175,9 @@ def to_markdown(results: Mapping[str, Any]) -> str:
             speed_w = "—" if comp["speedup_wall"] is None else f"{comp['speedup_wall']:.2f}x"
             speed_f = "—" if comp["speedup_flops"] is None else f"{comp['speedup_flops']:.2f}x"
             delta = _fmt_pm(comp["acc_delta_pp"], comp.get("acc_delta_pp_std"), "+.2f")
+        acc = _fmt_pm(100 * run["test_acc"], None if acc_std is None else 100 * acc_std, ".2f")
         lines.append(
-            f"| {name} | {_fmt_pm(100 * run['test_acc'], None if acc_std is None else 100 * acc_std, '.2f')}"
+            f"| {name} | {acc}"
             f" | {_fmt_pm(run['train_wall_s'], std.get('train_wall_s'), '.1f')}"
             f" | {run['train_flops']:.3g} | {run['peak_mem_mb']:.0f}"
             f" | {speed_w} | {speed_f} | {delta} |")

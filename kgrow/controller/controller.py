@@ -132,6 +132,12 @@ class TrainingController:
         if getattr(model, self._ATTR, None) is not None:
             raise ValueError("This model already has a controller; use "
                              "TrainingController.of(model).")
+        if type(model).train_step is not keras.Model.train_step or "train_step" in vars(model):
+            raise TypeError(
+                f"{type(model).__name__} has its own train_step; the controller installs a "
+                "train step of its own (Keras' step plus hook points) and would replace it. "
+                "Express the custom logic as controller hooks (hooks.add_gradient_transform, "
+                "hooks.add_post_update) or a compute_loss/compute_metrics override.")
         self.model = model
         self.hooks = StepHooks()
         self.selection = None
@@ -207,6 +213,7 @@ class TrainingController:
                              "model itself; growth must build a new model.")
         new_weights = weights_by_path(new_model)
         old_weights = weights_by_path(self.model)
+        self._check_built_in_scope(new_model)
         missing = [p for p in new_weights if p not in plan]
         if missing:
             raise KeyError(f"The transfer plan has no entry for new variables {missing[:5]}; "
@@ -233,6 +240,18 @@ class TrainingController:
         self._resolve_lr_groups(strict=False)
         self.growth_history.append(dict(getattr(result, "info", {}) or {}))
         self.request_retrace()
+
+    def _check_built_in_scope(self, new_model) -> None:
+        strategy = self.model.distribute_strategy
+        if strategy.num_replicas_in_sync <= 1:
+            return
+        local = [v.path for v in new_model.weights
+                 if not isinstance(getattr(v, "value", v), tf.distribute.DistributedValues)]
+        if local:
+            raise ValueError(
+                f"The new model's variables {local[:3]} are not mirrored: build the grown "
+                "model inside `with controller.scope():` (the model trains under a "
+                f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas).")
 
     def _install_optimizer(self, optimizer, state, plan, reset=False) -> None:
         """Builds `optimizer` on every variable that may train, loads `state`."""
@@ -455,6 +474,10 @@ class TrainingController:
             return
         self._epoch_begun = epoch
         self.epoch = int(epoch)
+        # Tie the data order of this pass to the epoch number, not to the
+        # number of passes started, so a resumed run sees the same batches.
+        if hasattr(self.selection, "set_epoch"):
+            self.selection.set_epoch(epoch)
         order = sorted(enumerate(self._callbacks), key=lambda ic: (int(ic[1].phase), ic[0]))
         for _, callback in order:
             callback.controlled_epoch_begin(epoch)

@@ -24,14 +24,14 @@ Example:
     >>> model = keras.Model(inp, keras.layers.Dense(2, name="b")(h))
     >>> [l.name for l in resolve_layers(model, "a")]
     ['a']
-    >>> [l.name for l in resolve_layers(model, lambda layer: layer.name != "a")]
-    ['input_layer', 'b']
+    >>> [l.name for l in resolve_layers(model, lambda layer: layer.name.startswith("b"))]
+    ['b']
 """
 from __future__ import annotations
 
 from typing import Callable, Iterable, Union
 
-from kgrow.controller._variables import all_layers
+from kgrow.controller._variables import all_layers, trainable_candidates
 
 __all__ = ["resolve_layers", "frozen_layer_names"]
 
@@ -74,6 +74,11 @@ def resolve_layers(model, spec: LayerSpec) -> list:
 
 
 def frozen_layer_names(model) -> list[str]:
-    """Names of the layers with `trainable=False` that own trainable-kind weights."""
+    """Names of the layers with `trainable=False` that hold weights that could train.
+
+    A frozen nested model is listed together with its layers, so that
+    unfreezing the listed names really makes the weights trainable again.
+    """
+    candidates = {id(v) for v in trainable_candidates(model)}
     return [layer.name for layer in all_layers(model)
-            if not layer.trainable and getattr(layer, "_trainable_variables", None)]
+            if not layer.trainable and any(id(v) in candidates for v in layer.weights)]

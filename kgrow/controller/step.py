@@ -11,8 +11,10 @@ tracker, sample weights, `optimizer.scale_loss` for LossScaleOptimizer,
    one get no backward pass at all);
 2. gradient transforms, in (`order`, registration) order, in replica
    context: `fn(grads, variables) -> grads` (e.g. zero the gradients of
-   masked weights). Gradients are per replica (before the all-reduce) and,
-   with a LossScaleOptimizer, still multiplied by the loss scale;
+   masked weights). `variables` are the Keras variables being trained;
+   gradients are per replica (before the all-reduce), None for variables the
+   loss does not depend on, and, with a LossScaleOptimizer, still multiplied
+   by the loss scale;
 3. `optimizer.apply_gradients` (all-reduce, clipping, weight decay, update,
    iteration count);
 4. in cross-replica context (one `merge_call`):

@@ -226,8 +226,10 @@ def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, l
     indexed_train = None
     if isinstance(source, sources.ArraySource):
         if keep is not None:
+            # A slice for "first" avoids copying the kept images.
+            rows = slice(0, len(keep)) if subset_mode == "first" else keep
             source = sources.ArraySource(
-                source.name, source.x_train[keep], source.y_train[keep], source.x_test,
+                source.name, source.x_train[rows], source.y_train[rows], source.x_test,
                 source.y_test, source.num_classes, source.pixel_scale)
         num_train = source.num_train
     else:

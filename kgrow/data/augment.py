@@ -318,8 +318,10 @@ def cutmix(images, labels, alpha, seed):
     centre = tf.random.stateless_uniform([2], _fold(seed, 1), minval=0,
                                          maxval=tf.int32.max, dtype=tf.int32)
     cy, cx = centre[0] % height, centre[1] % width
-    y0, y1 = tf.clip_by_value(cy - cut_h // 2, 0, height), tf.clip_by_value(cy + cut_h // 2, 0, height)
-    x0, x1 = tf.clip_by_value(cx - cut_w // 2, 0, width), tf.clip_by_value(cx + cut_w // 2, 0, width)
+    y0 = tf.clip_by_value(cy - cut_h // 2, 0, height)
+    y1 = tf.clip_by_value(cy + cut_h // 2, 0, height)
+    x0 = tf.clip_by_value(cx - cut_w // 2, 0, width)
+    x1 = tf.clip_by_value(cx + cut_w // 2, 0, width)
     rows = tf.range(height)[:, tf.newaxis]
     cols = tf.range(width)[tf.newaxis, :]
     box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from kgrow.data import augment as augment_lib
 from kgrow.data import randaugment
-from kgrow.data.sources import ArraySource, StreamSource
+from kgrow.data.sources import ArraySource
 
 LABEL_MODES = ("onehot", "sparse")
 SUBSET_MODES = ("first", "random")

@@ -37,6 +37,7 @@ translate_x/_y          +-0.45 * level of the image side
 ``[H, W, C]`` on the 0-255 scale with 1 or 3 channels; geometric operations
 fill uncovered pixels with a per-channel ``fill`` value (the dataset mean).
 """
+import functools
 import math
 
 import tensorflow as tf
@@ -102,25 +103,31 @@ def auto_contrast(image, level=None, sign=None, fill=None):
     return tf.where(span > 0, _clip(stretched), image)
 
 
-def _equalize_channel(channel):
-    pixels = tf.cast(tf.clip_by_value(tf.floor(channel), 0.0, 255.0), tf.int32)
-    hist = tf.math.bincount(tf.reshape(pixels, [-1]), minlength=256, maxlength=256)
-    nonzero = tf.boolean_mask(hist, hist > 0)
-    step = (tf.reduce_sum(hist) - nonzero[-1]) // 255
-
-    def remap():
-        # PIL: lut[i] = (step // 2 + sum(hist[:i])) // step
-        lut = (tf.math.cumsum(hist, exclusive=True) + step // 2) // step
-        lut = tf.clip_by_value(lut, 0, 255)
-        return tf.cast(tf.gather(lut, pixels), channel.dtype)
-
-    return tf.cond(step > 0, remap, lambda: channel)
-
-
 def equalize(image, level=None, sign=None, fill=None):
-    """Histogram equalization of every channel (PIL ``ImageOps.equalize``)."""
-    channels = tf.unstack(image, num=image.shape[-1], axis=-1)
-    return tf.stack([_equalize_channel(c) for c in channels], axis=-1)
+    """Histogram equalization of every channel (PIL ``ImageOps.equalize``).
+
+    PIL's lookup table per channel: ``step = (count - count of the last
+    non-empty bin) // 255`` and ``lut[i] = (step // 2 + sum(hist[:i])) //
+    step``; channels with ``step == 0`` stay unchanged. All channels are
+    handled at once (one histogram of ``value + 256 * channel``).
+    """
+    channels = image.shape[-1]
+    pixels = tf.cast(tf.clip_by_value(tf.floor(image), 0.0, 255.0), tf.int32)
+    offset = pixels + 256 * tf.range(channels)
+    hist = tf.math.bincount(tf.reshape(offset, [-1]), minlength=256 * channels,
+                            maxlength=256 * channels)
+    hist = tf.reshape(hist, [channels, 256])
+    last_bin = 255 - tf.argmax(tf.reverse(tf.cast(hist > 0, tf.int32), [1]), axis=1,
+                               output_type=tf.int32)
+    last_count = tf.gather(hist, last_bin, axis=1, batch_dims=1)
+    step = (tf.reduce_sum(hist, axis=1) - last_count) // 255
+    safe_step = tf.maximum(step, 1)[:, tf.newaxis]
+    lut = tf.clip_by_value((tf.math.cumsum(hist, axis=1, exclusive=True) + safe_step // 2)
+                           // safe_step, 0, 255)
+    lut = tf.where(step[:, tf.newaxis] > 0, lut, tf.range(256)[tf.newaxis])
+    flat = tf.reshape(offset, [-1])
+    remapped = tf.gather(tf.reshape(lut, [-1]), flat)
+    return tf.cast(tf.reshape(remapped, tf.shape(image)), image.dtype)
 
 
 def invert(image, level=None, sign=None, fill=None):
@@ -264,19 +271,24 @@ def rand_augment(image, seed, magnitude, num_ops=2, magnitude_std=0.5, prob=0.5,
     image = tf.cast(image, tf.float32)
     fill = tf.cast(tf.broadcast_to(tf.cast(fill, tf.float32), [image.shape[-1]]), tf.float32)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=num_ops)
-    for i in range(num_ops):
-        draws = tf.random.stateless_uniform([3], seeds[i])
+
+    def one_op(i, img):
+        draws = tf.random.stateless_uniform([2], seeds[i])
         op_index = tf.random.stateless_uniform(
             [], tf.random.experimental.stateless_fold_in(seeds[i], 1),
             minval=0, maxval=len(OPERATIONS), dtype=tf.int32)
-        noise = tf.random.stateless_normal([], tf.random.experimental.stateless_fold_in(seeds[i], 2))
-        level = tf.clip_by_value(magnitude + magnitude_std * noise, 0.0, MAX_MAGNITUDE) / MAX_MAGNITUDE
+        noise = tf.random.stateless_normal(
+            [], tf.random.experimental.stateless_fold_in(seeds[i], 2))
+        magnitude_i = tf.clip_by_value(magnitude + magnitude_std * noise, 0.0, MAX_MAGNITUDE)
+        level = magnitude_i / MAX_MAGNITUDE
         sign = tf.where(draws[1] < 0.5, -1.0, 1.0)
+        # Skipped operations map to an extra identity branch, so one Case op does all.
+        op_index = tf.where(draws[0] < prob, op_index, len(OPERATIONS))
+        branches = [functools.partial(f, img, level, sign, fill) for _, f in OPERATIONS]
+        out = tf.switch_case(op_index, branches + [lambda: img])
+        return i + 1, tf.ensure_shape(out, img.shape)
 
-        def apply(img=image, op_index=op_index, level=level, sign=sign):
-            branches = [(lambda f=f: f(img, level, sign, fill)) for _, f in OPERATIONS]
-            return tf.switch_case(op_index, branches)
-
-        image = tf.cond(draws[0] < prob, apply, lambda img=image: img)
-        image = tf.ensure_shape(image, [None, None, fill.shape[0]])
+    # A loop (not a python unroll) keeps the graph at one copy of the operations,
+    # which makes building and instantiating the tf.data function cheaper.
+    _, image = tf.while_loop(lambda i, _: i < num_ops, one_op, (tf.constant(0), image))
     return image

@@ -17,6 +17,12 @@ function:
   ordered differently and a run restored from ``get_state()`` continues with
   the same orders.
 
+Keras starts a new pass whenever it creates an iterator: normally once per
+epoch, plus once before training when the model was built under a
+`tf.distribute` strategy (Keras peeks at one batch to build it). A controller
+that wants ``epoch`` to equal Keras' epoch calls `LiveSelection.set_epoch` in
+``on_epoch_begin``.
+
 The variables live on the host CPU and are created outside any
 `tf.distribute` strategy (a strategy would mirror them onto accelerators, where
 the host-side input pipeline cannot read them).

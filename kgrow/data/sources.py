@@ -226,7 +226,8 @@ def array_source(train, test, name, num_classes=None):
 
 def _unpack(pair, split):
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ValueError(f"{split} data must be a pair (x, y) of arrays, got {type(pair).__name__}.")
+        raise ValueError(
+            f"{split} data must be a pair (x, y) of arrays, got {type(pair).__name__}.")
     return pair
 
 
@@ -359,6 +360,7 @@ def tfds_source(name, data_dir=None):
     Raises:
         ValueError: TFDS is missing, the name is unknown, or the dataset is
             not a supervised (image, class label) dataset.
+        FileNotFoundError: TFDS could not download or read the data.
     """
     tfds = import_tfds()
     if tfds is None:
@@ -369,9 +371,16 @@ def tfds_source(name, data_dir=None):
         raise ValueError(unknown_dataset_message(name, tfds_available=True)) from None
     image_key, label_key = _classification_keys(name, builder.info)
     train_split, test_split = _split_names(name, builder.info)
-    (train, test), info = tfds.load(
-        name, split=[train_split, test_split], as_supervised=True, with_info=True,
-        data_dir=data_dir, shuffle_files=False)
+    try:
+        (train, test), info = tfds.load(
+            name, split=[train_split, test_split], as_supervised=True, with_info=True,
+            data_dir=data_dir, shuffle_files=False)
+    except Exception as err:  # download/preparation failures come in many types
+        raise FileNotFoundError(
+            f"TFDS could not provide {name!r} (splits {train_split!r}/{test_split!r}, data_dir="
+            f"{data_dir!r}): {type(err).__name__}: {err}. TFDS downloads datasets on first use, "
+            f"which needs a network connection; offline, pass data_dir= a directory where "
+            f"the dataset was prepared (e.g. with `tfds build {name} --data_dir DIR`).") from err
     num_classes = int(info.features[label_key].num_classes)
     image_shape = tuple(info.features[image_key].shape)
     image_dtype = tf.as_dtype(info.features[image_key].dtype)

@@ -76,3 +76,13 @@ def test_list_commands():
     proc = subprocess.run([sys.executable, "-m", "kgrow", "bench", "--list-methods"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "baseline"
+
+
+@pytest.mark.parametrize("name", profiles.available_profiles())
+def test_every_profile_is_consistent(name):
+    from kgrow import data, models
+    profile = profiles.get_profile(name)
+    assert set(profile.model_kwargs) <= set(models.spec(profile.model).accepted_kwargs())
+    assert profile.augment is None or profile.augment in data.PRESETS
+    spec = BenchSpec.from_profile(name)
+    assert spec.train.epochs == profile.epochs and spec.model == profile.model

@@ -83,7 +83,7 @@ def test_flops_meter_and_clock_account_each_epoch():
     counter = meters.SampleCounter()
     clock = meters.RunClock()
     meter = meters.FlopsMeter(counter, lambda: (6, 6, 1), clock=clock)
-    model.fit(counter.wrap(ds), epochs=3, validation_data=ds, verbose=0,
+    model.fit(counter.wrap(ds), epochs=3, validation_data=ds, verbose=0, shuffle=False,
               callbacks=[clock.head, _FreezeFirstAt(1), meter, clock.tail])
     assert [e["samples"] for e in meter.epochs] == [10, 10, 10]
     assert [e["flops_per_sample"] for e in meter.epochs] == pytest.approx(
@@ -104,7 +104,7 @@ def test_flops_meter_recounts_when_the_pipeline_size_differs():
         (tf.zeros([4, 8, 8, 1]), tf.zeros([4, 2]))).batch(4)
     counter = meters.SampleCounter()
     meter = meters.FlopsMeter(counter, lambda: (6, 6, 1))  # claims 6x6, delivers 8x8
-    model.fit(counter.wrap(ds), epochs=1, verbose=0, callbacks=[meter])
+    model.fit(counter.wrap(ds), epochs=1, verbose=0, shuffle=False, callbacks=[meter])
     assert meter.epochs[0]["input_shape"] == [8, 8, 1]
     assert meter.epochs[0]["flops_per_sample"] == pytest.approx(
         flops.count(model, (8, 8, 1)).training)

@@ -1,0 +1,365 @@
+"""Growth: train a smaller model first and grow it into the one you built.
+
+Functional form: `FullSize.of(model)` records the sizes of the architecture
+you built (channel groups and blocks per stage); `grow_to(model, full,
+stage)` returns the `GrowthResult` that brings `model` to the sizes a
+`Stage` asks for (depth first, then width, one composed transfer plan).
+
+Callback form: `Growth(schedule)` does this inside one `model.fit`. At the
+first epoch it shrinks the model you passed to the schedule's first stage; at
+each later stage boundary it grows it, carrying weights, optimizer slots and
+EMA shadows (`kgrow.controller.TrainingController.replace_model`), and the
+train function is retraced once. After the last stage the model object is
+your full architecture again: a plain Functional model with no kgrow layer in
+it, whose variable paths are those of the model you built (inserted blocks
+aside, which get `..._ins{k}_...` names).
+
+Example:
+    >>> import kgrow, keras  # doctest: +SKIP
+    >>> model = kgrow.models.get("resnet20", (28, 28, 1), 10)  # doctest: +SKIP
+    >>> model.compile("sgd", "categorical_crossentropy")  # doctest: +SKIP
+    >>> grow = Growth(GrowthSchedule.linear(total_epochs=9, num_stages=3, start=0.5),
+    ...               initializer="orthogonal")  # doctest: +SKIP
+    >>> model.fit(data.train, epochs=9, callbacks=[grow])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from kgrow.controller import ControlledCallback, Phase, TrainingController
+from kgrow.schedules import GrowthSchedule, Stage
+from kgrow.surgery import GrowthResult
+
+__all__ = ["FullSize", "grow_to", "Growth"]
+
+_INSERTED = re.compile(r"ins\d+_")
+
+
+@dataclasses.dataclass
+class FullSize:
+    """The sizes of the full architecture that growth converges to.
+
+    Attributes:
+        groups: resizable channel group name -> number of channels.
+        stage_depths: blocks per stage (`kgrow.surgery.find_stages`), or []
+            when the model has no repeated blocks.
+        stage_min_depths: the smallest depth of each stage (blocks that change
+            shape stay, plus one copyable block).
+    """
+    groups: dict
+    stage_depths: list
+    stage_min_depths: list
+
+    @classmethod
+    def of(cls, model, *, need_width=True, need_depth=True, block_spec=None) -> "FullSize":
+        groups, depths, mins = {}, [], []
+        if need_width:
+            from kgrow.surgery import channel_groups
+            groups = {n: int(g.size) for n, g in channel_groups(model).items()
+                      if g.resizable and g.role in ("channels", "heads")}
+            if not groups:
+                raise ValueError(f"model {model.name!r} has no resizable channel group, so its "
+                                 "width cannot grow (inputs and outputs are fixed).")
+        if need_depth:
+            from kgrow.surgery import find_stages
+            stages = find_stages(model, spec=block_spec)
+            if not stages:
+                raise ValueError(f"model {model.name!r} has no repeated blocks, so its depth "
+                                 "cannot grow; pass block_spec=... to name blocks explicitly.")
+            depths = [int(s.depth) for s in stages]
+            mins = [int(s.depth - len(s.body) + (1 if s.body else 0)) for s in stages]
+        return cls(groups, depths, mins)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "FullSize":
+        return cls(dict(d["groups"]), list(d["stage_depths"]), list(d["stage_min_depths"]))
+
+    def depths_at(self, fraction: float) -> list:
+        """Blocks per stage at `fraction` of the full depth (never below the minimum)."""
+        return [max(lo, int(round(d * fraction))) for d, lo in zip(self.stage_depths,
+                                                                   self.stage_min_depths)]
+
+    def width_targets(self, width, current_groups: Mapping[str, int],
+                      current_width=None) -> dict:
+        """Absolute sizes per current group for a stage's `width` setting.
+
+        Groups of the full model get `round(full * fraction)`. Groups that
+        the full model does not have (those of inserted blocks) take the full
+        size of the group they were copied from (name without `ins{k}_`), or
+        else scale from their current size.
+        """
+        out = {}
+        for name, size in current_groups.items():
+            if isinstance(width, Mapping):
+                frac = width.get(name)
+                if frac is None:
+                    continue
+            else:
+                frac = float(width)
+            full = self.groups.get(name) or self.groups.get(_INSERTED.sub("", name))
+            if full is None:
+                cur = (current_width.get(name, 1.0) if isinstance(current_width, Mapping)
+                       else (current_width or 1.0))
+                full = size / cur
+            out[name] = max(1, int(round(full * frac)))
+        return out
+
+
+def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = None,
+            initializer="zeros", importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
+            depth_source="neighbour", donor=None, block_spec=None, seed: int = 0,
+            reset_drop_path: Union[bool, float] = True) -> Optional[GrowthResult]:
+    """The growth (or initial shrink) that brings `model` to `stage`'s sizes.
+
+    Depth changes first (new blocks copy their neighbours, an EMA `donor`,
+    or start as identities), then width (new channels from `initializer`,
+    shrinking keeps the most important channels); the two transfer plans are
+    composed into one. Returns None when nothing changes.
+
+    Args:
+        model: the current model.
+        full: sizes of the full architecture (`FullSize.of(full_model)`).
+        stage: the target `Stage` (fractions of the full sizes).
+        current: the stage the model is at now (None: the full model).
+        initializer: width initializer (`kgrow.growth.available_initializers()`).
+        importance: which channels survive a shrink ("l1", "first", callable).
+        depth_mapping: "interpolation" (AutoProg), "expansion" (Network
+            Expansion interleave), "stack", or a callable `(old, new) -> list`.
+        depth_source: "neighbour", "identity" or "ema" (then give `donor`).
+        donor: {variable path: array} for depth_source="ema".
+        block_spec: explicit block spec for irregular models.
+        seed: seed of random values for new channels.
+        reset_drop_path: reset stochastic-depth rates after a depth change.
+    """
+    from kgrow.surgery import channel_groups, find_stages, scale_width, set_depth
+
+    result, plan, infos = None, None, {}
+    if stage.depth is not None and (current is None or current.depth != stage.depth):
+        targets = full.depths_at(stage.depth)
+        found = find_stages(model, spec=block_spec)
+        if [s.depth for s in found] != targets:
+            mapping = _depth_mapping(depth_mapping)
+            source = "donor" if depth_source == "ema" else depth_source
+            result = set_depth(model, targets, mapping=mapping, source=source,
+                               donor=donor if depth_source == "ema" else None,
+                               spec=block_spec, reset_drop_path=reset_drop_path)
+            model, plan, infos["depth"] = result.model, result.plan, result.info
+    if stage.width is not None and (current is None or current.width != stage.width
+                                    or "depth" in infos):
+        groups = {n: int(g.size) for n, g in channel_groups(model).items()
+                  if g.resizable and g.role in ("channels", "heads")}
+        targets = full.width_targets(stage.width, groups,
+                                     None if current is None else current.width)
+        targets = {n: s for n, s in targets.items() if groups.get(n) != s}
+        if targets:
+            wres = scale_width(model, targets, initializer=initializer, importance=importance,
+                               seed=seed)
+            plan = wres.plan if plan is None else wres.plan.compose(plan)
+            model, infos["width"] = wres.model, wres.info
+    if plan is None:
+        return None
+    return GrowthResult(model, plan, infos)
+
+
+def _depth_mapping(spec):
+    from kgrow.surgery import expansion_mapping, interpolation_mapping
+    if callable(spec):
+        return spec
+    if spec == "interpolation":
+        return interpolation_mapping
+    if spec in ("expansion", "interleave", "stack"):
+        mode = "stack" if spec == "stack" else "interleave"
+        return lambda old, new: expansion_mapping(old, new, mode=mode)
+    raise ValueError(f"depth_mapping must be 'interpolation', 'expansion', 'stack' or a "
+                     f"callable (old_depth, new_depth) -> list; got {spec!r}")
+
+
+class Growth(ControlledCallback):
+    """Grows the model along a `GrowthSchedule` inside one `model.fit`.
+
+    The model you compile and pass to `fit` is the *full* architecture; the
+    schedule's sizes are fractions of it. At the start of training the model
+    is shrunk to the first stage; at each stage boundary it grows. Keras'
+    own callbacks (ModelCheckpoint, CSVLogger, EarlyStopping, TensorBoard,
+    BackupAndRestore through `kgrow.controller.ControllerCheckpoint`) keep
+    working: they see the same model object, whose graph changes.
+
+    Args:
+        schedule: a `GrowthSchedule` (or a list of `Stage`s/dicts).
+        initializer: how new channels start (`kgrow.growth`): "zeros"
+            (function-preserving), "orthogonal" (Network Expansion),
+            "variance_transfer", "net2net", "random", ...
+        importance: which channels the initial shrink keeps.
+        depth_mapping: how new blocks are placed ("interpolation": AutoProg's
+            nearest-neighbour copies; "expansion": Network Expansion's
+            interleaving of EMA copies; "stack"; or a callable).
+        depth_source: "neighbour" (copy the online block), "identity"
+            (zero residual branch: function-preserving) or "ema" (copy an EMA
+            of the online model, Network Expansion / MoGrow).
+        ema_decay: decay of the EMA kept for depth_source="ema" (default:
+            a half-life of one epoch).
+        reset_optimizer: start optimizer moments at zero after each growth
+            (Network Expansion and AutoProg do; the LR schedule continues
+            either way).
+        reset_ema: restart the EMA as a copy of the grown model.
+        block_spec: explicit block spec for irregular models.
+        seed: seed of new channels' random values.
+        verbose: 1 prints one line per growth step.
+
+    Attributes:
+        events: one dict per growth step: epoch, stage index, seconds spent
+            (surgery + transfer; the retrace happens in the first step of the
+            epoch and is counted by the controller), sizes.
+    """
+
+    phase = Phase.ARCHITECTURE
+    EMA_NAME = "growth"
+
+    def __init__(self, schedule: Union[GrowthSchedule, Sequence], *, initializer="zeros",
+                 importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
+                 depth_source: str = "neighbour", ema_decay: Optional[float] = None,
+                 reset_optimizer: bool = False, reset_ema: bool = True, block_spec=None,
+                 seed: int = 0, verbose: int = 1):
+        super().__init__()
+        if not isinstance(schedule, GrowthSchedule):
+            schedule = GrowthSchedule(schedule)
+        if schedule.stages[0].resolution is not None:
+            raise ValueError("Growth changes width and depth; resolution stages belong to a "
+                             "resolution callback. Remove `resolution` from the schedule.")
+        if depth_source not in ("neighbour", "identity", "ema"):
+            raise ValueError(f"depth_source must be 'neighbour', 'identity' or 'ema', got "
+                             f"{depth_source!r}")
+        from kgrow.growth import get_initializer
+        get_initializer(initializer)  # fail now on an unknown name, not at the first stage
+        _depth_mapping(depth_mapping)
+        self.schedule = schedule
+        self.initializer = initializer
+        self.importance = importance
+        self.depth_mapping = depth_mapping
+        self.depth_source = depth_source
+        self.ema_decay = ema_decay
+        self.reset_optimizer = reset_optimizer
+        self.reset_ema = reset_ema
+        self.block_spec = block_spec
+        self.seed = seed
+        self.verbose = verbose
+        self.full: Optional[FullSize] = None
+        self.stage_index: Optional[int] = None
+        self.events: list = []
+
+    # Validation against the model happens when fit hands it over, before
+    # any training step: unsupported layers, models without blocks, stages
+    # that cannot be built, epochs past the end.
+    def set_model(self, model):
+        super().set_model(model)
+        if self.full is None and self.stage_index is None:
+            quantities = self.schedule.quantities
+            self.full = FullSize.of(model, need_width="width" in quantities,
+                                    need_depth="depth" in quantities, block_spec=self.block_spec)
+            self._check_groups()
+
+    def _check_groups(self):
+        first = self.schedule.stages[0].width
+        if isinstance(first, Mapping):
+            unknown = sorted(set(first) - set(self.full.groups))
+            if unknown:
+                raise ValueError(f"the schedule sizes channel groups {unknown} that the model "
+                                 f"does not have (or cannot resize); resizable groups: "
+                                 f"{sorted(self.full.groups)[:20]}")
+
+    def on_train_begin(self, logs=None):
+        epochs = (self.params or {}).get("epochs")
+        if epochs is not None and self.schedule.stages[-1].epoch >= epochs:
+            raise ValueError(f"the growth schedule has a stage at epoch "
+                             f"{self.schedule.stages[-1].epoch}, but fit runs {epochs} epochs")
+        super().on_train_begin(logs)
+        ctrl = self.controller
+        ctrl.register_state("growth", self._get_state, self._set_state)
+        if self.depth_source == "ema" and self.EMA_NAME not in ctrl.emas:
+            steps = (self.params or {}).get("steps") or 100
+            if self.ema_decay is not None:
+                ctrl.add_ema(self.EMA_NAME, self.ema_decay)
+            else:
+                ctrl.add_ema(self.EMA_NAME, half_life_steps=steps)
+
+    def on_train_end(self, logs=None):
+        self.controller.unregister_state("growth")
+        super().on_train_end(logs)
+
+    def _get_state(self):
+        return {"stage_index": self.stage_index, "full": self.full.to_dict(),
+                "schedule": self.schedule.to_dict(), "events": self.events}
+
+    def _set_state(self, state):
+        if GrowthSchedule.from_dict(state["schedule"]) != self.schedule:
+            raise ValueError("the checkpoint was written with a different growth schedule "
+                             f"({state['schedule']}); resume with the same schedule.")
+        self.stage_index = state["stage_index"]
+        self.full = FullSize.from_dict(state["full"])
+        self.events = list(state.get("events", []))
+
+    def controlled_epoch_begin(self, epoch: int) -> None:
+        target = self.schedule.stage_index_at(epoch)
+        if target == self.stage_index:
+            return
+        start = time.perf_counter()
+        ctrl = self.controller
+        current = None if self.stage_index is None else self.schedule.stages[self.stage_index]
+        donor = ctrl.ema(self.EMA_NAME).values() if self.depth_source == "ema" else None
+        with ctrl.scope():
+            result = grow_to(self.model, self.full, self.schedule.stages[target], current=current,
+                             initializer=self.initializer, importance=self.importance,
+                             depth_mapping=self.depth_mapping, depth_source=self.depth_source,
+                             donor=donor, block_spec=self.block_spec,
+                             seed=self.seed + target)
+        if result is not None:
+            initial = self.stage_index is None
+            ctrl.replace_model(result, reset_optimizer=self.reset_optimizer and not initial,
+                               reset_ema=self.reset_ema or initial)
+        seconds = time.perf_counter() - start
+        self.stage_index = target
+        event = {"epoch": int(epoch), "stage": int(target), "seconds": seconds,
+                 "params": int(self.model.count_params()),
+                 "kind": "shrink-to-start" if current is None else "grow"}
+        self.events.append(event)
+        if self.verbose:
+            print(f"\nkgrow.Growth: epoch {epoch}: {event['kind']} to stage {target} "
+                  f"({self.schedule.stages[target].to_dict()}), {event['params']:,} parameters, "
+                  f"{seconds:.2f}s")
+
+
+# -- benchmark methods (registered lazily in kgrow.bench.registry) -----------
+def _bench_growth(context, quantity, **kwargs):
+    epochs = int(context.train.epochs)
+    stages = min(3, epochs)
+    schedule = GrowthSchedule.linear(epochs, num_stages=stages, start=0.5, quantity=quantity)
+    return context.build_model(), [Growth(schedule, **kwargs)]
+
+
+def bench_width_growth(build_model, context):
+    """Bench method `grow_width`: Network Expansion's CNN recipe.
+
+    Width 0.5 -> 1.0 of every channel group in 3 equal stages, new filters
+    orthogonal to the existing ones (zero fan-out, so each step keeps the
+    function), optimizer state carried.
+    """
+    del build_model
+    return _bench_growth(context, "width", initializer="orthogonal")
+
+
+def bench_depth_growth(build_model, context):
+    """Bench method `grow_depth`: half the blocks per stage -> all, in 3 stages.
+
+    New blocks copy their neighbours (AutoProg's interpolation).
+    """
+    del build_model
+    return _bench_growth(context, "depth", depth_mapping="interpolation",
+                         depth_source="neighbour")

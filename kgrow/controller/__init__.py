@@ -1,0 +1,31 @@
+"""The training controller: one owner of a model's training state during `fit`.
+
+* `TrainingController` (`controller.py`): current model (growth via rebind),
+  optimizer rebuild with carried state, EMA copies, freezing, per-group LR
+  multipliers, live data selection, named state, checkpoints; the epoch
+  pipeline (`Phase`) and the single retrace per epoch boundary.
+* `optimizer.py`: optimizer cloning and slot/iteration carry through a
+  `TransferPlan`.
+* `step.py`: the installed train step and its ordered hooks.
+* `ema.py`: EMA shadows and half-life helpers.
+* `multipliers.py`: LR-multiplier groups.
+* `freezing.py`: layer selection for freeze/unfreeze.
+* `checkpoint.py`: atomic checkpoint files; `callbacks.py`: `ControlledCallback`,
+  `ControllerCheckpoint`.
+"""
+from kgrow.controller.callbacks import ControlledCallback, ControllerCheckpoint
+from kgrow.controller.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from kgrow.controller.controller import Phase, TrainingController
+from kgrow.controller.ema import EMA, decay_for_half_life, half_life_steps, rescale_decay
+from kgrow.controller.optimizer import (clone_optimizer, load_optimizer_state, optimizer_state,
+                                        rebuild_optimizer)
+from kgrow.controller.step import (ORDER_DEFAULT, ORDER_EMA, ORDER_MASKS, StepHooks,
+                                   UpdateContext)
+
+__all__ = [
+    "TrainingController", "Phase", "ControlledCallback", "ControllerCheckpoint",
+    "EMA", "decay_for_half_life", "half_life_steps", "rescale_decay",
+    "clone_optimizer", "optimizer_state", "load_optimizer_state", "rebuild_optimizer",
+    "StepHooks", "UpdateContext", "ORDER_DEFAULT", "ORDER_MASKS", "ORDER_EMA",
+    "latest_checkpoint", "read_checkpoint", "write_checkpoint",
+]

@@ -1,0 +1,185 @@
+"""Optimizer rebuild on growth: slots carried through the plan, new slots zero."""
+import keras
+import numpy as np
+import pytest
+
+from kgrow.controller import TrainingController, clone_optimizer, optimizer_state
+from kgrow.controller.optimizer import load_optimizer_state, slot_lists
+
+from ctrl_helpers import make_mlp, mirrored_strategy, regression_data, widen_hidden
+
+OPTIMIZERS = {
+    "sgd_momentum": (lambda: keras.optimizers.SGD(0.05, momentum=0.9), {"momentums"}),
+    "adam": (lambda: keras.optimizers.Adam(0.01), {"_momentums", "_velocities"}),
+    "adamw": (lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+              {"_momentums", "_velocities"}),
+}
+
+
+def _slots_by_path(optimizer):
+    level = optimizer_state(optimizer)["levels"][0]
+    return level["slots"]
+
+
+def _trained_model(make_opt):
+    model = make_mlp()
+    model.compile(make_opt(), "mse")
+    x, y = regression_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_slots_of_kept_weights_carried_and_new_slots_zero(name):
+    make_opt, expected_slots = OPTIMIZERS[name]
+    model = _trained_model(make_opt)
+    controller = TrainingController.of(model)
+    old_opt = model.optimizer
+    assert set(slot_lists(old_opt)) == expected_slots
+    old = _slots_by_path(old_opt)
+    old_iterations = int(old_opt.iterations.numpy())
+    assert old_iterations == 4
+
+    controller.replace_model(widen_hidden(model, 6))
+
+    new_opt = model.optimizer
+    assert new_opt is not old_opt and type(new_opt) is type(old_opt)
+    assert new_opt.get_config() == old_opt.get_config()
+    assert int(new_opt.iterations.numpy()) == old_iterations
+    new = _slots_by_path(new_opt)
+    assert set(new) == expected_slots
+    for slot in expected_slots:
+        assert np.any(old[slot]["hidden/kernel"] != 0)  # the check below is not vacuous
+        k = new[slot]["hidden/kernel"]
+        assert k.shape == (3, 6)
+        np.testing.assert_array_equal(k[:, :4], old[slot]["hidden/kernel"])
+        np.testing.assert_array_equal(k[:, 4:], 0.0)
+        b = new[slot]["hidden/bias"]
+        np.testing.assert_array_equal(b[:4], old[slot]["hidden/bias"])
+        np.testing.assert_array_equal(b[4:], 0.0)
+        o = new[slot]["out/kernel"]
+        np.testing.assert_array_equal(o[:4], old[slot]["out/kernel"])
+        np.testing.assert_array_equal(o[4:], 0.0)
+        np.testing.assert_array_equal(new[slot]["out/bias"], old[slot]["out/bias"])
+
+
+def test_reset_optimizer_zeroes_slots_but_keeps_iterations_and_schedule():
+    schedule = keras.optimizers.schedules.CosineDecay(0.01, decay_steps=100)
+    model = _trained_model(lambda: keras.optimizers.AdamW(schedule))
+    controller = TrainingController.of(model)
+    controller.replace_model(widen_hidden(model, 6), reset_optimizer=True)
+    opt = model.optimizer
+    assert opt._learning_rate is schedule  # the same schedule object, not a copy
+    assert int(opt.iterations.numpy()) == 4
+    assert float(opt.learning_rate.numpy()) == pytest.approx(float(schedule(4)))
+    for slot in _slots_by_path(opt).values():
+        for value in slot.values():
+            np.testing.assert_array_equal(value, 0.0)
+
+
+def test_amsgrad_and_optimizer_ema_slots_found():
+    model = make_mlp()
+    opt = keras.optimizers.Adam(0.01, amsgrad=True, use_ema=True)
+    opt.build(model.trainable_variables)
+    assert set(slot_lists(opt)) == {"_momentums", "_velocities", "_velocity_hats",
+                                    "_model_variables_moving_average"}
+
+
+def test_optimizer_ema_slot_of_new_units_starts_at_new_weight():
+    model = _trained_model(lambda: keras.optimizers.SGD(0.05, use_ema=True))
+    TrainingController.of(model).replace_model(widen_hidden(model, 6))
+    avg = _slots_by_path(model.optimizer)["_model_variables_moving_average"]["hidden/kernel"]
+    np.testing.assert_array_equal(avg[:, 4:], model.get_layer("hidden").kernel.numpy()[:, 4:])
+
+
+def test_loss_scale_optimizer_state_round_trips():
+    model = make_mlp()
+    opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.5),
+                                              initial_scale=64.0)
+    opt.build(model.trainable_variables)
+    opt.dynamic_scale.assign(8.0)
+    opt.inner_optimizer.momentums[0].assign(np.full((3, 4), 0.25, "float32"))
+    state = optimizer_state(opt)
+    clone = clone_optimizer(opt)
+    clone.build(model.trainable_variables)
+    load_optimizer_state(clone, state)
+    assert float(clone.dynamic_scale.numpy()) == 8.0
+    np.testing.assert_array_equal(clone.inner_optimizer.momentums[0].numpy(), 0.25)
+
+
+def test_weight_decay_exclusions_carried():
+    model = make_mlp()
+    opt = keras.optimizers.AdamW(0.01, weight_decay=0.1)
+    opt.exclude_from_weight_decay(var_list=[model.get_layer("out").bias], var_names=["hidden/b"])
+    model.compile(opt, "mse")
+    x, y = regression_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    TrainingController.of(model).replace_model(widen_hidden(model, 6))
+    new = model.optimizer
+    assert not new._use_weight_decay(model.get_layer("out").bias)
+    assert new._use_weight_decay(model.get_layer("out").kernel)
+    assert new._exclude_from_weight_decay_pattern.pattern == "hidden/b"
+
+
+def test_load_rejects_other_optimizer_class():
+    model = make_mlp()
+    sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+    sgd.build(model.trainable_variables)
+    adam = keras.optimizers.Adam()
+    adam.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="Optimizer state is for"):
+        load_optimizer_state(adam, optimizer_state(sgd))
+
+
+def test_replace_model_validates_plan():
+    model = _trained_model(lambda: keras.optimizers.SGD(0.1))
+    controller = TrainingController.of(model)
+    result = widen_hidden(model, 6)
+    incomplete = type(result.plan)({k: v for k, v in result.plan.items() if k != "out/bias"})
+    with pytest.raises(KeyError, match="out/bias"):
+        controller.replace_model(type(result)(result.model, incomplete))
+    with pytest.raises(TypeError, match="GrowthResult"):
+        controller.replace_model(result.model)
+
+
+def test_loss_scale_optimizer_growth_in_fit():
+    model = make_mlp()
+    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05, momentum=0.9),
+                                                      initial_scale=128.0), "mse")
+    x, y = regression_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    old_opt = model.optimizer
+    old_momentum = _slots_by_path(old_opt.inner_optimizer)["momentums"]["hidden/kernel"]
+    scale = float(old_opt.dynamic_scale.numpy())
+    TrainingController.of(model).replace_model(widen_hidden(model, 6))
+    new_opt = model.optimizer
+    assert isinstance(new_opt, keras.optimizers.LossScaleOptimizer)
+    assert float(new_opt.dynamic_scale.numpy()) == scale
+    new_momentum = optimizer_state(new_opt)["levels"][1]["slots"]["momentums"]["hidden/kernel"]
+    np.testing.assert_array_equal(new_momentum[:, :4], old_momentum)
+    np.testing.assert_array_equal(new_momentum[:, 4:], 0.0)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert int(new_opt.iterations.numpy()) == 8
+
+
+def test_growth_model_must_be_built_in_strategy_scope():
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        model = make_mlp()
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+    controller = TrainingController.of(model)
+    with pytest.raises(ValueError, match="controller.scope"):
+        controller.replace_model(widen_hidden(model, 6))  # built outside the scope
+    assert model.get_layer("hidden").units == 4  # nothing changed
+
+
+def test_model_with_own_train_step_rejected():
+    class Custom(keras.Model):
+        def train_step(self, data):
+            return {}
+
+    inp = keras.Input((2,))
+    model = Custom(inp, keras.layers.Dense(1)(inp))
+    with pytest.raises(TypeError, match="own train_step"):
+        TrainingController.of(model)
