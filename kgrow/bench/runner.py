@@ -241,6 +241,8 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         "final_params": int(model.count_params()),
         "flops_notes": list(flops_meter.notes),
         "curve": curve,
+        # What the method's callbacks did (e.g. Growth steps with their cost).
+        "method_events": [dict(e) for cb in setup.callbacks for e in getattr(cb, "events", [])],
     }
     log(f"[kgrow bench] {method} (seed {seed}): test acc {100 * record['test_acc']:.2f}% "
         f"(±{record['test_acc_stderr_pp']:.2f} pp), train {record['train_wall_s']:.1f} s "
