@@ -220,3 +220,37 @@ def plot_curves(results: Mapping[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_schedule(results: Mapping[str, Any], path: str) -> None:
+    """Writes what each method trains per epoch: training FLOPs per sample (PNG).
+
+    This is the footprint of a method's schedule (growth stages, frozen
+    blocks, sparsity) next to the baseline's flat line. Runs whose curve has
+    no per-epoch FLOPs are left out of the plot and named in its title.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    missing = []
+    for name, run in results["runs"].items():
+        points = [(p["epoch"], p.get("flops_per_sample")) for p in run["curve"]]
+        if not points or any(f is None for _, f in points):
+            missing.append(name)
+            continue
+        ax.step([e for e, _ in points], [f / 1e6 for _, f in points], where="mid",
+                marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training MFLOPs per sample")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    title = f"Schedules: {results['model']} on {results['dataset']}"
+    if missing:
+        title += f"\n(no per-epoch FLOPs for {', '.join(missing)})"
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -281,15 +281,16 @@ def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]]) -> 
 
 
 def write_results(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
-    """Writes results.json, results.md and curves.png; returns their paths."""
+    """Writes results.json, results.md, curves.png and schedule.png; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, name)
-             for name in ("results.json", "results.md", "curves.png")}
+             for name in ("results.json", "results.md", "curves.png", "schedule.png")}
     with open(paths["results.json"], "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     with open(paths["results.md"], "w", encoding="utf-8") as f:
         f.write(report.to_markdown(results))
     report.plot_curves(results, paths["curves.png"])
+    report.plot_schedule(results, paths["schedule.png"])
     return paths
 
 
@@ -320,5 +321,5 @@ def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
                 results = build_results(spec, finished)
                 write_results(results, out_dir)
     log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; wrote "
-        f"{os.path.join(out_dir, 'results.json')}, results.md, curves.png")
+        f"{os.path.join(out_dir, 'results.json')}, results.md, curves.png, schedule.png")
     return results

@@ -38,6 +38,13 @@ class ControlledCallback(keras.callbacks.Callback):
     def controller(self) -> TrainingController:
         return TrainingController.of(self.model)
 
+    def set_model(self, model):
+        super().set_model(model)
+        # Create the controller before any callback's on_train_begin, so that
+        # a restore by another callback (e.g. keras BackupAndRestore calling
+        # load_weights) already goes through it, whatever the list order.
+        TrainingController.of(model)
+
     def on_train_begin(self, logs=None):
         self.controller.attach_callback(self)
 

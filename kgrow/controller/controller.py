@@ -111,6 +111,49 @@ class _RetraceOnCall:
         return model.train_function(*args, **kwargs)
 
 
+SIDECAR_SUFFIX = ".kgrow"
+
+
+def sidecar_path(filepath) -> str:
+    """Where the controller state that goes with a weights file is kept."""
+    return str(filepath) + SIDECAR_SUFFIX
+
+
+def _install_weight_io(controller, model) -> None:
+    """Makes `save_weights`/`load_weights` carry the architecture along.
+
+    A weights file alone cannot be loaded into a model whose architecture
+    has changed since it was written, which is what Keras' `BackupAndRestore`
+    (and `ModelCheckpoint(save_weights_only=True)`) do when a grown run is
+    resumed in a freshly built model. Next to every weights file the
+    controlled model writes `<file>.kgrow`, an atomic controller checkpoint
+    (architecture, weights, optimizer state, EMAs, frozen set, LR groups, data
+    selection, callbacks' named state); `load_weights` on a controlled model
+    restores from it when it exists, and is Keras' own otherwise. The sidecar
+    is written first, so a kill between the two writes leaves a sidecar at
+    least as new as the weights file, and the sidecar wins.
+    """
+    keras_save, keras_load = model.save_weights, model.load_weights
+
+    def save_weights(filepath, *args, **kwargs):
+        controller.save(sidecar_path(filepath), keep=1)
+        return keras_save(filepath, *args, **kwargs)
+
+    def load_weights(filepath, *args, **kwargs):
+        side = sidecar_path(filepath)
+        if ckpt.latest_checkpoint(side) is None:
+            return keras_load(filepath, *args, **kwargs)
+        epoch = controller.epoch
+        controller.set_state(ckpt.read_checkpoint(side))
+        controller.epoch = epoch  # the caller (e.g. BackupAndRestore) owns the epoch
+        return None
+
+    save_weights.__doc__ = keras_save.__doc__
+    load_weights.__doc__ = keras_load.__doc__
+    object.__setattr__(model, "save_weights", save_weights)
+    object.__setattr__(model, "load_weights", load_weights)
+
+
 class TrainingController:
     """The training state of one model during `fit`. Use `TrainingController.of(model)`.
 
@@ -157,6 +200,7 @@ class TrainingController:
         # dependency tracking must see the controller or the step function.
         object.__setattr__(model, self._ATTR, self)
         object.__setattr__(model, "train_step", make_train_step(self))
+        _install_weight_io(self, model)
         self.request_retrace()
 
     @classmethod

@@ -79,8 +79,9 @@ def test_report_files_and_progress_lines(bench_run):
     with open(os.path.join(out, "results.md"), encoding="utf-8") as f:
         md = f.read()
     assert "| baseline |" in md and "| baseline_copy |" in md
-    with open(os.path.join(out, "curves.png"), "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for plot in ("curves.png", "schedule.png"):
+        with open(os.path.join(out, plot), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sum("test acc" in line for line in lines) == 2  # one summary line per run
 
 

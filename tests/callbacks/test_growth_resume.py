@@ -21,7 +21,7 @@ class _Crash(keras.callbacks.Callback):
             raise RuntimeError("simulated kill")
 
 
-def _run(bundle, extra_callbacks, directory=None, crash=None):
+def _run(bundle, extra_callbacks, directory=None, crash=None, saver="controller"):
     keras.utils.set_random_seed(7)
     model = models.resnet_cifar(8, (28, 28, 1), 10, width=0.5)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
@@ -29,16 +29,22 @@ def _run(bundle, extra_callbacks, directory=None, crash=None):
     grow = Growth(GrowthSchedule([Stage(0, width=0.5), Stage(2, width=1.0)]),
                   initializer="orthogonal", verbose=0)
     callbacks = [grow, *extra_callbacks]
-    if directory is not None:
+    if directory is not None and saver == "controller":
         callbacks.append(ControllerCheckpoint(directory))
+    elif directory is not None:
+        # Keras' own callback, placed first: it restores (load_weights) before
+        # the Growth callback's on_train_begin runs.
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(directory))
     if crash is not None:
         callbacks.append(crash)
     return model, grow, callbacks
 
 
-@pytest.mark.parametrize("saved_growth_epoch", [True, False],
-                         ids=["killed-after-growth-epoch-saved", "killed-before-save"])
-def test_resume_after_growth_equals_uninterrupted_run(tmp_path, saved_growth_epoch):
+@pytest.mark.parametrize("saver,saved_growth_epoch", [
+    ("controller", True), ("controller", False), ("keras_backup_and_restore", True)],
+    ids=["kgrow-killed-after-growth-epoch-saved", "kgrow-killed-before-save",
+         "keras-BackupAndRestore"])
+def test_resume_after_growth_equals_uninterrupted_run(tmp_path, saver, saved_growth_epoch):
     tf.config.experimental.enable_op_determinism()
     try:
         def bundle():
@@ -54,15 +60,15 @@ def test_resume_after_growth_equals_uninterrupted_run(tmp_path, saved_growth_epo
         # The growth happens at the start of epoch 2; the kill comes at its
         # end, after the checkpoint of epoch 2 was written or just before.
         if saved_growth_epoch:
-            crashed, grow, cbs = _run(b, [], directory, crash=_Crash(at=2))
+            crashed, grow, cbs = _run(b, [], directory, crash=_Crash(at=2), saver=saver)
         else:
-            crashed, grow, cbs = _run(b, [_Crash(at=2)], directory)
+            crashed, grow, cbs = _run(b, [_Crash(at=2)], directory, saver=saver)
         with pytest.raises(RuntimeError, match="simulated kill"):
             crashed.fit(b.train, epochs=4, verbose=0, callbacks=cbs)
         assert [e["epoch"] for e in grow.events] == [0, 2]
 
         b = bundle()
-        resumed, grow, cbs = _run(b, [], directory)  # new object, full architecture
+        resumed, grow, cbs = _run(b, [], directory, saver=saver)  # new object, full size
         history = resumed.fit(b.train, epochs=4, verbose=0, callbacks=cbs)
         # Resumed at the first epoch not saved; the growth is restored (not
         # repeated) when its epoch was saved, and replayed when it was not.
