@@ -7,6 +7,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from testing_helpers import new_mirrored_strategy  # noqa: E402
+
 # Two logical CPU devices, so MirroredStrategy tests run on a machine with one
 # CPU. This must happen before TensorFlow initialises its devices.
 _cpus = tf.config.list_physical_devices("CPU")
@@ -33,19 +35,6 @@ def _fresh_keras_session_per_module():
     yield
     keras.backend.clear_session()
 
-
-def new_mirrored_strategy():
-    """A MirroredStrategy on the 2 logical CPUs with its own collective keys.
-
-    Every MirroredStrategy starts its collective keys at the same numbers and
-    the process-wide collective executor caches what it saw per key, so a
-    second strategy in one process (another test) would reuse keys with other
-    tensor shapes and abort with "Shape mismatch in the collective instance".
-    TensorFlow's own tests move each strategy to a fresh key range this way.
-    """
-    from tensorflow.python.distribute import mirrored_strategy as mirrored_lib
-    mirrored_lib.MirroredStrategy._collective_key_base += 100000
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 @pytest.fixture

@@ -1035,10 +1035,17 @@ def _dense_rule(call):
     kernel = call.weight("kernel")
     call.bind(kernel, 0, x, "consumer")
     call.bind(kernel, 1, out, "producer")
-    if layer.use_bias:
-        call.bind(call.weight("bias"), 0, out, "carrier", kind="bias", fill=0.0)
-    _mixes_if_softmax(call, out, layer.activation)
     call.configure(lambda size: {"units": size(out)})
+    _finish_producer(call, out)
+
+
+def _finish_producer(call, out):
+    """What every layer creating the group `out` ends with: its bias is a
+    per-channel carrier, a softmax activation mixes the channels, and `out`
+    is the layout of its output."""
+    if call.layer.use_bias:
+        call.bind(call.weight("bias"), 0, out, "carrier", kind="bias", fill=0.0)
+    _mixes_if_softmax(call, out, call.layer.activation)
     call.set_outputs(out)
 
 
@@ -1072,10 +1079,7 @@ def _conv_rule(call):
             call.bind(kernel, nd - 2, x, "consumer")
         call.bind(kernel, nd - 1, out, "producer")
         call.configure(lambda size: {"filters": size(out)})
-    if layer.use_bias:
-        call.bind(call.weight("bias"), 0, out, "carrier", kind="bias", fill=0.0)
-    _mixes_if_softmax(call, out, layer.activation)
-    call.set_outputs(out)
+    _finish_producer(call, out)
 
 
 def _conv_transpose_rule(call):
@@ -1087,11 +1091,8 @@ def _conv_transpose_rule(call):
     fan = tuple(range(nd - 2)) + (nd - 1,)
     call.bind(kernel, nd - 1, x, "consumer", fan_in_axes=fan)
     call.bind(kernel, nd - 2, out, "producer", fan_in_axes=fan)
-    if layer.use_bias:
-        call.bind(call.weight("bias"), 0, out, "carrier", kind="bias", fill=0.0)
-    _mixes_if_softmax(call, out, layer.activation)
     call.configure(lambda size: {"filters": size(out)})
-    call.set_outputs(out)
+    _finish_producer(call, out)
 
 
 def _depthwise_rule(call):

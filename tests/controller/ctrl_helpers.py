@@ -60,16 +60,6 @@ def regression_data(n=32, inputs=3, outputs=2, seed=0):
 
 
 def mirrored_strategy():
-    """A MirroredStrategy on the 2 logical CPUs with its own collective keys.
-
-    Every MirroredStrategy starts its collective group/instance keys at the
-    same numbers, and the process-wide collective executor caches what it saw
-    per key: a second strategy in the same process (another test) then reuses
-    keys with other tensor shapes and the all-reduce aborts with "Shape
-    mismatch in the collective instance". TensorFlow's own tests move each
-    strategy to a fresh key range the same way.
-    """
-    import tensorflow as tf
-    from tensorflow.python.distribute import mirrored_strategy as mirrored_lib
-    mirrored_lib.MirroredStrategy._collective_key_base += 100000
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """A MirroredStrategy on the 2 logical CPUs (see testing_helpers)."""
+    from testing_helpers import new_mirrored_strategy
+    return new_mirrored_strategy()

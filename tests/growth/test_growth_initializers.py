@@ -9,6 +9,8 @@ from kgrow.growth import (GrowthInitializer, GrowthRequest, GrowthValues, Net2Ne
 from kgrow.surgery.channels import ChannelGroup
 from kgrow.surgery.width import scale_width
 
+from testing_helpers import randomize_weights as _randomize  # noqa: E402
+
 L = keras.layers
 
 
@@ -200,13 +202,6 @@ def test_variance_rescale_is_exact_only_with_batchnorm_compensation():
 
 # -- on models ----------------------------------------------------------------
 
-def _randomize(model, std=0.3, seed=0):
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if "variance" in v.path:
-            v.assign(rng.uniform(0.5, 1.5, v.shape))
-        else:
-            v.assign(rng.normal(0, std, v.shape))
 
 
 def _conv_net():

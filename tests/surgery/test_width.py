@@ -8,16 +8,11 @@ from kgrow.surgery.channels import channel_groups
 from kgrow.surgery.transfer import NEW
 from kgrow.surgery.width import resolve_sizes, scale_width
 
+from testing_helpers import randomize_weights as _randomize  # noqa: E402
+
 L = keras.layers
 
 
-def _randomize(model, std=0.3, seed=0):
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if "variance" in v.path:
-            v.assign(rng.uniform(0.5, 1.5, v.shape))
-        else:
-            v.assign(rng.normal(0, std, v.shape))
 
 
 def _calibrate(model, x):

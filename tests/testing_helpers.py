@@ -1,0 +1,28 @@
+"""Helpers shared by test modules in several folders (tests/ is on sys.path)."""
+import numpy as np
+import tensorflow as tf
+
+
+def new_mirrored_strategy():
+    """A MirroredStrategy on the 2 logical CPUs with its own collective keys.
+
+    Every MirroredStrategy starts its collective keys at the same numbers and
+    the process-wide collective executor caches what it saw per key, so a
+    second strategy in one process (another test) would reuse keys with other
+    tensor shapes and abort with "Shape mismatch in the collective instance".
+    TensorFlow's own tests move each strategy to a fresh key range this way.
+    """
+    from tensorflow.python.distribute import mirrored_strategy as mirrored_lib
+    mirrored_lib.MirroredStrategy._collective_key_base += 100000
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def randomize_weights(model, std=0.3, seed=0):
+    """Gives every weight random values (BatchNorm variances stay positive),
+    so function-preservation checks do not pass merely because of zeros."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        if "variance" in v.path:
+            v.assign(rng.uniform(0.5, 1.5, v.shape))
+        else:
+            v.assign(rng.normal(0, std, v.shape))
