@@ -12,6 +12,9 @@ setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9",
+        # tensorflow-datasets 4.9.x imports it to download and prepare any
+        # dataset but does not declare it.
+        "importlib_resources>=5",
         "numpy>=1.26",
         "matplotlib>=3.8",
         "tensorboard>=2.21,<2.22",

@@ -18,7 +18,7 @@ Two measurements, both on real Fashion-MNIST in the `--profile quick` setting
    alternating, median step time per model.
 
 Usage:
-    python benchmarks/growth_overhead.py [--rounds 5] [--steps 30] [--json out.json]
+    python benchmarks/growth_overhead.py [--repeats 3] [--rounds 12] [--steps 10] [--json out.json]
 """
 from __future__ import annotations
 
@@ -175,25 +175,43 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of the overhead measurement; medians are reported")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     out = {}
     if not args.skip_overhead:
         print("[1/2] growth-step overhead in one fit (quick profile setting) ...", flush=True)
-        out["overhead"] = growth_overhead(args.epochs)
+        runs = []
+        for r in range(args.repeats):
+            o = growth_overhead(args.epochs)
+            runs.append(o)
+            for s in o["steps"]:
+                print(f"  run {r}: epoch {s['epoch']} {s['kind']:>15}: surgery+transfer "
+                      f"{s['surgery_and_transfer_s']:.2f}s, first step {s['first_step_s']:.2f}s "
+                      f"vs median {s['median_step_s']:.3f}s (retrace ~{s['retrace_extra_s']:.2f}s)")
+            print(f"  run {r}: training {o['total_train_s']:.1f}s; per growth step "
+                  f"{', '.join(f'{100 * f:.2f}%' for f in o['per_step_fraction'])}; first step "
+                  f"of an epoch without growth +{o['epoch_start_s']:.2f}s (subtracted)", flush=True)
+        per_step = [f for o in runs for f in o["per_step_fraction"]]
+        seconds = [s["surgery_and_transfer_s"] + s["retrace_extra_s"] for o in runs
+                   for s in o["steps"] if s["kind"] == "grow"]
+        surgery = [s["surgery_and_transfer_s"] for o in runs for s in o["steps"]
+                   if s["kind"] == "grow"]
+        out["overhead"] = {"runs": runs,
+                           "median_per_step_fraction": statistics.median(per_step),
+                           "max_per_step_fraction": max(per_step),
+                           "median_per_step_s": statistics.median(seconds),
+                           "median_surgery_and_transfer_s": statistics.median(surgery),
+                           "median_total_train_s": statistics.median(
+                               o["total_train_s"] for o in runs)}
         o = out["overhead"]
-        for s in o["steps"]:
-            print(f"  epoch {s['epoch']} {s['kind']:>15}: surgery+transfer "
-                  f"{s['surgery_and_transfer_s']:.2f}s, first step {s['first_step_s']:.2f}s vs "
-                  f"median {s['median_step_s']:.3f}s (retrace ~{s['retrace_extra_s']:.2f}s)")
-        print(f"  (first step of an epoch without growth: +{o['epoch_start_s']:.2f}s of data "
-              "pipeline start-up, subtracted)")
-        print(f"  per growth step: "
-              f"{', '.join(f'{100 * f:.2f}%' for f in o['per_step_fraction'])} of training time")
-        print(f"  training {o['total_train_s']:.1f}s; growth overhead "
-              f"{o['growth_overhead_s']:.2f}s + initial shrink {o['initial_shrink_s']:.2f}s = "
-              f"{100 * o['overhead_fraction']:.2f}% of training time")
+        print(f"  growth step: median {o['median_per_step_s']:.2f}s (surgery+transfer "
+              f"{o['median_surgery_and_transfer_s']:.2f}s), {100 * o['median_per_step_fraction']:.2f}% "
+              f"of training time (max {100 * o['max_per_step_fraction']:.2f}%; "
+              f"{len(per_step)} growth steps in {len(runs)} runs, median training "
+              f"{o['median_total_train_s']:.1f}s)")
     print("[2/2] grown vs directly built model, step time side by side ...", flush=True)
     out["step_time"] = grown_vs_direct(args.rounds, args.steps)
     st = out["step_time"]

@@ -189,8 +189,11 @@ class Growth(ControlledCallback):
     schedule's sizes are fractions of it. At the start of training the model
     is shrunk to the first stage; at each stage boundary it grows. Keras'
     own callbacks (ModelCheckpoint, CSVLogger, EarlyStopping, TensorBoard,
-    BackupAndRestore through `kgrow.controller.ControllerCheckpoint`) keep
-    working: they see the same model object, whose graph changes.
+    BackupAndRestore) keep working: they see the same model object, whose
+    graph changes. `EarlyStopping(restore_best_weights=True)` restores the
+    best epoch's architecture with its weights: if that epoch was in an
+    earlier stage, the model ends at that stage's size (give
+    `start_from_epoch=<last stage's epoch>` to only consider the full model).
 
     Args:
         schedule: a `GrowthSchedule` (or a list of `Stage`s/dicts).

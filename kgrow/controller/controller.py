@@ -78,7 +78,7 @@ from kgrow.controller.step import ORDER_EMA, StepHooks, make_train_step
 from kgrow.surgery.graph import rebind
 from kgrow.surgery.transfer import TransferPlan
 
-__all__ = ["TrainingController", "Phase"]
+__all__ = ["TrainingController", "Phase", "ArchitectureWeights"]
 
 STATE_FORMAT = 1
 
@@ -106,6 +106,11 @@ class _RetraceOnCall:
     def __call__(self, *args, **kwargs):
         controller = self._controller
         model = controller.model
+        # An optimizer first built inside the trace creates variables there,
+        # and tf.function then traces the whole step a second time.
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not getattr(optimizer, "built", True):
+            controller._install_optimizer(optimizer, None, plan=None)
         model.make_train_function(force=True)
         controller.retrace_count += 1
         return model.train_function(*args, **kwargs)
@@ -119,21 +124,46 @@ def sidecar_path(filepath) -> str:
     return str(filepath) + SIDECAR_SUFFIX
 
 
-def _install_weight_io(controller, model) -> None:
-    """Makes `save_weights`/`load_weights` carry the architecture along.
+class ArchitectureWeights(list):
+    """What `get_weights()` of a controlled model returns: the usual list of
+    arrays, plus the architecture (JSON) and variable paths they belong to.
 
-    A weights file alone cannot be loaded into a model whose architecture
-    has changed since it was written, which is what Keras' `BackupAndRestore`
-    (and `ModelCheckpoint(save_weights_only=True)`) do when a grown run is
-    resumed in a freshly built model. Next to every weights file the
-    controlled model writes `<file>.kgrow`, an atomic controller checkpoint
-    (architecture, weights, optimizer state, EMAs, frozen set, LR groups, data
-    selection, callbacks' named state); `load_weights` on a controlled model
-    restores from it when it exists, and is Keras' own otherwise. The sidecar
-    is written first, so a kill between the two writes leaves a sidecar at
-    least as new as the weights file, and the sidecar wins.
+    Keras callbacks that keep weights for later (EarlyStopping with
+    `restore_best_weights=True`) store this list and hand it back to
+    `set_weights`, possibly after a growth step changed the architecture; the
+    controlled model's `set_weights` then takes that architecture back.
+    """
+
+    def __init__(self, arrays, architecture: str, paths):
+        super().__init__(arrays)
+        self.architecture = architecture
+        self.paths = list(paths)
+
+
+def _install_weight_io(controller, model) -> None:
+    """Makes the weight I/O methods of `model` carry the architecture along.
+
+    A weights file (or list) alone cannot be loaded into a model whose
+    architecture has changed since it was written, which is what Keras'
+    `BackupAndRestore` (and `ModelCheckpoint(save_weights_only=True)`) do
+    when a grown run is resumed in a freshly built model, and what
+    `EarlyStopping(restore_best_weights=True)` does when the best epoch was
+    an earlier stage.
+
+    * `save_weights` writes `<file>.kgrow` next to every weights file, an
+      atomic controller checkpoint (architecture, weights, optimizer state,
+      EMAs, frozen set, LR groups, data selection, callbacks' named state);
+      `load_weights` restores from it when it exists, and is Keras' own
+      otherwise. The sidecar is written first, so a kill between the two
+      writes leaves a sidecar at least as new as the weights file, and the
+      sidecar wins.
+    * `get_weights` returns an `ArchitectureWeights`; `set_weights` given one
+      whose architecture differs from the current one re-binds the model to
+      it first (the optimizer then restarts: its state at that time was not
+      kept). Plain lists go to Keras' own `set_weights`.
     """
     keras_save, keras_load = model.save_weights, model.load_weights
+    keras_get, keras_set = model.get_weights, model.set_weights
 
     def save_weights(filepath, *args, **kwargs):
         controller.save(sidecar_path(filepath), keep=1)
@@ -148,10 +178,24 @@ def _install_weight_io(controller, model) -> None:
         controller.epoch = epoch  # the caller (e.g. BackupAndRestore) owns the epoch
         return None
 
-    save_weights.__doc__ = keras_save.__doc__
-    load_weights.__doc__ = keras_load.__doc__
-    object.__setattr__(model, "save_weights", save_weights)
-    object.__setattr__(model, "load_weights", load_weights)
+    def get_weights():
+        return ArchitectureWeights(keras_get(), controller.architecture_json(),
+                                   [v.path for v in model.weights])
+
+    def set_weights(weights):
+        if (isinstance(weights, ArchitectureWeights)
+                and weights.architecture != controller.architecture_json()):
+            controller.take_architecture(weights.architecture,
+                                         dict(zip(weights.paths, weights)))
+            return None
+        return keras_set(weights)
+
+    for name, fn, keras_fn in (("save_weights", save_weights, keras_save),
+                               ("load_weights", load_weights, keras_load),
+                               ("get_weights", get_weights, keras_get),
+                               ("set_weights", set_weights, keras_set)):
+        fn.__doc__ = keras_fn.__doc__
+        object.__setattr__(model, name, fn)
 
 
 class TrainingController:
@@ -196,6 +240,7 @@ class TrainingController:
         self._pending_selection = None
         self._callbacks: list = []
         self._epoch_begun = None
+        self._architecture_json = None  # cache of model.to_json(), cleared on rebind
         # object.__setattr__: neither Keras' tracker nor TF's checkpoint
         # dependency tracking must see the controller or the step function.
         object.__setattr__(model, self._ATTR, self)
@@ -224,6 +269,16 @@ class TrainingController:
         """Traces the train function immediately (normally not needed)."""
         self.model.make_train_function(force=True)
         self.retrace_count += 1
+
+    def architecture_json(self) -> str:
+        """`model.to_json()` of the current architecture (cached until it changes)."""
+        if self._architecture_json is None:
+            self._architecture_json = self.model.to_json()
+        return self._architecture_json
+
+    def _rebind(self, new_model) -> None:
+        rebind(self.model, new_model)
+        self._architecture_json = None
 
     # -- growth ---------------------------------------------------------------
     def replace_model(self, result, reset_optimizer: bool = False,
@@ -271,7 +326,7 @@ class TrainingController:
         optimizer = getattr(self.model, "optimizer", None)
         carry = optimizer is not None and getattr(optimizer, "built", False)
         state = optimizer_state(optimizer) if carry else None
-        rebind(self.model, new_model)
+        self._rebind(new_model)
         with self.scope():
             if carry:
                 self._install_optimizer(clone_optimizer(optimizer), state, plan,
@@ -646,7 +701,43 @@ class TrainingController:
         with self.scope():
             saved = keras.models.model_from_json(state["architecture"],
                                                  custom_objects=custom_objects)
-        rebind(model, saved)
+        self._rebind(saved)
+
+    def take_architecture(self, architecture: str, weights: dict,
+                          custom_objects=None) -> None:
+        """Re-binds the model to another architecture (JSON) with `weights`.
+
+        Used when weights of another stage come back (`set_weights` of an
+        `ArchitectureWeights`). `weights` maps every variable path of that
+        architecture to its value. The optimizer restarts from zero state
+        (its configuration and iteration count kept), EMAs restart as copies
+        of the model, LR groups are re-resolved, and the train function
+        retraces.
+        """
+        if not hasattr(self.model, "_nodes_by_depth") or isinstance(self.model,
+                                                                   keras.Sequential):
+            raise ValueError("Only Functional models change architecture; these weights "
+                             "belong to another architecture.")
+        with self.scope():
+            other = keras.models.model_from_json(architecture, custom_objects=custom_objects)
+        current = weights_by_path(other)
+        if sorted(current) != sorted(weights):
+            raise ValueError(
+                "The weights do not match their architecture: missing "
+                f"{sorted(set(current) - set(weights))[:5]}, unexpected "
+                f"{sorted(set(weights) - set(current))[:5]}.")
+        for path, variable in current.items():
+            variable.assign(np.asarray(weights[path]).astype(variable.dtype))
+        self._rebind(other)
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and getattr(optimizer, "built", False):
+            iterations = int(optimizer.iterations.numpy())
+            self._install_optimizer(clone_optimizer(optimizer), None, plan=None)
+            self.model.optimizer.iterations.assign(iterations)
+        for ema in self._emas.values():
+            ema.reset_to_model()
+        self._resolve_lr_groups(strict=False)
+        self.request_retrace()
 
     def _restore_weights(self, state) -> None:
         model = self.model

@@ -1,7 +1,7 @@
 """Walks a Keras model's graph at a chosen input size, recording every layer call.
 
-The walk replays the Functional graph node by node (like Keras's own
-``Functional._run_through_graph``) on ``keras.KerasTensor`` specs with batch
+The walk replays the Functional graph node by node
+(``kgrow.surgery.graph.replay``) on ``keras.KerasTensor`` specs with batch
 size 1, asking each layer for its output spec. Nothing is added to the model's
 graph and no weights are created. Nested models are entered recursively; along
 the way each tensor carries a flag saying whether a trainable layer lies
@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import keras
 
 from kgrow.flops.rules import LayerCall
+from kgrow.surgery.graph import graph_of, is_graph_model, replay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,26 +40,11 @@ def has_trainable_weights(op) -> bool:
     return bool(getattr(op, "trainable_weights", None))
 
 
-def _functional_of(model):
-    """The Functional graph behind ``model`` (itself, or a built Sequential's)."""
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
-        return model
-    return None
-
-
-def is_graph_model(op) -> bool:
-    """True for models this module can walk (Functional, built Sequential)."""
-    return isinstance(op, keras.Model) and _functional_of(op) is not None
-
-
 def model_inputs(model) -> list:
     """Reference input tensors of a graph model."""
-    functional = _functional_of(model)
-    if functional is None:
+    if not is_graph_model(model):
         raise TypeError(_not_walkable_message(model))
-    return list(functional.inputs)
+    return list(graph_of(model).inputs)
 
 
 def _not_walkable_message(model) -> str:
@@ -88,21 +74,6 @@ def _output_spec(op, name, args, kwargs):
             f"shapes {list(_shapes((args, kwargs)))} (batch axis shown as 1): {e}") from e
 
 
-def _record(records, prefix, op, args, kwargs, outputs, needs_grad):
-    name = prefix + op.name
-    call = LayerCall(op, tuple(args), dict(kwargs), _shapes((args, kwargs)), _shapes(outputs))
-    records.append(CallRecord(name, op, call, needs_grad))
-
-
-def _nested_inputs(op, args, kwargs):
-    """Flat list of the tensors a nested model is called on."""
-    if args:
-        return keras.tree.flatten(args[0])
-    if "inputs" in kwargs:
-        return keras.tree.flatten(kwargs["inputs"])
-    raise ValueError(f"nested model {op.name!r} was called without inputs")
-
-
 def walk(model, inputs: Sequence, grad_flags: Sequence[bool], records: list,
          prefix: str = "") -> tuple[list, list]:
     """Replays ``model`` on input specs, appending a :class:`CallRecord` per call.
@@ -117,48 +88,28 @@ def walk(model, inputs: Sequence, grad_flags: Sequence[bool], records: list,
     Returns:
         (output specs, output grad flags), flat lists in the model's output order.
     """
-    functional = _functional_of(model)
-    if functional is None:
+    if not is_graph_model(model):
         raise TypeError(_not_walkable_message(model))
-    refs = list(functional.inputs)
-    if len(refs) != len(inputs):
-        raise ValueError(f"model {model.name!r} takes {len(refs)} inputs, got {len(inputs)}")
-    values = {id(r): v for r, v in zip(refs, inputs)}
-    flags = {id(r): f for r, f in zip(refs, grad_flags)}
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for node in functional._nodes_by_depth[depth]:
-            if node.operation is None or node.is_input:
-                continue
-            if any(id(t) not in values for t in node.input_tensors):
-                # Keras skips such nodes when running the model too: they are
-                # not reachable from this model's inputs and never execute.
-                continue
-            args, kwargs = node.arguments.fill_in(values)
-            in_flags = [flags[id(t)] for t in node.input_tensors]
-            outs, out_flags = _call(node.operation, args, kwargs, in_flags, records, prefix)
-            if len(outs) != len(node.outputs):
-                raise ValueError(
-                    f"layer {prefix + node.operation.name!r} produced {len(outs)} outputs at "
-                    f"this input size, the graph expects {len(node.outputs)}")
-            for ref, value, flag in zip(node.outputs, outs, out_flags):
-                values[id(ref)] = value
-                flags[id(ref)] = flag
-    outputs = keras.tree.flatten(functional.outputs)
-    return [values[id(t)] for t in outputs], [flags[id(t)] for t in outputs]
+    # Whether gradients flow back into a value, keyed by the spec object.
+    flags = {id(v): bool(f) for v, f in zip(inputs, grad_flags)}
 
+    def call(node, args, kwargs, prefix):
+        op = node.operation
+        values = [v for v in keras.tree.flatten((args, kwargs))
+                  if isinstance(v, keras.KerasTensor)]
+        needs_grad = any(flags.get(id(v), False) for v in values)
+        outputs = _output_spec(op, prefix + op.name, args, kwargs)
+        records.append(CallRecord(prefix + op.name, op,
+                                  LayerCall(op, tuple(args), dict(kwargs), _shapes((args, kwargs)),
+                                            _shapes(outputs)),
+                                  needs_grad))
+        out_flag = needs_grad or has_trainable_weights(op)
+        for v in keras.tree.flatten(outputs):
+            flags[id(v)] = out_flag
+        return outputs
 
-def _call(op, args, kwargs, in_flags, records, prefix) -> tuple[list, list]:
-    """Records (or descends into) one call; returns flat outputs and their flags."""
-    needs_grad = any(in_flags)
-    if is_graph_model(op):
-        inner = _nested_inputs(op, args, kwargs)
-        flags = in_flags if len(in_flags) == len(inner) else [needs_grad] * len(inner)
-        return walk(op, inner, flags, records, prefix + op.name + "/")
-    outputs = _output_spec(op, prefix + op.name, args, kwargs)
-    flat = keras.tree.flatten(outputs)
-    _record(records, prefix, op, args, kwargs, outputs, needs_grad)
-    out_flag = needs_grad or has_trainable_weights(op)
-    return flat, [out_flag] * len(flat)
+    outputs = replay(model, list(inputs), call, prefix=prefix)
+    return outputs, [flags[id(v)] for v in outputs]
 
 
 def input_specs(model, input_shape: Optional[Any]) -> list:

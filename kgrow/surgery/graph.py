@@ -24,7 +24,8 @@ from keras.src import tree
 
 __all__ = [
     "Node", "nodes", "rebuild", "rebind", "copy_layer", "require_functional",
-    "consumers", "tensor_key", "is_graph_model", "flat_nodes",
+    "consumers", "tensor_key", "is_graph_model", "flat_nodes", "replay", "graph_of",
+    "nested_inputs",
 ]
 
 
@@ -77,7 +78,8 @@ class Node:
         return isinstance(self.operation, keras.layers.Layer)
 
 
-def _graph_of(model):
+def graph_of(model):
+    """The Functional graph behind `model` (itself, or a built Sequential's)."""
     if isinstance(model, keras.Sequential):
         return model._functional
     return model
@@ -92,7 +94,7 @@ def nodes(model) -> list[Node]:
         ['dense']
     """
     require_functional(model, "nodes()")
-    graph = _graph_of(model)
+    graph = graph_of(model)
     result = []
     for depth in sorted(graph._nodes_by_depth, reverse=True):
         for node in graph._nodes_by_depth[depth]:
@@ -167,7 +169,7 @@ def rebuild(model, *, operation_fn: Optional[Callable] = None,
         outputs (bypassed branches disappear).
     """
     require_functional(model, "rebuild()")
-    graph = _graph_of(model)
+    graph = graph_of(model)
     memo: dict[int, Any] = {}
 
     def mapped(op):
@@ -186,31 +188,71 @@ def rebuild(model, *, operation_fn: Optional[Callable] = None,
         shape = tuple(input_shapes[i]) if input_shapes is not None else tuple(x.shape[1:])
         new_inputs.append(keras.Input(shape=shape, dtype=x.dtype,
                                       name=x._keras_history[0].name))
-    new_outputs = _replay(model, new_inputs, mapped, call_fn, inline_nested)
+    def call(node, args, kwargs, prefix):
+        op = mapped(node.operation)
+        return call_fn(node, op, args, kwargs) if call_fn is not None else op(*args, **kwargs)
+
+    new_outputs = replay(model, new_inputs, call, inline_nested=inline_nested)
     outputs = tree.pack_sequence_as(graph._outputs_struct, new_outputs)
     inputs = tree.pack_sequence_as(graph._inputs_struct, new_inputs)
     return keras.Model(inputs, outputs, name=name or model.name)
 
 
-def _replay(model, input_values, mapped, call_fn, inline_nested):
-    graph = _graph_of(model)
+def nested_inputs(op, args, kwargs) -> list:
+    """Flat list of the tensors a nested model is called on."""
+    if args:
+        return tree.flatten(args[0])
+    if "inputs" in kwargs:
+        return tree.flatten(kwargs["inputs"])
+    raise ValueError(f"nested model {op.name!r} was called without inputs")
+
+
+def replay(model, input_values, call: Callable, *, inline_nested: bool = True,
+           prefix: str = "") -> list:
+    """Runs `model`'s graph on new values, one `call` per node; returns the outputs.
+
+    The values may be anything `call` understands: new symbolic tensors
+    (`rebuild`), batch-1 specs (FLOPs counting), ... Nodes not reachable from
+    the inputs are skipped, as Keras does when it runs the model.
+
+    Args:
+        model: a Functional model (or built Sequential).
+        input_values: one value per model input, in `model.inputs` order.
+        call: `(node, args, kwargs, prefix) -> outputs` of one node, where
+            `args`/`kwargs` are the node's call arguments with the new values
+            filled in.
+        inline_nested: replay nested Functional/Sequential models node by
+            node (their nodes get `prefix + "<nested name>/"`) instead of
+            handing their call to `call`.
+        prefix: name prefix passed to `call` for the nodes of `model`.
+
+    Returns:
+        Flat list of output values, in the model's output order.
+    """
+    graph = graph_of(model)
+    if len(graph.inputs) != len(input_values):
+        raise ValueError(f"model {model.name!r} takes {len(graph.inputs)} inputs, got "
+                         f"{len(input_values)}")
     values = {tensor_key(x): y for x, y in zip(graph.inputs, input_values)}
     for node in nodes(model):
         if any(tensor_key(t) not in values for t in node.inputs):
             continue  # not reachable from the inputs (e.g. a bypassed branch)
         args, kwargs = node.keras_node.arguments.fill_in(values)
-        if inline_nested and is_graph_model(node.operation):
-            out = _replay(node.operation, tree.flatten(args), mapped, call_fn, inline_nested)
-            out = tree.pack_sequence_as(_graph_of(node.operation)._outputs_struct, out)
+        op = node.operation
+        if inline_nested and is_graph_model(op):
+            out = replay(op, nested_inputs(op, args, kwargs), call, inline_nested=True,
+                         prefix=prefix + op.name + "/")
         else:
-            op = mapped(node.operation)
-            out = call_fn(node, op, args, kwargs) if call_fn is not None else op(*args, **kwargs)
-        for old, new in zip(node.outputs, tree.flatten(out)):
+            out = tree.flatten(call(node, args, kwargs, prefix))
+        if len(out) != len(node.outputs):
+            raise ValueError(f"layer {prefix + op.name!r} produced {len(out)} outputs, the "
+                             f"graph expects {len(node.outputs)}")
+        for old, new in zip(node.outputs, out):
             values[tensor_key(old)] = new
     missing = [t.name for t in graph.outputs if tensor_key(t) not in values]
     if missing:
-        raise ValueError(f"rebuild(): outputs {missing} of {model.name!r} are no longer "
-                         "computable from the inputs; a bypass or removal cut the graph.")
+        raise ValueError(f"outputs {missing} of {model.name!r} are not computable from the "
+                         "inputs; a bypass or removal cut the graph.")
     return [values[tensor_key(t)] for t in graph.outputs]
 
 

@@ -452,7 +452,7 @@ def scale_width(model, multiplier: Union[float, Mapping[str, Union[float, int]]]
     old_sizes = {n: g.size for n, g in cg.items()}
     new_sizes = {**old_sizes, **targets}
     weights = list(model.weights)
-    old_arrays = {id(v): a for v, a in zip(weights, model.get_weights())}
+    old_arrays = {id(v): v.numpy() for v in weights}
 
     maps, report = {}, []
     for name, n_new in targets.items():

@@ -119,3 +119,44 @@ def test_no_blocks_means_no_depth_growth():
     model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(8)(inp)))
     with pytest.raises(ValueError, match="no repeated blocks"):
         FullSize.of(model, need_width=False)
+
+
+class _Snapshot(keras.callbacks.Callback):
+    """Predictions and parameter count at the end of every epoch."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x, self.outputs, self.params = x, {}, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.outputs[epoch] = self.model(self.x, training=False).numpy()
+        self.params[epoch] = int(self.model.count_params())
+
+
+@pytest.mark.parametrize("mode, best_epoch", [("max", 0), ("min", 2)])
+def test_early_stopping_restores_best_weights_across_growth(mode, best_epoch):
+    # mode="max" on the loss makes the first (small-stage) epoch the best, so
+    # the restore has to take the smaller architecture back; mode="min" ends
+    # on the full architecture.
+    x, y = _data()
+    model = _resnet()
+    full_params = model.count_params()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
+    schedule = GrowthSchedule([Stage(0, width=0.5), Stage(1, width=1.0)], total_epochs=3)
+    snap = _Snapshot(x[:8])
+    stop = keras.callbacks.EarlyStopping(monitor="loss", mode=mode, patience=10,
+                                         restore_best_weights=True)
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False,
+              callbacks=[Growth(schedule, initializer="zeros", verbose=0), snap, stop])
+    assert stop.best_epoch == best_epoch
+    assert snap.params[0] < full_params == snap.params[2]
+    assert model.count_params() == snap.params[best_epoch]
+    np.testing.assert_allclose(model(x[:8], training=False).numpy(), snap.outputs[best_epoch],
+                               atol=1e-6)
+    # The restored model keeps training (optimizer rebuilt on its variables).
+    before = model(x[:8], training=False).numpy()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.abs(model(x[:8], training=False).numpy() - before).max() > 1e-4
+    # Plain lists still go through Keras' own set_weights, shape checks included.
+    with pytest.raises(ValueError, match="weight"):
+        model.set_weights([np.zeros((1,))] * len(model.weights))

@@ -86,8 +86,8 @@ def test_state_roundtrip_and_mismatch():
         other.set_state({"num_train": 6})
 
 
-def test_variables_live_on_the_cpu_outside_strategies():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_variables_live_on_the_cpu_outside_strategies(mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         sel = LiveSelection(4)
     for var in (sel.active, sel.image_size, sel.epoch):

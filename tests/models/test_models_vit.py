@@ -193,8 +193,8 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_allclose(again(y), resized(y), atol=1e-6)
 
 
-def test_two_step_fit_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_two_step_fit_under_mirrored_strategy(mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         model = small_vit(depth=1, drop_path=0.2, dropout=0.1)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3),
