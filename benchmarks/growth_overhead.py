@@ -140,7 +140,11 @@ def grown_vs_direct(rounds=5, steps=30):
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(128).repeat()
     iterators = {}
     for name, m in models_by_name.items():
-        m.make_train_function(force=True)
+        controller = getattr(m, TrainingController._ATTR, None)
+        if controller is not None:
+            controller.retrace_now()  # the train function fit would use
+        else:
+            m.make_train_function(force=True)
         iterators[name] = iter(dataset)
         for _ in range(3):  # trace and warm up
             m.train_function(iterators[name])

@@ -84,3 +84,22 @@ def test_learning_rate_schedule_is_built_once_per_trace():
     assert "_get_current_learning_rate" not in vars(model.optimizer)
     lr = float(model.optimizer.learning_rate)
     assert lr == pytest.approx(float(model.optimizer._learning_rate(model.optimizer.iterations)))
+
+
+def test_train_on_batch_and_fit_agree_on_a_controlled_model():
+    # fit reads a tf.data iterator (kgrow's one-function path); train_on_batch
+    # hands the train function a Python generator (Keras' own path).
+    x, y = _data()
+    models = []
+    for use_fit in (True, False):
+        model = _model()
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "categorical_crossentropy")
+        TrainingController.of(model)
+        if use_fit:
+            model.fit(x[:32], y[:32], batch_size=16, epochs=1, shuffle=False, verbose=0)
+        else:
+            for i in (0, 16):
+                model.train_on_batch(x[i:i + 16], y[i:i + 16])
+        models.append(model)
+    for a, b in zip(*(m.weights for m in models)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
