@@ -4,7 +4,6 @@ Convention under test (see kgrow/flops/__init__.py): 1 multiply-add = 2 FLOPs,
 bias = 1 per output element, elementwise ops 1 per element, softmax 5,
 BatchNorm/LayerNorm 4 per element + 1 each for gamma and beta.
 """
-import warnings
 
 import keras
 import numpy as np

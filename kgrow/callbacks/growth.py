@@ -29,9 +29,8 @@ import re
 import time
 from typing import Callable, Mapping, Optional, Sequence, Union
 
-import numpy as np
 
-from kgrow.controller import ControlledCallback, Phase, TrainingController
+from kgrow.controller import ControlledCallback, Phase
 from kgrow.schedules import GrowthSchedule, Stage
 from kgrow.surgery import GrowthResult
 

@@ -250,6 +250,33 @@ def _install_weight_io(controller, model) -> None:
         object.__setattr__(model, name, fn)
 
 
+def _rebindable(model) -> bool:
+    """Functional models can take another graph; Sequential/subclassed cannot."""
+    return hasattr(model, "_nodes_by_depth") and not isinstance(model, keras.Sequential)
+
+
+def _assign_by_path(model, saved: dict, what: str) -> None:
+    """Assigns `{variable path: array}` to `model.weights`, checking names and shapes."""
+    current = weights_by_path(model)
+    if set(saved) != set(current) and len(saved) == len(current) and all(
+            tuple(np.shape(a)) == tuple(v.shape)
+            for a, v in zip(saved.values(), current.values())):
+        # Sequential/subclassed models get auto-generated (session-dependent)
+        # path prefixes; with identical shapes in order, load positionally.
+        saved = dict(zip(current, saved.values()))
+    missing = sorted(set(current) - set(saved))
+    extra = sorted(set(saved) - set(current))
+    if missing or extra:
+        raise ValueError(f"{what} do not match the model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}.")
+    for p, v in current.items():
+        value = np.asarray(saved[p])
+        if tuple(value.shape) != tuple(v.shape):
+            raise ValueError(f"{what}: {p!r} has shape {value.shape}, the model's "
+                             f"{tuple(v.shape)}.")
+        v.assign(value.astype(v.dtype))
+
+
 class TrainingController:
     """The training state of one model during `fit`. Use `TrainingController.of(model)`.
 
@@ -461,6 +488,8 @@ class TrainingController:
         return [layer.name for layer in chosen]
 
     def _note_trainable_state(self) -> None:
+        # Trainable flags are part of the layer configs, so of the JSON.
+        self._architecture_json = None
         # Keras warns at the next fit() when trainable flags differ from those
         # seen at compile time; the controller has retraced, so the flags seen
         # now are the compiled ones.
@@ -712,12 +741,8 @@ class TrainingController:
                 optimizer = keras.optimizers.deserialize(saved_opt["config"],
                                                          custom_objects=custom_objects)
             self._install_optimizer(optimizer, saved_opt["state"], plan=None)
-        elif getattr(model, "optimizer", None) is not None:
-            current = model.optimizer
-            if getattr(current, "built", False) and not knows_variables(
-                    current, trainable_candidates(model)):
-                # Built on the replaced architecture's variables: start afresh.
-                self._install_optimizer(clone_optimizer(current), None, plan=None)
+        else:
+            self._restart_stale_optimizer(keep_iterations=False)
         for name in list(self._emas):
             self.hooks.remove(f"ema:{name}")
         self._emas = {}
@@ -747,13 +772,25 @@ class TrainingController:
         if state["model_class"] != type(model).__name__:
             raise ValueError(f"The checkpoint holds a {state['model_class']}, the model is a "
                              f"{type(model).__name__}.")
-        if isinstance(model, keras.Sequential) or not hasattr(model, "_nodes_by_depth"):
-            # No rebind for these: the saved weights must fit the model as it is.
-            return
+        if not _rebindable(model):
+            return  # no rebind for these: the saved weights must fit the model as it is
+        self._rebind(self._model_from_json(state["architecture"], custom_objects))
+
+    def _model_from_json(self, architecture: str, custom_objects=None):
         with self.scope():
-            saved = keras.models.model_from_json(state["architecture"],
-                                                 custom_objects=custom_objects)
-        self._rebind(saved)
+            return keras.models.model_from_json(architecture, custom_objects=custom_objects)
+
+    def _restart_stale_optimizer(self, keep_iterations: bool) -> None:
+        """A fresh optimizer (same configuration) if the current one was built
+        on variables the model no longer has."""
+        current = getattr(self.model, "optimizer", None)
+        if current is None or not getattr(current, "built", False) or knows_variables(
+                current, trainable_candidates(self.model)):
+            return
+        iterations = int(current.iterations.numpy())
+        self._install_optimizer(clone_optimizer(current), None, plan=None)
+        if keep_iterations:
+            self.model.optimizer.iterations.assign(iterations)
 
     def take_architecture(self, architecture: str, weights: dict,
                           custom_objects=None) -> None:
@@ -766,26 +803,12 @@ class TrainingController:
         of the model, LR groups are re-resolved, and the train function
         retraces.
         """
-        if not hasattr(self.model, "_nodes_by_depth") or isinstance(self.model,
-                                                                   keras.Sequential):
+        if not _rebindable(self.model):
             raise ValueError("Only Functional models change architecture; these weights "
                              "belong to another architecture.")
-        with self.scope():
-            other = keras.models.model_from_json(architecture, custom_objects=custom_objects)
-        current = weights_by_path(other)
-        if sorted(current) != sorted(weights):
-            raise ValueError(
-                "The weights do not match their architecture: missing "
-                f"{sorted(set(current) - set(weights))[:5]}, unexpected "
-                f"{sorted(set(weights) - set(current))[:5]}.")
-        for path, variable in current.items():
-            variable.assign(np.asarray(weights[path]).astype(variable.dtype))
-        self._rebind(other)
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "built", False):
-            iterations = int(optimizer.iterations.numpy())
-            self._install_optimizer(clone_optimizer(optimizer), None, plan=None)
-            self.model.optimizer.iterations.assign(iterations)
+        self._rebind(self._model_from_json(architecture, custom_objects))
+        _assign_by_path(self.model, weights, "The weights")
+        self._restart_stale_optimizer(keep_iterations=True)
         for ema in self._emas.values():
             ema.reset_to_model()
         self._resolve_lr_groups(strict=False)
@@ -793,25 +816,7 @@ class TrainingController:
 
     def _restore_weights(self, state) -> None:
         model = self.model
-        saved = state["weights"]
-        current = weights_by_path(model)
-        if set(saved) != set(current) and len(saved) == len(current) and all(
-                tuple(np.shape(a)) == tuple(v.shape)
-                for a, v in zip(saved.values(), current.values())):
-            # Sequential/subclassed models get auto-generated (session-dependent)
-            # path prefixes; with identical shapes in order, load positionally.
-            saved = dict(zip(current, saved.values()))
-        missing = sorted(set(current) - set(saved))
-        extra = sorted(set(saved) - set(current))
-        if missing or extra:
-            raise ValueError(f"Checkpoint weights do not match the model: missing {missing[:5]}, "
-                             f"unexpected {extra[:5]}.")
-        for p, v in current.items():
-            value = np.asarray(saved[p])
-            if tuple(value.shape) != tuple(v.shape):
-                raise ValueError(f"Checkpoint weight {p!r} has shape {value.shape}, the model's "
-                                 f"{tuple(v.shape)}.")
-            v.assign(value.astype(v.dtype))
+        _assign_by_path(model, state["weights"], "Checkpoint weights")
         weight_ids = {id(v) for v in model.weights}
         seeds = [v for v in model.variables if id(v) not in weight_ids]
         if len(seeds) == len(state["seed_states"]):

@@ -50,6 +50,8 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
+from kgrow.controller.optimizer import optimizer_levels
+
 __all__ = ["StepHooks", "Hook", "UpdateContext", "make_train_step", "ORDER_MASKS",
            "ORDER_EMA", "ORDER_DEFAULT", "unwrap"]
 
@@ -178,8 +180,6 @@ def learning_rate_read_once(optimizer):
     graph is exact. Eager reads are not cached. Wrapped optimizers
     (LossScaleOptimizer) are handled level by level.
     """
-    from kgrow.controller.optimizer import optimizer_levels
-
     patched = []
     for level in optimizer_levels(optimizer):
         original = getattr(type(level), "_get_current_learning_rate", None)

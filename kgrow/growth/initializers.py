@@ -45,11 +45,14 @@ class Zeros(GrowthInitializer):
 
     name = "zeros"
 
+    def new_filters(self, request: GrowthRequest) -> list:
+        """Fan-in of the new channels, one `(n_new, fan)` array per producer."""
+        return [request.rng.normal(0.0, he_std(s.fan_in), (request.n_new, s.fan))
+                for s in request.producers]
+
     def grow(self, request: GrowthRequest) -> GrowthValues:
-        rng, k = request.rng, request.n_new
-        producers = [rng.normal(0.0, he_std(s.fan_in), (k, s.fan)) for s in request.producers]
-        consumers = [np.zeros((k, s.fan)) for s in request.consumers]
-        return GrowthValues(producers, consumers, self.carrier_values(request))
+        consumers = [np.zeros((request.n_new, s.fan)) for s in request.consumers]
+        return GrowthValues(self.new_filters(request), consumers, self.carrier_values(request))
 
     def check(self, group, old_size=None, new_size=None) -> Optional[str]:
         mixing = self.mixing(group)
@@ -233,7 +236,7 @@ def orthogonal_filters(existing: np.ndarray, count: int, rng: np.random.Generato
     return out * norm
 
 
-class Orthogonal(GrowthInitializer):
+class Orthogonal(Zeros):
     """Network Expansion: new filters orthogonal to the existing ones, zero fan-out.
 
     For every producer each filter is flattened (``k*k*C_in`` for a conv);
@@ -248,15 +251,9 @@ class Orthogonal(GrowthInitializer):
 
     name = "orthogonal"
 
-    def grow(self, request: GrowthRequest) -> GrowthValues:
-        k = request.n_new
-        producers = [orthogonal_filters(s.old, k, request.rng) for s in request.producers]
-        consumers = [np.zeros((k, s.fan)) for s in request.consumers]
-        return GrowthValues(producers, consumers, self.carrier_values(request))
-
-    def check(self, group, old_size=None, new_size=None) -> Optional[str]:
-        mixing = self.mixing(group)
-        return _normalized_reason(mixing) if mixing else None
+    def new_filters(self, request: GrowthRequest) -> list:
+        return [orthogonal_filters(s.old, request.n_new, request.rng)
+                for s in request.producers]
 
 
 class VarianceTransfer(GrowthInitializer):

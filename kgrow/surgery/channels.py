@@ -1083,7 +1083,6 @@ def _conv_rule(call):
 
 
 def _conv_transpose_rule(call):
-    layer = call.layer
     x = call.inputs[0]
     out = call.new_group()
     kernel = call.weight("kernel")  # (*k, out, in)
@@ -1134,12 +1133,16 @@ def _last_axis_in(axes, rank) -> bool:
     return any(a % rank == rank - 1 for a in axes)
 
 
-def _batch_norm_rule(call):
-    layer = call.layer
-    rank = len(call.input_shapes[0])
+def _require_channel_axis_last(call):
+    layer, rank = call.layer, len(call.input_shapes[0])
     if layer.axis % rank != rank - 1:
         raise ValueError(f"{call.where} normalizes axis {layer.axis}, not the channel axis "
                          "(last); channel surgery supports channels_last models only.")
+
+
+def _batch_norm_rule(call):
+    layer = call.layer
+    _require_channel_axis_last(call)
     x = call.inputs[0]
     fills = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}
     for v in layer.weights:
@@ -1164,10 +1167,7 @@ def _layer_norm_rule(call):
 
 def _group_norm_rule(call):
     layer = call.layer
-    rank = len(call.input_shapes[0])
-    if layer.axis % rank != rank - 1:
-        raise ValueError(f"{call.where} normalizes axis {layer.axis}; channel surgery "
-                         "supports channels_last models only.")
+    _require_channel_axis_last(call)
     x = call.inputs[0]
     groups = int(layer.groups)
     size = call.size(x)

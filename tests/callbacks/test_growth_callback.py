@@ -1,6 +1,5 @@
 """Growth inside one model.fit: schedule, surgery and controller together."""
 import csv
-import os
 
 import keras
 import numpy as np

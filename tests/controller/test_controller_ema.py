@@ -63,13 +63,19 @@ def test_ema_matches_numpy_recurrence(kind):
         np.testing.assert_array_equal(replicas[0], replicas[1])
 
 
-def test_ema_swap_assign_and_reset():
+def _trained_with_ema():
+    """An MLP with an EMA "e" (decay 0.9) after one epoch of fit."""
     model = make_mlp()
     model.compile(keras.optimizers.SGD(0.1), "mse")
     controller = TrainingController.of(model)
     ema = controller.add_ema("e", decay=0.9)
     x, y = regression_data()
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    return model, controller, ema
+
+
+def test_ema_swap_assign_and_reset():
+    model, controller, ema = _trained_with_ema()
     own = {v.path: v.numpy() for v in model.weights}
     shadows = ema.values()
     with ema.swap():
@@ -87,12 +93,8 @@ def test_ema_swap_assign_and_reset():
 
 
 def test_ema_carried_through_growth():
-    model = make_mlp()
-    model.compile(keras.optimizers.SGD(0.1), "mse")
-    controller = TrainingController.of(model)
-    ema = controller.add_ema("e", decay=0.9)
+    model, controller, ema = _trained_with_ema()
     x, y = regression_data()
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     before = ema.values()
     controller.replace_model(widen_hidden(model, 6))
     after = ema.values()

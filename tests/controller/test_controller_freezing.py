@@ -53,12 +53,18 @@ def traced_step_ops(model, x, y):
     return live_op_types(graph)
 
 
-def test_frozen_weights_bit_identical_and_bn_in_inference_mode():
+def _trained_cnn():
+    """A small CNN after one epoch of SGD with momentum (optimizer slots exist)."""
     model = make_cnn()
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
     x, y = image_data()
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     controller = TrainingController.of(model)
+    return model, controller, x, y
+
+
+def test_frozen_weights_bit_identical_and_bn_in_inference_mode():
+    model, controller, x, y = _trained_cnn()
     assert controller.freeze(["c1", "bn1"]) == ["c1", "bn1"]
     assert controller.frozen == ["c1", "bn1"]
     frozen = {v.path: v.numpy().copy() for name in ("c1", "bn1")
@@ -102,11 +108,7 @@ def test_backward_of_frozen_layers_skipped():
 
 
 def test_unfreeze_continues_with_kept_slots():
-    model = make_cnn()
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
-    x, y = image_data()
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    controller = TrainingController.of(model)
+    model, controller, x, y = _trained_cnn()
     opt = model.optimizer
     kernel = model.get_layer("c2").kernel
 
