@@ -7,6 +7,10 @@
 * `optimizer.py`: optimizer cloning and slot/iteration carry through a
   `TransferPlan`.
 * `step.py`: the installed train step and its ordered hooks.
+* `updates.py`: optimizer updates that trace into fewer ops (LR read once,
+  fused SGD kernel), same math as Keras'.
+* `train_function.py`: the train function (one tf.function, retrace at the
+  next batch, lean Grappler options on CPU).
 * `ema.py`: EMA shadows and half-life helpers.
 * `multipliers.py`: LR-multiplier groups.
 * `freezing.py`: layer selection for freeze/unfreeze.

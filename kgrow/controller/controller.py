@@ -75,6 +75,7 @@ from kgrow.controller.multipliers import parse_rules, resolve_rules
 from kgrow.controller.optimizer import (clone_optimizer, knows_variables, load_optimizer_state,
                                         optimizer_state)
 from kgrow.controller.step import ORDER_EMA, StepHooks, make_train_step
+from kgrow.controller.train_function import RetraceOnCall, make_train_function
 from kgrow.surgery.graph import rebind
 from kgrow.surgery.transfer import TransferPlan
 
@@ -90,82 +91,6 @@ class Phase(enum.IntEnum):
     MASKS = 300
     DATA = 400
     SCHEDULE = 500
-
-
-class _RetraceOnCall:
-    """Stand-in for `model.train_function`: traces the real one on first call.
-
-    Keras' `fit` calls `model.train_function(iterator)` for every batch and
-    only builds it once per `fit`; this object lets any number of changes
-    between two batches cost a single retrace.
-    """
-
-    def __init__(self, controller):
-        self._controller = controller
-
-    def __call__(self, *args, **kwargs):
-        controller = self._controller
-        model = controller.model
-        # An optimizer first built inside the trace creates variables there,
-        # and tf.function then traces the whole step a second time.
-        optimizer = getattr(model, "optimizer", None)
-        if optimizer is not None and not getattr(optimizer, "built", True):
-            controller._install_optimizer(optimizer, None, plan=None)
-        _make_train_function(model)
-        controller.retrace_count += 1
-        return model.train_function(*args, **kwargs)
-
-
-def _keras_reduce_per_replica():
-    try:
-        from keras.src.backend.tensorflow.trainer import reduce_per_replica
-    except ImportError:  # another Keras layout: keep Keras' own train function
-        return None
-    return reduce_per_replica
-
-
-class _IteratorTrainFunction:
-    """Keras' train function for `steps_per_execution=1`, as one tf.function.
-
-    Keras wraps its step (a tf.function) in a second tf.function that reads
-    the iterator; building and instantiating the nested pair costs about 0.5 s
-    more per trace than one function doing both, and each growth step pays a
-    trace. Same computation: next batch, `strategy.run(train_step)`, logs
-    reduced over replicas; the end of the data raises OutOfRangeError, which
-    `fit` treats as the end of the epoch, as with Keras' function. Anything
-    but a tf.data/distributed iterator (e.g. `train_on_batch`'s generator)
-    goes to Keras' own function.
-    """
-
-    def __init__(self, model, keras_function, reduce_per_replica):
-        self._keras_function = keras_function
-        strategy, step = model.distribute_strategy, model.train_step
-
-        @tf.autograph.experimental.do_not_convert
-        def one_step_on_iterator(iterator):
-            data = keras.tree.map_structure(
-                lambda x: None if isinstance(x, tf.experimental.Optional) else x,
-                iterator.get_next())
-            outputs = strategy.run(step, args=(data,))
-            return reduce_per_replica(outputs, strategy, reduction="auto")
-
-        self._function = tf.function(one_step_on_iterator, reduce_retracing=True)
-
-    def __call__(self, iterator):
-        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
-            return self._function(iterator)
-        return self._keras_function(iterator)
-
-
-def _make_train_function(model) -> None:
-    """Installs a new train function on `model` (traced at its first call)."""
-    model.make_train_function(force=True)
-    reduce_per_replica = _keras_reduce_per_replica()
-    if (reduce_per_replica is None or model.steps_per_execution != 1 or model.run_eagerly
-            or model.jit_compile):
-        return  # Keras' own: XLA and multi-step execution need its nesting
-    object.__setattr__(model, "train_function",
-                       _IteratorTrainFunction(model, model.train_function, reduce_per_replica))
 
 
 SIDECAR_SUFFIX = ".kgrow"
@@ -341,12 +266,12 @@ class TrainingController:
     def request_retrace(self) -> None:
         """Makes the next train-function call retrace (once) with the current state."""
         current = getattr(self.model, "train_function", None)
-        if not isinstance(current, _RetraceOnCall):
-            object.__setattr__(self.model, "train_function", _RetraceOnCall(self))
+        if not isinstance(current, RetraceOnCall):
+            object.__setattr__(self.model, "train_function", RetraceOnCall(self))
 
     def retrace_now(self) -> None:
         """Installs a new train function now (traced at its first call)."""
-        _make_train_function(self.model)
+        make_train_function(self.model)
         self.retrace_count += 1
 
     def architecture_json(self) -> str:

@@ -16,7 +16,8 @@ tracker, sample weights, `optimizer.scale_loss` for LossScaleOptimizer,
    loss does not depend on, and, with a LossScaleOptimizer, still multiplied
    by the loss scale;
 3. `optimizer.apply_gradients` (all-reduce, clipping, weight decay, update,
-   iteration count);
+   iteration count), traced with fewer ops by
+   `kgrow.controller.updates.compact_updates`;
 4. in cross-replica context (one `merge_call`):
    a. LR multipliers: the update of each grouped variable is rescaled
       (`kgrow.controller.multipliers`);
@@ -41,7 +42,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import warnings
@@ -50,7 +50,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
-from kgrow.controller.optimizer import optimizer_levels
+from kgrow.controller.updates import compact_updates
 
 __all__ = ["StepHooks", "Hook", "UpdateContext", "make_train_step", "ORDER_MASKS",
            "ORDER_EMA", "ORDER_DEFAULT", "unwrap"]
@@ -167,43 +167,6 @@ def _batch_size(x):
     return tf.shape(first)[0]
 
 
-@contextlib.contextmanager
-def learning_rate_read_once(optimizer):
-    """Within the block, the optimizer evaluates its learning rate once per graph.
-
-    Keras reads `optimizer.learning_rate` once for the update and once more
-    for every decayed weight (decoupled weight decay), and each read of a
-    schedule builds the schedule's ops again: with a warm-up + cosine
-    schedule that is most of a third of the train step's trace time for a
-    ResNet-20. Inside one `apply_gradients` the iteration count only moves
-    at the very end, so every read sees the same value and one evaluation per
-    graph is exact. Eager reads are not cached. Wrapped optimizers
-    (LossScaleOptimizer) are handled level by level.
-    """
-    patched = []
-    for level in optimizer_levels(optimizer):
-        original = getattr(type(level), "_get_current_learning_rate", None)
-        if original is None or "_get_current_learning_rate" in vars(level):
-            continue  # not a Keras optimizer, or another replica thread patched it
-        cache = {}
-
-        def read_once(level=level, original=original, cache=cache):
-            if tf.executing_eagerly():
-                return original(level)
-            graph = tf.compat.v1.get_default_graph()
-            if id(graph) not in cache:
-                cache[id(graph)] = (graph, original(level))  # graph kept: ids stay unique
-            return cache[id(graph)][1]
-
-        object.__setattr__(level, "_get_current_learning_rate", read_once)
-        patched.append(level)
-    try:
-        yield
-    finally:
-        for level in patched:
-            object.__delattr__(level, "_get_current_learning_rate")
-
-
 def make_train_step(controller) -> Callable:
     """Builds the train step for `controller.model` (see the module docstring).
 
@@ -243,7 +206,7 @@ def make_train_step(controller) -> Callable:
         # Read before the update; automatic control dependencies keep the
         # read ahead of the optimizer's write to the same variable.
         olds = [tf.identity(unwrap(v)) for v, _ in scaled]
-        with learning_rate_read_once(model.optimizer):
+        with compact_updates(model.optimizer):
             model.optimizer.apply_gradients(zip(grads, variables))
 
         post = controller.hooks.post_updates

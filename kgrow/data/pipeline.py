@@ -4,7 +4,8 @@ Training pipeline, one pass (= one iteration over ``bundle.train``):
 
 1. When the pass starts (Keras creates the epoch's iterator after
    ``on_epoch_begin``), read the `LiveSelection`: the active mask, the live
-   image size, and the pass index ``epoch`` (incremented for the next pass).
+   image size (resizable bundles only), and the pass index ``epoch``
+   (incremented for the next pass).
 2. Order the active sample indices with a stateless shuffle seeded by
    ``(seed, epoch)``: the same seed gives the same batches, every pass is
    ordered differently, and no global TF seed is involved. Streamed sources
@@ -20,11 +21,13 @@ Training pipeline, one pass (= one iteration over ``bundle.train``):
    the maps run in parallel.
 6. Prefetch.
 
-Because the live image size can change between passes, the height and width
-of the training ``element_spec`` are ``None``; the batch and channel
-dimensions are static, and all batches of one pass share one size. The test
-pipeline is neither shuffled nor augmented, is resized to the static
-``image_size`` only, and keeps fully static shapes.
+The training ``element_spec`` is static (batch, height, width, channels), so
+the train function is traced for exactly these shapes. A bundle built with
+``resizable=True`` follows the selection's live image size instead: its
+height and width are then ``None`` in the ``element_spec``, and all batches
+of one pass share one size. The test pipeline is neither shuffled nor
+augmented, is resized to the static ``image_size`` only, and keeps fully
+static shapes.
 """
 import dataclasses
 
@@ -40,6 +43,21 @@ SUBSET_MODES = ("first", "random")
 #: Shuffle buffer (elements) for streamed training sets.
 STREAM_SHUFFLE_BUFFER = 10_000
 _AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _without_autotuning(ds):
+    """`ds` with tf.data's autotuning thread turned off.
+
+    With TF 2.21, deleting an iterator whose autotuning thread is waiting for
+    its next round blocks the caller: Keras drops the previous epoch's
+    iterator at the start of the next epoch, and we measured 3-10 s stalls
+    there in 3 of 14 epochs. Without autotuning there is no such thread;
+    `AUTOTUNE` parallelism then means one call per CPU core, which was as fast
+    on these pipelines (side by side, 10 epochs each).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +97,7 @@ class PipelineSettings:
     mean: tuple                  # per channel, 0-255 scale
     std: tuple
     pixel_scale: float
+    resizable: bool              # follow the selection's live size (H, W unknown)
 
     @property
     def channels(self):
@@ -152,6 +171,8 @@ class _PassBuilder:
             pass_id = sel.epoch.assign_add(1) - 1
         else:
             pass_id = sel.epoch.read_value()
+        if not self.s.resizable:
+            return pass_id, sel.active.read_value(), self.static_size
         live = sel.image_size.read_value()
         size = live if self.static_size is None else tf.where(live > 0, live, self.static_size)
         return pass_id, sel.active.read_value(), size
@@ -174,7 +195,8 @@ class _PassBuilder:
                                              with_index),
                 num_parallel_calls=_AUTOTUNE)
 
-        return tf.data.Dataset.from_tensors(np.int64(0)).flat_map(per_pass).prefetch(_AUTOTUNE)
+        ds = tf.data.Dataset.from_tensors(np.int64(0)).flat_map(per_pass).prefetch(_AUTOTUNE)
+        return _without_autotuning(ds)
 
     # Step 2-4 for in-memory sources.
     def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder):
@@ -240,7 +262,8 @@ class _PassBuilder:
                                self.s.label_mode, self.s.num_classes)
         if use_mixing:
             images, labels = augment_lib.mix_batch(images, labels, cfg, _fold(seed, 3))
-        images = tf.ensure_shape(images, [None, None, None, self.s.channels])
+        hw = [None, None] if self.s.resizable else list(self.s.delivered_hw)
+        images = tf.ensure_shape(images, [None, *hw, self.s.channels])
         return (images, labels, index) if with_index else (images, labels)
 
 
@@ -274,7 +297,7 @@ def build_test(source, settings):
         ds = source.test.map(lambda image, label: (prepare(image), label),
                              num_parallel_calls=_AUTOTUNE)
         ds = ds.batch(s.batch_size).map(finish, num_parallel_calls=_AUTOTUNE)
-    return ds.prefetch(_AUTOTUNE)
+    return _without_autotuning(ds.prefetch(_AUTOTUNE))
 
 
 class DataBundle:
@@ -282,8 +305,9 @@ class DataBundle:
 
     Attributes:
         train: ``tf.data.Dataset`` of ``(images float32 [B, H, W, C], labels)``,
-            reshuffled every pass, augmented, prefetched; H and W are None in
-            the element spec (see `kgrow.data.pipeline`).
+            reshuffled every pass, augmented, prefetched; static shapes, or H
+            and W None when built with ``resizable=True`` (see
+            `kgrow.data.pipeline`).
         test: ``tf.data.Dataset`` of ``(images, labels)``, or None.
         info: `DatasetInfo`.
         selection: `kgrow.data.LiveSelection` read by ``train`` at every pass.

@@ -10,7 +10,9 @@ function:
   (data sieving, forgetting-based pruning).
 * ``image_size``: int32 ``[2]``; when both entries are > 0 the training images
   are resized to ``(height, width)`` (progressive resizing). ``(0, 0)`` means
-  "the size the bundle was built with".
+  "the size the bundle was built with". Only bundles built with
+  ``resizable=True`` follow it; a fixed-size bundle pins the selection to its
+  size (`fixed_size`) and other sizes are refused.
 * ``epoch``: int64 scalar, the index of the next training pass. The pipeline
   derives the pass's shuffle order and augmentation seeds from
   ``(seed, epoch)`` and increments it when a pass starts, so every pass is
@@ -75,6 +77,8 @@ class LiveSelection:
         self.active = _host_variable(tf.ones([num_train], tf.bool), tf.bool, "kgrow_active")
         self.image_size = _host_variable(tf.zeros([2], tf.int32), tf.int32, "kgrow_image_size")
         self.epoch = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_epoch")
+        #: ``(height, width)`` a fixed-size bundle delivers, or None (see `fix_size`).
+        self.fixed_size = None
         if image_size is not None:
             self.set_image_size(*image_size)
 
@@ -151,7 +155,37 @@ class LiveSelection:
             return
         width = height if width is None else width
         size = [_positive_int(height, "height"), _positive_int(width, "width")]
+        self._check_fixed(size)
         self.image_size.assign(size)
+
+    def fix_size(self, height, width):
+        """Pins the training image size (done by bundles built with ``resizable=False``).
+
+        Their training batches have static shapes, so the train function is
+        traced for exactly this size; `set_image_size` then refuses other sizes.
+
+        Raises:
+            ValueError: a live size or another fixed size is already set.
+        """
+        size = (_positive_int(height, "height"), _positive_int(width, "width"))
+        live = self.current_image_size()
+        if live is not None and live != size:
+            raise ValueError(
+                f"This selection has the live image size {live}, but a bundle with the fixed "
+                f"size {size} is being built on it; build the bundle with resizable=True.")
+        if self.fixed_size is not None and self.fixed_size != size:
+            raise ValueError(
+                f"This selection is already pinned to {self.fixed_size} by another bundle; "
+                f"it cannot also serve a bundle of size {size}.")
+        self.fixed_size = size
+
+    def _check_fixed(self, size):
+        if self.fixed_size is not None and tuple(size) != self.fixed_size:
+            raise ValueError(
+                f"The training image size of this data is fixed at {self.fixed_size} (static "
+                f"shapes); cannot change it to {tuple(size)}. Build the bundle with "
+                f"resizable=True (kgrow.data.load / from_arrays / from_datasets) to change "
+                f"the size during training.")
 
     def current_image_size(self):
         """The live size ``(height, width)`` or ``None`` when it is not set."""
@@ -198,6 +232,8 @@ class LiveSelection:
         size = [int(v) for v in state["image_size"]]
         if len(size) != 2 or min(size) < 0 or (min(size) == 0 and max(size) != 0):
             raise ValueError(f"Invalid image_size {size} in state (expected [h, w] or [0, 0]).")
+        if min(size) > 0:
+            self._check_fixed(size)
         self.set_active(np.asarray(state["active"], dtype=bool))
         self.image_size.assign(size)
         self.set_epoch(state["epoch"])

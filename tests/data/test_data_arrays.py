@@ -32,7 +32,7 @@ def test_shapes_and_info():
     images, labels = next(iter(bundle.train))
     assert images.shape == (16, 6, 5, 3) and images.dtype == tf.float32
     assert labels.shape == (16, 4) and labels.dtype == tf.float32
-    assert bundle.train.element_spec[0].shape.as_list() == [16, None, None, 3]
+    assert bundle.train.element_spec[0].shape.as_list() == [16, 6, 5, 3]  # static by default
     assert [b[0].shape[0] for b in bundle.test] == [10]
     assert bundle.test.element_spec[0].shape.as_list() == [None, 6, 5, 3]
 

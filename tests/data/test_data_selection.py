@@ -98,7 +98,7 @@ def test_variables_live_on_the_cpu_outside_strategies(mirrored_strategy):
 
 # -- driving the pipeline ----------------------------------------------------------
 def test_changes_between_epochs_take_effect_without_rebuilding():
-    bundle = id_bundle(n=40, batch_size=8)
+    bundle = id_bundle(n=40, batch_size=8, resizable=True)
     train = bundle.train
     shapes, ids = epoch(bundle)
     assert len(shapes) == 5 and sorted(ids) == list(range(40))
@@ -120,12 +120,46 @@ def test_changes_between_epochs_take_effect_without_rebuilding():
 
 
 def test_live_size_overrides_the_static_size_and_clearing_restores_it():
-    bundle = id_bundle(n=16, batch_size=8, image_size=12)
+    bundle = id_bundle(n=16, batch_size=8, image_size=12, resizable=True)
     assert epoch(bundle)[0][0] == (8, 12, 12, 3)
     bundle.selection.set_image_size(3, 5)
     assert epoch(bundle)[0][0] == (8, 3, 5, 3)
     bundle.selection.set_image_size(None)
     assert epoch(bundle)[0][0] == (8, 12, 12, 3)
+
+
+def test_fixed_size_bundles_have_static_shapes_and_refuse_other_sizes():
+    bundle = id_bundle(n=16, batch_size=8, image_size=(12, 10))
+    assert tuple(bundle.train.element_spec[0].shape) == (8, 12, 10, 3)
+    assert bundle.selection.fixed_size == (12, 10)
+    with pytest.raises(ValueError, match=r"fixed at \(12, 10\).*resizable=True"):
+        bundle.selection.set_image_size(6, 6)
+    state = bundle.selection.get_state()
+    state["image_size"] = [6, 6]
+    with pytest.raises(ValueError, match="resizable=True"):
+        bundle.selection.set_state(state)
+    bundle.selection.set_image_size(12, 10)  # its own size is fine
+    bundle.selection.set_image_size(None)
+    assert epoch(bundle)[0] == [(8, 12, 10, 3)] * 2
+    # A resizable bundle leaves height and width open and follows the live size.
+    resizable = id_bundle(n=16, batch_size=8, image_size=(12, 10), resizable=True)
+    assert tuple(resizable.train.element_spec[0].shape) == (8, None, None, 3)
+    assert resizable.selection.fixed_size is None
+
+
+def test_selection_shared_by_fixed_and_resizable_bundles_is_refused():
+    fixed = id_bundle(n=16, batch_size=8)
+    with pytest.raises(ValueError, match="resizable bundle needs its own selection"):
+        id_bundle(n=16, batch_size=8, selection=fixed.selection, resizable=True)
+    with pytest.raises(ValueError, match="already pinned to"):
+        id_bundle(n=16, batch_size=8, image_size=4, selection=fixed.selection)
+    live = LiveSelection(16)
+    live.set_image_size(5, 5)
+    with pytest.raises(ValueError, match="live image size"):
+        id_bundle(n=16, batch_size=8, selection=live)
+    assert id_bundle(n=16, batch_size=8, selection=fixed.selection).selection is fixed.selection
+    with pytest.raises(ValueError, match="resizable must be True or False"):
+        id_bundle(n=16, batch_size=8, resizable="yes")
 
 
 def test_epoch_counter_advances_and_reproduces_orders():
@@ -143,7 +177,7 @@ def test_epoch_counter_advances_and_reproduces_orders():
 
 
 def test_train_with_index_covers_active_samples_in_order():
-    bundle = id_bundle(n=20, batch_size=8)
+    bundle = id_bundle(n=20, batch_size=8, resizable=True)
     bundle.selection.set_active(np.arange(1, 20, 2))
     bundle.selection.set_image_size(3, 3)
     before = int(bundle.selection.epoch.numpy())
@@ -182,7 +216,7 @@ def test_stream_sources_follow_the_selection_too():
     x = np.random.default_rng(0).integers(0, 256, (30, 6, 6, 1)).astype(np.uint8)
     ds = tf.data.Dataset.from_tensor_slices((x, np.arange(30)))
     bundle = from_datasets(ds, None, num_classes=30, batch_size=5, label_mode="sparse",
-                           subset=20, subset_mode="random", seed=2)
+                           subset=20, subset_mode="random", seed=2, resizable=True)
     kept = bundle.subset_indices
     shapes, ids = epoch(bundle)
     assert len(shapes) == 4 and sorted(ids) == sorted(kept.tolist())
@@ -194,7 +228,7 @@ def test_stream_sources_follow_the_selection_too():
 
 
 def test_keras_fit_sees_the_changes_at_the_next_epoch():
-    bundle = id_bundle(n=48, batch_size=8, shape=(8, 8, 1))
+    bundle = id_bundle(n=48, batch_size=8, shape=(8, 8, 1), resizable=True)
     model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3),
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(48)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))

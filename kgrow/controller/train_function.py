@@ -1,0 +1,164 @@
+"""The train function a controlled model runs, and what it costs to rebuild.
+
+Every growth step, freeze or hook change needs a new train function, and
+`fit` pays its trace and graph optimization in the first batch after the
+change. This module keeps that cost down:
+
+* `RetraceOnCall` is installed by `TrainingController.request_retrace()`:
+  any number of changes between two batches cost one trace, done at the
+  next batch;
+* `IteratorTrainFunction` is Keras' train function for
+  `steps_per_execution=1` as a single tf.function (Keras nests two);
+* its graph gets a lean Grappler configuration on CPU-only hosts
+  (`lean_call_options`).
+
+The retrace cost of a growth step and where it goes are measured by
+`benchmarks/growth_overhead.py`.
+
+Example:
+    >>> import keras, numpy as np
+    >>> from kgrow.controller import TrainingController
+    >>> inp = keras.Input((3,)); out = keras.layers.Dense(1)(inp)
+    >>> model = keras.Model(inp, out); model.compile("sgd", "mse")
+    >>> ctrl = TrainingController.of(model)
+    >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), epochs=1, verbose=0)
+    >>> type(model.train_function).__name__
+    'IteratorTrainFunction'
+"""
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+__all__ = ["RetraceOnCall", "IteratorTrainFunction", "make_train_function",
+           "lean_call_options"]
+
+
+class RetraceOnCall:
+    """Stand-in for `model.train_function`: traces the real one on first call.
+
+    Keras' `fit` calls `model.train_function(iterator)` for every batch and
+    only builds it once per `fit`; this object lets any number of changes
+    between two batches cost a single retrace.
+    """
+
+    def __init__(self, controller):
+        self._controller = controller
+
+    def __call__(self, *args, **kwargs):
+        controller = self._controller
+        model = controller.model
+        # An optimizer first built inside the trace creates variables there,
+        # and tf.function then traces the whole step a second time.
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not getattr(optimizer, "built", True):
+            controller._install_optimizer(optimizer, None, plan=None)
+        make_train_function(model)
+        controller.retrace_count += 1
+        return model.train_function(*args, **kwargs)
+
+
+def _keras_reduce_per_replica():
+    try:
+        from keras.src.backend.tensorflow.trainer import reduce_per_replica
+    except ImportError:  # another Keras layout: keep Keras' own train function
+        return None
+    return reduce_per_replica
+
+
+def lean_call_options():
+    """Call options for the train function's graph, or None to keep TF's.
+
+    TensorFlow optimizes a function graph when it is first called: Grappler
+    runs its passes twice by default, and runs the memory optimizer, which
+    only acts on GPU graphs or on nodes marked for recomputation. For a
+    ResNet-20 train step on CPU that is 0.55-0.65 s of each retrace; the
+    second round removed only duplicate constants and the memory optimizer
+    changed nothing. On CPU-only device sets, and only where the user left
+    these settings at their defaults, this returns options with one round and
+    no memory optimizer (about 0.25 s less per retrace). Hosts with a GPU or
+    TPU keep TensorFlow's defaults.
+    """
+    try:
+        from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+        from tensorflow.python.eager import context
+    except ImportError:  # another TensorFlow layout
+        return None
+    if any(device.device_type != "CPU" for device in tf.config.list_logical_devices()):
+        return None
+    current = context.context().function_call_options
+    config = config_pb2.ConfigProto()
+    if current.config_proto_serialized:
+        config.ParseFromString(current.config_proto_serialized)
+    rewrite = config.graph_options.rewrite_options
+    rewriter = rewriter_config_pb2.RewriterConfig
+    if rewrite.meta_optimizer_iterations == rewriter.DEFAULT_NUM_ITERS:
+        rewrite.meta_optimizer_iterations = rewriter.ONE
+    if rewrite.memory_optimization == rewriter.DEFAULT_MEM_OPT:
+        rewrite.memory_optimization = rewriter.NO_MEM_OPT
+    return context.FunctionCallOptions(executor_type=current.executor_type,
+                                       config_proto=config)
+
+
+@contextlib.contextmanager
+def _call_options(options):
+    if options is None:
+        yield
+        return
+    from tensorflow.python.eager import context
+    ctx = context.context()
+    previous = ctx.function_call_options
+    ctx.function_call_options = options
+    try:
+        yield
+    finally:
+        ctx.function_call_options = previous
+
+
+class IteratorTrainFunction:
+    """Keras' train function for `steps_per_execution=1`, as one tf.function.
+
+    Keras wraps its step (a tf.function) in a second tf.function that reads
+    the iterator; building and instantiating the nested pair costs about 0.5 s
+    more per trace than one function doing both, and each growth step pays a
+    trace. Same computation: next batch, `strategy.run(train_step)`, logs
+    reduced over replicas; the end of the data raises OutOfRangeError, which
+    `fit` treats as the end of the epoch, as with Keras' function. Anything
+    but a tf.data/distributed iterator (e.g. `train_on_batch`'s generator)
+    goes to Keras' own function.
+    """
+
+    def __init__(self, model, keras_function, reduce_per_replica):
+        self._keras_function = keras_function
+        strategy, step = model.distribute_strategy, model.train_step
+
+        @tf.autograph.experimental.do_not_convert
+        def one_step_on_iterator(iterator):
+            data = keras.tree.map_structure(
+                lambda x: None if isinstance(x, tf.experimental.Optional) else x,
+                iterator.get_next())
+            outputs = strategy.run(step, args=(data,))
+            return reduce_per_replica(outputs, strategy, reduction="auto")
+
+        self._function = tf.function(one_step_on_iterator, reduce_retracing=True)
+        # Built once: TF instantiates a function once per distinct options.
+        self.call_options = lean_call_options()
+
+    def __call__(self, iterator):
+        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            with _call_options(self.call_options):
+                return self._function(iterator)
+        return self._keras_function(iterator)
+
+
+def make_train_function(model) -> None:
+    """Installs a new train function on `model` (traced at its first call)."""
+    model.make_train_function(force=True)
+    reduce_per_replica = _keras_reduce_per_replica()
+    if (reduce_per_replica is None or model.steps_per_execution != 1 or model.run_eagerly
+            or model.jit_compile):
+        return  # Keras' own: XLA and multi-step execution need its nesting
+    object.__setattr__(model, "train_function",
+                       IteratorTrainFunction(model, model.train_function, reduce_per_replica))
