@@ -48,12 +48,13 @@ _AUTOTUNE = tf.data.AUTOTUNE
 def _without_autotuning(ds):
     """`ds` with tf.data's autotuning thread turned off.
 
-    With TF 2.21, deleting an iterator whose autotuning thread is waiting for
-    its next round blocks the caller: Keras drops the previous epoch's
-    iterator at the start of the next epoch, and we measured 3-10 s stalls
-    there in 3 of 14 epochs. Without autotuning there is no such thread;
-    `AUTOTUNE` parallelism then means one call per CPU core, which was as fast
-    on these pipelines (side by side, 10 epochs each).
+    With TF 2.21, deleting an iterator can block the caller for seconds while
+    it waits for one of its background threads. Keras drops the previous
+    epoch's iterator at the start of the next epoch: we measured 3-10 s stalls
+    there in 6 of 30 epochs, and none in 30 epochs with autotuning off, so
+    the thread waited for is autotuning's. `AUTOTUNE` parallelism then means
+    one call per CPU core, which was as fast on these pipelines (side by side,
+    10 epochs each).
     """
     options = tf.data.Options()
     options.autotune.enabled = False
