@@ -32,6 +32,12 @@ import contextlib
 import keras
 import tensorflow as tf
 
+try:  # TensorFlow internals for per-call graph options; without them TF's defaults apply
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+except ImportError:  # another TensorFlow layout
+    context = None
+
 __all__ = ["RetraceOnCall", "IteratorTrainFunction", "make_train_function",
            "lean_call_options"]
 
@@ -81,10 +87,7 @@ def lean_call_options():
     no memory optimizer (about 0.25 s less per retrace). Hosts with a GPU or
     TPU keep TensorFlow's defaults.
     """
-    try:
-        from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-        from tensorflow.python.eager import context
-    except ImportError:  # another TensorFlow layout
+    if context is None:
         return None
     if any(device.device_type != "CPU" for device in tf.config.list_logical_devices()):
         return None
@@ -107,7 +110,6 @@ def _call_options(options):
     if options is None:
         yield
         return
-    from tensorflow.python.eager import context
     ctx = context.context()
     previous = ctx.function_call_options
     ctx.function_call_options = options

@@ -247,19 +247,14 @@ def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, l
         raise ValueError(
             f"batch_size={batch_size} is larger than the training set ({num_train} samples); "
             f"the training pipeline drops incomplete batches, so an epoch would be empty.")
-    selection = _selection(selection, num_train, batch_size)
+    fixed_size = None if resizable else tuple(image_size or source.image_shape[:2])
+    selection = _selection(selection, num_train, batch_size, fixed_size)
     settings = PipelineSettings(
         batch_size=batch_size, label_mode=label_mode, num_classes=source.num_classes,
         augment=augment, seed=seed, native_shape=tuple(source.image_shape),
         image_size=image_size, mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in stats.safe_std(std)), pixel_scale=source.pixel_scale,
         resizable=resizable)
-    if resizable and selection.fixed_size is not None:
-        raise ValueError(
-            f"The given selection is pinned to the size {selection.fixed_size} by a bundle built "
-            f"with resizable=False; a resizable bundle needs its own selection.")
-    if not resizable:
-        selection.fix_size(*settings.delivered_hw)
     return build_bundle(source, selection, settings, keep, indexed_train)
 
 
@@ -280,9 +275,13 @@ def _index_stream(source, keep, mode):
     return ds, len(keep)
 
 
-def _selection(selection, num_train, batch_size):
+def _selection(selection, num_train, batch_size, fixed_size):
+    """The bundle's selection (new or the given shared one), pinned to `fixed_size`."""
     if selection is None:
-        return LiveSelection(num_train, min_active=batch_size)
+        selection = LiveSelection(num_train, min_active=batch_size)
+        if fixed_size is not None:
+            selection.fix_size(*fixed_size)
+        return selection
     if selection.num_train != num_train:
         raise ValueError(
             f"The given selection covers {selection.num_train} training samples, but this "
@@ -291,5 +290,11 @@ def _selection(selection, num_train, batch_size):
         raise ValueError(
             f"The given selection has {selection.num_active} active samples, fewer than "
             f"batch_size={batch_size}.")
+    if fixed_size is None and selection.fixed_size is not None:
+        raise ValueError(
+            f"The given selection is pinned to the size {selection.fixed_size} by a bundle built "
+            f"with resizable=False; a resizable bundle needs its own selection.")
+    if fixed_size is not None:
+        selection.fix_size(*fixed_size)
     selection.min_active = max(selection.min_active, batch_size)
     return selection
