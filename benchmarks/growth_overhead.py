@@ -1,15 +1,17 @@
 """Growth-engine performance: what a growth step costs, and whether a grown
 model trains as fast as the same architecture built directly.
 
-Two measurements, both on real Fashion-MNIST in the `--profile quick` setting
-(ResNet-20 at half width, 10k training images, batch 128):
+Two measurements, both on real Fashion-MNIST:
 
-1. Growth-step overhead inside one `model.fit`, with the bench's `grow_width`
-   method (width 0.5 -> 0.75 -> 1.0 in 3 stages, orthogonal new filters): per
-   growth step, the seconds spent in surgery + weight/optimizer transfer (the
+1. Growth-step overhead inside one `model.fit`: the `grow_width` run of
+   `kgrow bench --profile quick` itself (ResNet-20 at half width, 10k
+   training images, batch 128, 5 epochs, width 0.5 -> 0.75 -> 1.0 of it in 3
+   stages, orthogonal new filters, per-epoch evaluation excluded from the
+   training time as in the bench), with a per-batch timer added. Per growth
+   step: the seconds spent in surgery + weight/optimizer transfer (the
    `Growth` callback's own timing) plus the extra cost of the first training
    step after the growth (the retrace), estimated as that step's time minus
-   the median step time of the epoch. Reported as a fraction of the whole
+   the median step time of the epoch. Reported as a fraction of the run's
    training time.
 2. Step time of a grown model (built small, grown to full width by the
    `Growth` machinery, trained through the controller's train step) against
@@ -35,9 +37,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kgrow import data, models, training  # noqa: E402
-from kgrow.callbacks import FullSize, Growth, grow_to  # noqa: E402
+from kgrow.bench.runner import BenchSpec, run_method  # noqa: E402
+from kgrow.callbacks import FullSize, grow_to  # noqa: E402
 from kgrow.controller import TrainingController  # noqa: E402
-from kgrow.schedules import GrowthSchedule, Stage  # noqa: E402
+from kgrow.schedules import Stage  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -64,26 +67,21 @@ def _compile(model, steps_per_epoch, epochs):
     return model
 
 
-def growth_overhead(epochs=5, subset=10_000):
-    bundle = data.load("fashion_mnist", subset=subset, batch_size=128, augment="basic", seed=0)
-    keras.utils.set_random_seed(0)
-    model = models.get("resnet20", (28, 28, 1), 10, width=0.5)
-    _compile(model, bundle.steps_per_epoch, epochs)
-    grow = Growth(GrowthSchedule.linear(epochs, num_stages=3, start=0.5),
-                  initializer="orthogonal", verbose=0)
+def growth_overhead(seed=0):
+    spec = BenchSpec.from_profile("quick", methods=["grow_width"], seed=seed)
     timer = StepTimer()
-    start = time.perf_counter()
-    model.fit(bundle.train, epochs=epochs, verbose=0, callbacks=[grow, timer])
-    total = time.perf_counter() - start
+    record = run_method("grow_width", spec, seed, verbose=0, log=lambda line: None,
+                        extra_callbacks=[timer])
+    total, events = record["train_wall_s"], record["method_events"]
     # Every epoch's first step also pays the data pipeline's start-up (the
     # baseline pays it too): measure it on the epochs without growth and only
     # charge growth epochs for what their first step costs beyond that.
-    growth_epochs = {e["epoch"] for e in grow.events}
+    growth_epochs = {e["epoch"] for e in events}
     plain_first = [ep[0] - statistics.median(ep) for i, ep in enumerate(timer.epochs)
                    if i not in growth_epochs]
     epoch_start_s = statistics.median(plain_first) if plain_first else 0.0
     steps = []
-    for event in grow.events:
+    for event in events:
         epoch_steps = timer.epochs[event["epoch"]]
         median = statistics.median(epoch_steps)
         retrace = epoch_steps[0] - median - epoch_start_s
@@ -95,8 +93,8 @@ def growth_overhead(epochs=5, subset=10_000):
     overhead = sum(s["surgery_and_transfer_s"] + s["retrace_extra_s"] for s in grow_steps)
     # The initial shrink happens before the first trace, so only its surgery counts.
     shrink = sum(s["surgery_and_transfer_s"] for s in steps if s["kind"] != "grow")
-    return {"total_train_s": total, "steps": steps, "growth_overhead_s": overhead,
-            "epoch_start_s": epoch_start_s,
+    return {"total_train_s": total, "test_acc": record["test_acc"], "steps": steps,
+            "growth_overhead_s": overhead, "epoch_start_s": epoch_start_s,
             "per_step_fraction": [(s["surgery_and_transfer_s"] + s["retrace_extra_s"]) / total
                                   for s in grow_steps],
             "initial_shrink_s": shrink,
@@ -178,7 +176,6 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of the overhead measurement; medians are reported")
     parser.add_argument("--skip-overhead", action="store_true")
@@ -186,10 +183,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = {}
     if not args.skip_overhead:
-        print("[1/2] growth-step overhead in one fit (quick profile setting) ...", flush=True)
+        print("[1/2] growth-step overhead in the quick bench's grow_width run ...", flush=True)
         runs = []
         for r in range(args.repeats):
-            o = growth_overhead(args.epochs)
+            o = growth_overhead()
             runs.append(o)
             for s in o["steps"]:
                 print(f"  run {r}: epoch {s['epoch']} {s['kind']:>15}: surgery+transfer "

@@ -172,7 +172,8 @@ def _history_value(history: Mapping[str, list], key: str, method: str) -> list:
 
 
 def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = print,
+               extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
     """Trains one method once and measures it.
 
     Args:
@@ -182,6 +183,9 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         verbose: Keras `fit` verbosity (0 silent, 1 progress bar, 2 one line
             per epoch).
         log: Where the one-line run summaries go.
+        extra_callbacks: Instruments added to `fit` after the method's own
+            callbacks (e.g. per-batch timers of `benchmarks/`); their time
+            counts as training time.
 
     Returns:
         The run record: `train_wall_s`, `train_flops`, `test_acc`,
@@ -207,7 +211,7 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
     clock = meters.RunClock()
     flops_meter = meters.FlopsMeter(counter, lambda: live_input_shape(bundle), clock=clock,
                                     sparsity=setup.sparsity)
-    callbacks = [clock.head, *setup.callbacks, flops_meter, clock.tail]
+    callbacks = [clock.head, *setup.callbacks, flops_meter, *extra_callbacks, clock.tail]
     # shuffle=False: the bundle's pipeline already reshuffles every epoch.
     with meters.PeakMemory() as memory, warnings.catch_warnings():
         # A bundle's epoch is one finite pass of unknown length (the live

@@ -13,7 +13,12 @@ from typing import Iterator
 import keras
 
 __all__ = ["all_layers", "variables_by_path", "weights_by_path", "trainable_candidates",
-           "layer_names"]
+           "layer_names", "unwrap"]
+
+
+def unwrap(value):
+    """The backend (tf) variable under a Keras variable; other values unchanged."""
+    return value.value if isinstance(value, keras.Variable) else value
 
 
 def all_layers(model) -> Iterator:

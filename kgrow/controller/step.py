@@ -50,6 +50,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
+from kgrow.controller._variables import unwrap
 from kgrow.controller.updates import compact_updates
 
 __all__ = ["StepHooks", "Hook", "UpdateContext", "make_train_step", "ORDER_MASKS",
@@ -118,11 +119,6 @@ class StepHooks:
     @property
     def post_updates(self) -> list[Hook]:
         return self._sorted("post_update")
-
-
-def unwrap(value):
-    """The backend (tf) variable under a Keras variable; other values unchanged."""
-    return value.value if isinstance(value, keras.Variable) else value
 
 
 class UpdateContext:

@@ -22,9 +22,20 @@ step wraps `apply_gradients` in it):
   TensorFlow's Adam kernel computes `1 - beta` in float32 where Keras rounds
   it from float64, which moves the weights by about 1e-6 within two epochs,
   so it is not used. Sparse gradients, dtypes other than float32/float64 and
-  subclasses of SGD (which may change the update) keep Keras' `update_step`.
+  subclasses of SGD (which may change the update) keep Keras' `update_step`;
+* Keras' decoupled weight decay, `w -= (w * wd) * lr`, is one
+  `ResourceApplyGradientDescent` per decayed weight (`w -= delta * alpha`
+  with `delta = w * wd`, `alpha = lr`: the same products in the same order)
+  instead of two multiplications, a constant and an `assign_sub`;
+* the gradients are summed over replicas without the differentiable wrapper
+  around `ReplicaContext.all_reduce` (a `tf.custom_gradient`). Besides
+  its ops, that wrapper registers a gradient function in TensorFlow's
+  process-wide gradient registry, and the function's closure holds the
+  traced graph: with Keras' own path every retrace keeps one more copy of the
+  whole train-step graph alive until the process ends.
 
-Eager reads are not cached, and the patches are removed when the block ends.
+The last two replace Keras' TensorFlow implementation only where the
+optimizer's class has not overridden it. Eager reads are not cached, and the patches are removed when the block ends.
 Wrapped optimizers (LossScaleOptimizer) are handled level by level.
 """
 from __future__ import annotations
@@ -34,7 +45,15 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from kgrow.controller._variables import unwrap
 from kgrow.controller.optimizer import optimizer_levels
+
+try:  # Keras' TensorFlow optimizer internals; without them Keras' own code runs
+    from keras.src.backend.tensorflow.optimizer import TFOptimizer as _TFOptimizer
+    from keras.src.backend.tensorflow.optimizer import filter_empty_gradients as \
+        _filter_empty_gradients
+except ImportError:  # another Keras layout
+    _TFOptimizer = None
 
 __all__ = ["compact_updates"]
 
@@ -42,9 +61,9 @@ _FUSED_DTYPES = (tf.float32, tf.float64)
 
 
 def _handle(variable):
-    # The Keras variable's tf.Variable; inside `strategy.extended.update` a
-    # mirrored variable's handle is that of the replica being updated.
-    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+    # Inside `strategy.extended.update` a mirrored variable's handle is that
+    # of the replica being updated.
+    return unwrap(variable).handle
 
 
 def _graph_cache():
@@ -82,6 +101,86 @@ def _sgd_update(level, cached, original):
     return update_step
 
 
+def _sum_over_replicas(values):
+    """`ReplicaContext.all_reduce(SUM, values)` without its gradient wrapper.
+
+    The same branches and calls as TensorFlow's `all_reduce`, minus the
+    `tf.custom_gradient` that makes it differentiable. The update is never
+    differentiated, and in a graph that wrapper registers a gradient function
+    in TensorFlow's process-wide registry whose closure holds the traced
+    graph: every trace of a Keras train step stays alive until the process
+    ends.
+    """
+    ctx = tf.distribute.get_replica_context()
+    extended = ctx.strategy.extended
+    options = tf.distribute.experimental.CommunicationOptions()
+    if extended._use_merge_call():
+        def batch_all_reduce(strategy, *flat):
+            return strategy.extended.batch_reduce_to(
+                tf.distribute.ReduceOp.SUM,
+                [(v, v.device if isinstance(v, tf.Tensor) else v) for v in flat], options)
+        return ctx.merge_call(batch_all_reduce, args=tuple(values))
+    return extended._replica_ctx_all_reduce(tf.distribute.ReduceOp.SUM, list(values), options)
+
+
+def _all_reduce_gradients(level, cached):
+    """Keras' `_all_reduce_sum_gradients`, summing with `_sum_over_replicas`."""
+    del level, cached
+
+    def all_reduce(grads_and_vars):
+        pairs = list(grads_and_vars)
+        if tf.distribute.get_replica_context() is None:
+            return pairs
+        present = [g for g, _ in _filter_empty_gradients(pairs)]
+        summed = iter(_sum_over_replicas(present) if present else ())
+        return [(None if g is None else next(summed), v) for g, v in pairs]
+
+    return all_reduce
+
+
+def _weight_decay(level, cached):
+    """Keras' decoupled weight decay, `w -= (w * wd) * lr`, as one kernel per weight.
+
+    `ResourceApplyGradientDescent` computes `w -= delta * alpha`; with
+    `delta = w * wd` and `alpha = lr` that is Keras' expression in Keras'
+    order, in place of its two multiplications and `assign_sub`.
+    """
+    def apply_weight_decay(variables):
+        if level.weight_decay is None:
+            return
+
+        def decay(variable):
+            if not level._use_weight_decay(variable):
+                return None
+            dtype = tf.as_dtype(variable.dtype)
+            lr = tf.cast(level.learning_rate, dtype)
+            wd = cached(("weight_decay", dtype), lambda: tf.cast(level.weight_decay, dtype))
+            if dtype not in _FUSED_DTYPES:
+                return variable.assign_sub(variable * wd * lr)
+            return tf.raw_ops.ResourceApplyGradientDescent(
+                var=_handle(variable), alpha=lr, delta=variable * wd)
+
+        def apply_all(distribution, variables):
+            for variable in variables:
+                distribution.extended.update(unwrap(variable), decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply_all, level._distribution_strategy, variables)
+
+    return apply_weight_decay
+
+
+# Keras methods replaced inside `compact_updates`, with the same computation.
+# Only where the optimizer's class still uses Keras' TensorFlow implementation.
+_COMPACT_METHODS = {"_all_reduce_sum_gradients": _all_reduce_gradients,
+                    "_apply_weight_decay": _weight_decay}
+
+
+def _uses_keras_method(level, name) -> bool:
+    return _TFOptimizer is not None and getattr(type(level), name, None) is getattr(
+        _TFOptimizer, name)
+
+
 def _fused_update_for(level):
     """The fused `update_step` factory for `level`, or None to keep Keras'."""
     return _sgd_update if type(level) is keras.optimizers.SGD else None
@@ -106,6 +205,9 @@ def compact_updates(optimizer):
             read_lr = kind._get_current_learning_rate.__get__(level)
             patch(level, "_get_current_learning_rate",
                   lambda read_lr=read_lr, cached=cached: cached("learning_rate", read_lr))
+            for name, factory in _COMPACT_METHODS.items():
+                if _uses_keras_method(level, name):
+                    patch(level, name, factory(level, cached))
             factory = _fused_update_for(level)
             if factory is not None:
                 patch(level, "update_step",

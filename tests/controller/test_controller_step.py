@@ -1,5 +1,9 @@
 """The controller's train step: same updates as Keras' own, cheaper to trace
 (`kgrow.controller.updates`)."""
+import collections
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -30,6 +34,12 @@ def _model(seed=0):
     return keras.Model(inp, out)
 
 
+def _loss():
+    # The models output logits; with probabilities expected the loss is NaN
+    # from the first step and every comparison below would pass vacuously.
+    return keras.losses.CategoricalCrossentropy(from_logits=True)
+
+
 def _data():
     rng = np.random.default_rng(0)
     return (rng.normal(size=(64, 6)).astype("float32"),
@@ -43,20 +53,39 @@ class _MySGD(keras.optimizers.SGD):
         super().update_step(gradient * 0.5, variable, learning_rate)
 
 
+def _adamw_without_bias_decay(lr):
+    optimizer = keras.optimizers.AdamW(lr, weight_decay=1e-2)
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    return optimizer
+
+
 _OPTIMIZERS = {
     "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9, weight_decay=1e-2),
     "sgd_plain": lambda lr: keras.optimizers.SGD(lr),
     "sgd_nesterov": lambda lr: keras.optimizers.SGD(lr, momentum=0.8, nesterov=True),
     "adam": lambda lr: keras.optimizers.Adam(lr),
     "adamw": lambda lr: keras.optimizers.AdamW(lr, weight_decay=1e-2),
+    "adamw_no_bias_decay": _adamw_without_bias_decay,
     "amsgrad": lambda lr: keras.optimizers.Adam(lr, amsgrad=True),
     "rmsprop": lambda lr: keras.optimizers.RMSprop(lr, momentum=0.5),
     "sgd_subclass": lambda lr: _MySGD(lr, momentum=0.9, name="my_sgd"),
 }
-# The fused kernel each optimizer's update should trace into (None: Keras' own ops).
-_FUSED_OP = {"sgd": "ResourceApplyKerasMomentum", "sgd_plain": "ResourceApplyGradientDescent",
-             "sgd_nesterov": "ResourceApplyKerasMomentum", "adam": None, "adamw": None,
-             "amsgrad": None, "rmsprop": None, "sgd_subclass": None}
+# The fused kernel each optimizer's update should trace into, one per weight
+# (None: Keras' own ops).
+_FUSED_UPDATE = {"sgd": "ResourceApplyKerasMomentum", "sgd_plain": "ResourceApplyGradientDescent",
+                 "sgd_nesterov": "ResourceApplyKerasMomentum"}
+_DECAY_KERNEL = "ResourceApplyGradientDescent"
+
+
+def _expected_kernels(kind, model) -> collections.Counter:
+    """Fused kernels the controller's update should trace into, with counts."""
+    weights, optimizer = model.trainable_weights, model.optimizer
+    expected = collections.Counter()
+    if kind in _FUSED_UPDATE:
+        expected[_FUSED_UPDATE[kind]] += len(weights)
+    if optimizer.weight_decay:  # one decay kernel per decayed weight
+        expected[_DECAY_KERNEL] += sum(optimizer._use_weight_decay(w) for w in weights)
+    return expected
 
 
 def _optimizer(kind, schedule):
@@ -69,7 +98,7 @@ def _train(controlled, kind, strategy=None, schedule_cls=WarmupCosine, epochs=3)
     with scope:
         model = _model()
         model.compile(_optimizer(kind, schedule_cls(0.1, total_steps=40, warmup_steps=5)),
-                      "categorical_crossentropy")
+                      _loss())
     if controlled:
         TrainingController.of(model)
     model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)
@@ -77,6 +106,7 @@ def _train(controlled, kind, strategy=None, schedule_cls=WarmupCosine, epochs=3)
 
 
 def _assert_same_state(plain, controlled):
+    assert all(np.isfinite(v.numpy()).all() for v in plain.weights + plain.optimizer.variables)
     for a, b in zip(plain.weights, controlled.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
     # Slots too: the fused kernels update momenta and moments in place.
@@ -85,11 +115,14 @@ def _assert_same_state(plain, controlled):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
 
 
-def _traced_op_types(model):
+def _traced_graph(model):
     function = model.train_function._function
-    graph = function.get_concrete_function(
+    return function.get_concrete_function(
         *function._list_all_concrete_functions()[0].structured_input_signature[0]).graph
-    return {op.type for op in graph.get_operations()}
+
+
+def _traced_op_types(model):
+    return {op.type for op in _traced_graph(model).get_operations()}
 
 
 @pytest.mark.parametrize("kind", sorted(_OPTIMIZERS))
@@ -98,11 +131,15 @@ def test_controller_step_matches_keras_step(kind):
     _assert_same_state(plain, controlled)
     assert int(plain.optimizer.iterations) == int(controlled.optimizer.iterations) == 12
     # The update really is the fused kernel where one applies (SGD), and
-    # Keras' own ops (other optimizers, subclasses) everywhere else.
-    ops = _traced_op_types(controlled)
-    fused = {op for op in ops if op.startswith("ResourceApply")}
-    assert fused == ({_FUSED_OP[kind]} if _FUSED_OP[kind] else set())
-    for name in ("update_step", "_get_current_learning_rate"):
+    # Keras' own ops (other optimizers, subclasses) everywhere else; weight
+    # decay is one kernel per decayed weight.
+    fused = collections.Counter(op.type for op in _traced_graph(controlled).get_operations()
+                                if op.type.startswith("ResourceApply"))
+    assert fused == _expected_kernels(kind, controlled)
+    if kind == "adamw_no_bias_decay":
+        assert fused[_DECAY_KERNEL] == 5  # 3 Dense kernels, BatchNorm gamma and beta
+    for name in ("update_step", "_get_current_learning_rate", "_apply_weight_decay",
+                 "_all_reduce_sum_gradients"):
         assert name not in vars(controlled.optimizer)  # patches removed after the step
 
 
@@ -111,6 +148,22 @@ def test_controller_step_matches_keras_step_under_mirrored_strategy(mirrored_str
     plain = _train(False, kind, mirrored_strategy)
     controlled = _train(True, kind, mirrored_strategy)
     _assert_same_state(plain, controlled)
+
+
+@pytest.mark.parametrize("strategy", [None, "mirrored"])
+def test_retrace_releases_the_previous_train_step_graph(strategy, mirrored_strategy):
+    # Keras sums gradients over replicas through a differentiable all-reduce
+    # whose gradient function, registered process-wide, holds the graph: each
+    # growth step or freeze would keep a whole train-step graph alive.
+    strategy = mirrored_strategy if strategy else None
+    model = _train(True, "sgd", strategy, epochs=1)
+    old_graph = weakref.ref(_traced_graph(model))
+    TrainingController.of(model).retrace_now()
+    x, y = _data()
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    new_graph = _traced_graph(model)
+    gc.collect()
+    assert old_graph() is None and new_graph is not None
 
 
 def test_sparse_gradients_keep_keras_update():
@@ -122,7 +175,7 @@ def test_sparse_gradients_keep_keras_update():
         out = keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(seed=2),
                                  name="out")(keras.layers.Flatten()(h))
         model = keras.Model(inp, out)
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "categorical_crossentropy")
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), _loss())
         return model
 
     rng = np.random.default_rng(0)
@@ -160,7 +213,7 @@ def test_train_on_batch_and_fit_agree_on_a_controlled_model():
     models = []
     for use_fit in (True, False):
         model = _model()
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "categorical_crossentropy")
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), _loss())
         TrainingController.of(model)
         if use_fit:
             model.fit(x[:32], y[:32], batch_size=16, epochs=1, shuffle=False, verbose=0)
