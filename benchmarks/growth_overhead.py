@@ -174,7 +174,7 @@ def grown_vs_direct(rounds=5, steps=30):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=24)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of the overhead measurement; medians are reported")
