@@ -104,23 +104,25 @@ def _sgd_update(level, cached, original):
 def _sum_over_replicas(values):
     """`ReplicaContext.all_reduce(SUM, values)` without its gradient wrapper.
 
-    The same branches and calls as TensorFlow's `all_reduce`, minus the
-    `tf.custom_gradient` that makes it differentiable. The update is never
-    differentiated, and in a graph that wrapper registers a gradient function
-    in TensorFlow's process-wide registry whose closure holds the traced
-    graph: every trace of a Keras train step stays alive until the process
-    ends.
+    The same call as TensorFlow's `all_reduce` (a `merge_call` of
+    `batch_reduce_to`), minus the `tf.custom_gradient` that makes it
+    differentiable. The update is never differentiated, and in a graph that
+    wrapper registers a gradient function in TensorFlow's process-wide
+    registry whose closure holds the traced graph: every trace of a Keras
+    train step stays alive until the process ends. Strategies that reduce
+    without `merge_call` (XLA on GPUs only) keep TensorFlow's own call.
     """
     ctx = tf.distribute.get_replica_context()
-    extended = ctx.strategy.extended
+    if not ctx.strategy.extended._use_merge_call():
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
     options = tf.distribute.experimental.CommunicationOptions()
-    if extended._use_merge_call():
-        def batch_all_reduce(strategy, *flat):
-            return strategy.extended.batch_reduce_to(
-                tf.distribute.ReduceOp.SUM,
-                [(v, v.device if isinstance(v, tf.Tensor) else v) for v in flat], options)
-        return ctx.merge_call(batch_all_reduce, args=tuple(values))
-    return extended._replica_ctx_all_reduce(tf.distribute.ReduceOp.SUM, list(values), options)
+
+    def batch_all_reduce(strategy, *flat):
+        return strategy.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.SUM,
+            [(v, v.device if isinstance(v, tf.Tensor) else v) for v in flat], options)
+
+    return ctx.merge_call(batch_all_reduce, args=tuple(values))
 
 
 def _all_reduce_gradients(level, cached):
