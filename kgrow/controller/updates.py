@@ -28,7 +28,8 @@ step wraps `apply_gradients` in it):
   with `delta = w * wd`, `alpha = lr`: the same products in the same order)
   instead of two multiplications, a constant and an `assign_sub`;
 * the gradients are summed over replicas without the differentiable wrapper
-  around `ReplicaContext.all_reduce` (a `tf.custom_gradient`). Besides
+  around `ReplicaContext.all_reduce` (a `tf.custom_gradient`; XLA on GPUs,
+  which reduces without `merge_call`, keeps TensorFlow's call). Besides
   its ops, that wrapper registers a gradient function in TensorFlow's
   process-wide gradient registry, and the function's closure holds the
   traced graph: with Keras' own path every retrace keeps one more copy of the
