@@ -20,7 +20,7 @@ Two measurements, both on real Fashion-MNIST:
    alternating, median step time per model.
 
 Usage:
-    python benchmarks/growth_overhead.py [--repeats 3] [--rounds 12] [--steps 10] [--json out.json]
+    python benchmarks/growth_overhead.py [--repeats 3] [--rounds 24] [--steps 10] [--json out.json]
 """
 from __future__ import annotations
 

@@ -36,8 +36,9 @@ step wraps `apply_gradients` in it):
   whole train-step graph alive until the process ends.
 
 The last two replace Keras' TensorFlow implementation only where the
-optimizer's class has not overridden it. Eager reads are not cached, and the patches are removed when the block ends.
-Wrapped optimizers (LossScaleOptimizer) are handled level by level.
+optimizer's class has not overridden it. Eager reads are not cached, and the
+patches are removed when the block ends. Wrapped optimizers
+(LossScaleOptimizer) are handled level by level.
 """
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 import json
 import os
 
+import keras
 import pytest
 
 from kgrow import bench, flops, models
-from kgrow.bench.runner import BenchSpec, run_bench
+from kgrow.bench.runner import BenchSpec, run_bench, run_method
 
 RUN_KEYS = {"train_wall_s", "train_flops", "test_acc", "peak_mem_mb", "curve"}
 CURVE_KEYS = {"epoch", "wall_s", "train_loss", "test_acc"}
@@ -88,3 +89,21 @@ def test_report_files_and_progress_lines(bench_run):
 def test_unknown_method_error():
     with pytest.raises(KeyError, match=r"Unknown method.*'nope'.*Registered methods: baseline"):
         BenchSpec.from_profile("quick", methods=["baseline", "nope"])
+
+
+def test_run_method_runs_extra_callbacks_in_its_fit():
+    # benchmarks/growth_overhead.py times the bench's own run with a per-batch timer.
+    class CountBatches(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+
+    spec = BenchSpec.from_profile("quick", epochs=1, subset=512, batch_size=128,
+                                  model="resnet_cifar", model_kwargs=MODEL_KWARGS, seed=3)
+    counter = CountBatches()
+    record = run_method("baseline", spec, 3, verbose=0, log=lambda line: None,
+                        extra_callbacks=[counter])
+    assert counter.batches == 4 and record["samples_seen"] == 512
