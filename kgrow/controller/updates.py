@@ -127,19 +127,14 @@ def _sum_over_replicas(values):
     return ctx.merge_call(batch_all_reduce, args=tuple(values))
 
 
-def _all_reduce_gradients(level, cached):
+def _all_reduce_gradients(grads_and_vars):
     """Keras' `_all_reduce_sum_gradients`, summing with `_sum_over_replicas`."""
-    del level, cached
-
-    def all_reduce(grads_and_vars):
-        pairs = list(grads_and_vars)
-        if tf.distribute.get_replica_context() is None:
-            return pairs
-        present = [g for g, _ in _filter_empty_gradients(pairs)]
-        summed = iter(_sum_over_replicas(present) if present else ())
-        return [(None if g is None else next(summed), v) for g, v in pairs]
-
-    return all_reduce
+    pairs = list(grads_and_vars)
+    if tf.distribute.get_replica_context() is None:
+        return pairs
+    present = [g for g, _ in _filter_empty_gradients(pairs)]
+    summed = iter(_sum_over_replicas(present) if present else ())
+    return [(None if g is None else next(summed), v) for g, v in pairs]
 
 
 def _weight_decay(level, cached):
@@ -174,9 +169,10 @@ def _weight_decay(level, cached):
     return apply_weight_decay
 
 
-# Keras methods replaced inside `compact_updates`, with the same computation.
-# Only where the optimizer's class still uses Keras' TensorFlow implementation.
-_COMPACT_METHODS = {"_all_reduce_sum_gradients": _all_reduce_gradients,
+# Keras methods replaced inside `compact_updates`, with the same computation
+# (`factory(level, cached) -> replacement`). Only where the optimizer's class
+# still uses Keras' TensorFlow implementation.
+_COMPACT_METHODS = {"_all_reduce_sum_gradients": lambda level, cached: _all_reduce_gradients,
                     "_apply_weight_decay": _weight_decay}
 
 

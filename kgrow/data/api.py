@@ -279,18 +279,15 @@ def _selection(selection, num_train, batch_size, fixed_size):
     """The bundle's selection (new or the given shared one), pinned to `fixed_size`."""
     if selection is None:
         selection = LiveSelection(num_train, min_active=batch_size)
-        if fixed_size is not None:
-            selection.fix_size(*fixed_size)
-        return selection
-    if selection.num_train != num_train:
+    elif selection.num_train != num_train:
         raise ValueError(
             f"The given selection covers {selection.num_train} training samples, but this "
             f"training set has {num_train}.")
-    if selection.num_active < batch_size:
+    elif selection.num_active < batch_size:
         raise ValueError(
             f"The given selection has {selection.num_active} active samples, fewer than "
             f"batch_size={batch_size}.")
-    if fixed_size is None and selection.fixed_size is not None:
+    elif fixed_size is None and selection.fixed_size is not None:
         raise ValueError(
             f"The given selection is pinned to the size {selection.fixed_size} by a bundle built "
             f"with resizable=False; a resizable bundle needs its own selection.")
