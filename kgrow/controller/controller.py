@@ -30,7 +30,9 @@ Order of operations:
   (architecture, weights, optimizer, EMA, frozen set, LR groups, data
   selection, named states) and makes `fit` continue at the saved epoch.
   Callbacks register their named state (pending saved state is applied at
-  registration).
+  registration). The first controlled callback freezes Python's heap
+  (`freeze_gc`) until the last one's on_train_end. Controlled callbacks
+  still attached from a `fit` that raised are detached.
 * on_epoch_begin: the first `ControlledCallback` to see the epoch runs every
   attached controlled callback's `controlled_epoch_begin(epoch)` in phase
   order: `Phase.ARCHITECTURE` (growth) -> `FREEZE` -> `MASKS` -> `DATA`
@@ -60,6 +62,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import gc
 import warnings
 from typing import Callable, Optional
 
@@ -82,6 +85,26 @@ from kgrow.surgery.transfer import TransferPlan
 __all__ = ["TrainingController", "Phase", "ArchitectureWeights"]
 
 STATE_FORMAT = 1
+
+
+# id of the controller whose fit froze Python's heap (`freeze_gc`), or None.
+_heap_owner = None
+
+
+def _freeze_heap(owner) -> None:
+    global _heap_owner
+    if _heap_owner is None and gc.get_freeze_count() > 0:
+        return  # frozen by someone else: theirs to manage
+    # A previous owner whose fit raised before its on_train_end hands over.
+    gc.freeze()
+    _heap_owner = id(owner)
+
+
+def _unfreeze_heap(owner) -> None:
+    global _heap_owner
+    if _heap_owner == id(owner):
+        gc.unfreeze()
+        _heap_owner = None
 
 
 class Phase(enum.IntEnum):
@@ -213,9 +236,22 @@ class TrainingController:
         epoch: index of the current (or, after a restore, the next) epoch.
         retrace_count: number of train-function traces the controller caused.
         growth_history: the `info` of every `replace_model`, in order.
+        freeze_gc: while controlled callbacks run in `fit` (from their
+            `on_train_begin` to their `on_train_end`), keep the objects that
+            existed before in `gc.freeze()`'s permanent generation. If `fit`
+            raises, Keras skips `on_train_end`: the heap is unfrozen at the
+            end of the next `fit` with controlled callbacks. Python's full collections
+            then scan only what `fit` created: on a ResNet-20 growth run they
+            took 0.2-0.35 s each over the ~400,000 objects TensorFlow and
+            Keras keep, and growth steps create enough objects to trigger
+            them. Cost: garbage cycles among the frozen objects (e.g. a model
+            built before `fit` and replaced by a grown one) are only freed
+            after `fit`. Set False to keep Python's default. A heap someone
+            else froze is left alone.
     """
 
     _ATTR = "_kgrow_controller"
+    freeze_gc = True
 
     def __init__(self, model):
         if not isinstance(model, keras.Model):
@@ -243,6 +279,7 @@ class TrainingController:
         self._pending_states: dict = {}
         self._pending_selection = None
         self._callbacks: list = []
+        self._fit = None  # which fit the attached callbacks belong to
         self._epoch_begun = None
         self._architecture_json = None  # cache of model.to_json(), cleared on rebind
         # object.__setattr__: neither Keras' tracker nor TF's checkpoint
@@ -565,6 +602,13 @@ class TrainingController:
         """Adds a controlled callback to the epoch pipeline (see `Phase`)."""
         if not isinstance(getattr(callback, "phase", None), Phase):
             raise TypeError("Controlled callbacks need a `phase` attribute of type Phase.")
+        fit = id(getattr(callback, "params", None))  # Keras: one params dict per fit
+        if fit != self._fit:
+            # A new fit: callbacks still attached come from a fit that raised
+            # before its on_train_end, and must not act in this one.
+            self._callbacks, self._fit = [], fit
+            if self.freeze_gc:
+                _freeze_heap(self)
         if callback not in self._callbacks:
             self._callbacks.append(callback)
         self._epoch_begun = None
@@ -572,6 +616,9 @@ class TrainingController:
     def detach_callback(self, callback) -> None:
         if callback in self._callbacks:
             self._callbacks.remove(callback)
+        if not self._callbacks:
+            self._fit = None
+            _unfreeze_heap(self)
 
     def begin_epoch(self, epoch: int) -> None:
         """Runs the attached callbacks' epoch-begin work once, in phase order."""

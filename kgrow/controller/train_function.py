@@ -77,15 +77,27 @@ def _keras_reduce_per_replica():
 def lean_call_options():
     """Call options for the train function's graph, or None to keep TF's.
 
-    TensorFlow optimizes a function graph when it is first called: Grappler
-    runs its passes twice by default, and runs the memory optimizer, which
-    only acts on GPU graphs or on nodes marked for recomputation. For a
-    ResNet-20 train step on CPU that is 0.55-0.65 s of each retrace; the
-    second round removed only duplicate constants and the memory optimizer
-    changed nothing. On CPU-only device sets, and only where the user left
-    these settings at their defaults, this returns options with one round and
-    no memory optimizer (about 0.25 s less per retrace). Hosts with a GPU or
-    TPU keep TensorFlow's defaults.
+    TensorFlow optimizes a function graph when it is first called, and every
+    growth step, freeze or hook change pays that again. On CPU-only device
+    sets, and only for settings the user left at their defaults, this keeps
+    the Grappler passes that can pay for themselves in a train step (pruning,
+    common-subexpression elimination, the remapper's fused kernels, function
+    inlining, loop and dependency optimization; constant folding and the
+    arithmetic optimizer, whose rewrites change float rounding: without
+    constant folding an RMSprop step no longer matches Keras' own to 1e-6)
+    in one round instead of two, and drops:
+
+    * the second round: it only removed duplicate constants;
+    * the memory optimizer: it acts on GPU graphs or nodes marked for
+      recomputation only;
+    * the layout optimizer: it converts layouts for GPUs (or on CPU only when
+      `cpu_layout_conversion` asks for it, which keeps it on);
+    * the MLIR (TFG) pass, which here only re-sorts the graph and re-infers
+      its shapes (30 ms for a ResNet-20 train step).
+
+    Together about 0.4 s less per retrace of that step than TensorFlow's
+    defaults (`benchmarks/growth_overhead.py`). Hosts with a GPU or TPU keep
+    TensorFlow's defaults.
     """
     if context is None:
         return None
@@ -101,6 +113,10 @@ def lean_call_options():
         rewrite.meta_optimizer_iterations = rewriter.ONE
     if rewrite.memory_optimization == rewriter.DEFAULT_MEM_OPT:
         rewrite.memory_optimization = rewriter.NO_MEM_OPT
+    if (rewrite.cpu_layout_conversion == rewriter.NO_CONVERSION_ON_CPU
+            and rewrite.layout_optimizer == rewriter.DEFAULT):
+        rewrite.layout_optimizer = rewriter.OFF
+    rewrite.disable_tfg_optimizer = True
     return context.FunctionCallOptions(executor_type=current.executor_type,
                                        config_proto=config)
 

@@ -33,9 +33,13 @@ step wraps `apply_gradients` in it):
   its ops, that wrapper registers a gradient function in TensorFlow's
   process-wide gradient registry, and the function's closure holds the
   traced graph: with Keras' own path every retrace keeps one more copy of the
-  whole train-step graph alive until the process ends.
+  whole train-step graph alive until the process ends;
+* without a distribution strategy, each weight's update is built by calling
+  the update directly instead of through the default strategy's
+  `extended.update`, which adds only Python (about 30 ms per trace of a
+  ResNet-20 step).
 
-The last two replace Keras' TensorFlow implementation only where the
+The last three replace Keras' TensorFlow implementation only where the
 optimizer's class has not overridden it. Eager reads are not cached, and the
 patches are removed when the block ends. Wrapped optimizers
 (LossScaleOptimizer) are handled level by level.
@@ -127,6 +131,28 @@ def _sum_over_replicas(values):
     return ctx.merge_call(batch_all_reduce, args=tuple(values))
 
 
+def _update(distribution, variable, fn, *args):
+    """`distribution.extended.update(variable, fn, args)`, direct without a strategy.
+
+    The default strategy's `update` only enters its scope and an update
+    context around `fn(variable, *args)`: the same ops, for about 0.4 ms of
+    Python per weight and trace (two updates per weight with weight decay).
+    """
+    if tf.distribute.has_strategy():
+        return distribution.extended.update(variable, fn, args=args, group=False)
+    return fn(variable, *args)
+
+
+def _distributed_update_step(level, cached):
+    """Keras' `_distributed_tf_update_step`, each update through `_update`."""
+    def distributed_update_step(distribution, grads_and_vars, learning_rate):
+        for gradient, variable in grads_and_vars:
+            _update(distribution, variable,
+                    lambda var, grad: level.update_step(grad, var, learning_rate), gradient)
+
+    return distributed_update_step
+
+
 def _all_reduce_gradients(grads_and_vars):
     """Keras' `_all_reduce_sum_gradients`, summing with `_sum_over_replicas`."""
     pairs = list(grads_and_vars)
@@ -161,7 +187,7 @@ def _weight_decay(level, cached):
 
         def apply_all(distribution, variables):
             for variable in variables:
-                distribution.extended.update(unwrap(variable), decay, group=False)
+                _update(distribution, unwrap(variable), decay)
 
         tf.__internal__.distribute.interim.maybe_merge_call(
             apply_all, level._distribution_strategy, variables)
@@ -173,7 +199,8 @@ def _weight_decay(level, cached):
 # (`factory(level, cached) -> replacement`). Only where the optimizer's class
 # still uses Keras' TensorFlow implementation.
 _COMPACT_METHODS = {"_all_reduce_sum_gradients": lambda level, cached: _all_reduce_gradients,
-                    "_apply_weight_decay": _weight_decay}
+                    "_apply_weight_decay": _weight_decay,
+                    "_distributed_tf_update_step": _distributed_update_step}
 
 
 def _uses_keras_method(level, name) -> bool:

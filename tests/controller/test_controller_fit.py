@@ -1,6 +1,8 @@
 """Growth inside one model.fit, with Keras' own callbacks attached, and the epoch pipeline."""
 import csv
+import gc
 import importlib.util
+import weakref
 
 import keras
 import numpy as np
@@ -90,6 +92,93 @@ def test_epoch_pipeline_runs_in_phase_order_once_per_epoch():
     assert calls == [(e, t) for e in (0, 1)
                      for t in ("grow", "freeze", "freeze2", "data", "schedule")]
     assert TrainingController.of(model)._callbacks == []  # detached at train end
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+class _FreezeProbe(ControlledCallback):
+    """Records the frozen-object count; at epoch 1 runs a full collection."""
+    phase = Phase.ARCHITECTURE
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.alive_in_fit = [], {}
+        held = _Cycle()  # becomes garbage once fit has begun
+        self.before_fit, self._held = weakref.ref(held), held
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._held = None
+
+    def controlled_epoch_begin(self, epoch):
+        self.seen.append(gc.get_freeze_count())
+        if epoch == 0:
+            self.made_in_fit = weakref.ref(_Cycle())
+        if epoch == 1:
+            gc.collect()
+            self.alive_in_fit = {"made in fit": self.made_in_fit() is not None,
+                                 "existed before fit": self.before_fit() is not None}
+
+
+def test_heap_is_frozen_during_fit_only():
+    gc.collect()
+    assert gc.get_freeze_count() == 0
+    model = make_mlp()
+    model.compile("sgd", "mse")
+    x, y = regression_data(n=16)
+    probe = _FreezeProbe()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[probe])
+    assert min(probe.seen) > 1000 and gc.get_freeze_count() == 0
+    # Garbage made in fit is collected in fit; older garbage waits for its end.
+    assert probe.alive_in_fit == {"made in fit": False, "existed before fit": True}
+    gc.collect()
+    assert probe.before_fit() is None
+
+    TrainingController.of(model).freeze_gc = False
+    probe = _FreezeProbe()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[probe])
+    assert probe.seen == [0, 0]
+    assert probe.alive_in_fit == {"made in fit": False, "existed before fit": False}
+
+
+def test_next_fit_cleans_up_after_a_fit_that_raised():
+    # Keras skips on_train_end when fit raises: the failed fit's callbacks stay
+    # attached and the heap frozen until the next fit takes over.
+    class Fails(ControlledCallback):
+        def controlled_epoch_begin(self, epoch):
+            raise RuntimeError("stop")
+
+    model = make_mlp()
+    model.compile("sgd", "mse")
+    x, y = regression_data(n=16)
+    with pytest.raises(RuntimeError, match="stop"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[Fails()])
+    assert gc.get_freeze_count() > 0
+    probe = _FreezeProbe()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[probe])  # Fails not called
+    assert min(probe.seen) > 1000 and gc.get_freeze_count() == 0
+    assert TrainingController.of(model)._callbacks == []
+
+
+def test_heap_frozen_by_the_user_stays_frozen():
+    model = make_mlp()
+    model.compile("sgd", "mse")
+    x, y = regression_data(n=16)
+    held = _Cycle()
+    gc.freeze()
+    try:
+        garbage, held = weakref.ref(held), None
+        probe = _FreezeProbe()
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[probe])
+        gc.collect()
+        assert probe.seen[0] > 1000 and garbage() is not None  # still frozen
+    finally:
+        gc.unfreeze()
+    gc.collect()
+    assert garbage() is None
 
 
 def test_controller_is_invisible_to_keras_saving(tmp_path):

@@ -242,6 +242,11 @@ def test_train_function_runs_with_lean_graph_options_and_restores_them():
     lean = rewrite_options(lean_call_options())  # this host has CPUs only
     assert lean.meta_optimizer_iterations == rewriter.ONE
     assert lean.memory_optimization == rewriter.NO_MEM_OPT
+    assert lean.layout_optimizer == rewriter.OFF
+    # Fused kernels stay; so do rewrites that change rounding.
+    assert (lean.remapping == lean.arithmetic_optimization == lean.constant_folding
+            == lean.loop_optimization == rewriter.DEFAULT)
+    assert lean.disable_tfg_optimizer
 
     model = _train(True, "sgd", epochs=1)
     seen = []
@@ -260,8 +265,12 @@ def test_train_function_runs_with_lean_graph_options_and_restores_them():
     config = config_pb2.ConfigProto()
     config.ParseFromString(options.config_proto_serialized)
     config.graph_options.rewrite_options.meta_optimizer_iterations = rewriter.TWO
+    config.graph_options.rewrite_options.cpu_layout_conversion = rewriter.NCHW_TO_NHWC
     context.context().function_call_options = context.FunctionCallOptions(config_proto=config)
     try:
-        assert rewrite_options(lean_call_options()).meta_optimizer_iterations == rewriter.TWO
+        kept = rewrite_options(lean_call_options())
+        assert kept.meta_optimizer_iterations == rewriter.TWO
+        assert kept.layout_optimizer == rewriter.DEFAULT  # CPU layout conversion asked for
+        assert kept.disable_tfg_optimizer
     finally:
         context.context().function_call_options = options
