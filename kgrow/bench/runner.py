@@ -27,7 +27,8 @@ from kgrow import training
 from kgrow.bench import meters, profiles, registry, report
 
 MEMORY_NOTE = ("peak_mem_mb is the highest resident set size (RSS) of the whole process "
-               "while the run trained, sampled every 50 ms by a thread (source: {source}); "
+               "while the run trained: the kernel's peak (VmHWM, reset at the run's start) "
+               "on Linux, else sampled every 50 ms by a thread (source: {source}); "
                "memory freed by earlier runs in the same process may stay mapped, so "
                "peak_mem_delta_mb (peak minus RSS at the run's start) is also given.")
 WALL_NOTE = ("train_wall_s is fit() wall-clock time minus the per-epoch test evaluation "

@@ -1,3 +1,4 @@
+import threading
 import time
 
 import keras
@@ -30,14 +31,35 @@ def test_sample_counter_on_flat_inputs_counts_without_size():
     assert counter.total() == 7 and counter.last_hw() == (0, 0)
 
 
-def test_peak_memory_sees_a_large_allocation():
-    with meters.PeakMemory(interval_s=0.005) as mem:
+@pytest.mark.parametrize("kernel", [True, False])
+def test_peak_memory_sees_a_large_allocation(kernel):
+    with meters.PeakMemory(interval_s=0.005, use_kernel_peak=kernel) as mem:
         block = np.ones(200 * 2**20 // 8)  # 200 MB, touched
         time.sleep(0.05)
         del block
     assert mem.peak_mb - mem.start_mb > 150
+    if not kernel:
+        assert mem.source != "proc_vmhwm_reset"
     with pytest.raises(ValueError, match="interval_s"):
         meters.PeakMemory(interval_s=0)
+
+
+@pytest.mark.skipif(not meters._reset_hwm(), reason="needs Linux' /proc/self/clear_refs")
+def test_kernel_peak_is_per_block_and_nests():
+    big = np.ones(300 * 2**20 // 8)  # a peak before the blocks must not count
+    del big
+    with meters.PeakMemory() as outer:
+        assert outer.source == "proc_vmhwm_reset"
+        assert "kgrow-peak-memory" not in [t.name for t in threading.enumerate()]
+        with meters.PeakMemory() as inner:
+            block = np.ones(150 * 2**20 // 8)
+            del block
+        with meters.PeakMemory() as quiet:
+            pass
+    assert outer.peak_mb - outer.start_mb < 250  # not the 300 MB from before
+    assert inner.peak_mb - inner.start_mb > 120
+    assert outer.peak_mb >= inner.peak_mb  # the inner reset did not lose it
+    assert quiet.peak_mb - quiet.start_mb < 50
 
 
 def test_architecture_key_tracks_shape_trainable_and_sparsity():
