@@ -95,8 +95,9 @@ def lean_call_options():
     * the MLIR (TFG) pass, which here only re-sorts the graph and re-infers
       its shapes (30 ms for a ResNet-20 train step).
 
-    Together about 0.4 s less per retrace of that step than TensorFlow's
-    defaults (`benchmarks/growth_overhead.py`). Hosts with a GPU or TPU keep
+    Together about 0.3 s less per retrace of a ResNet-20 train step than
+    TensorFlow's defaults, whose step time stays the same
+    (`benchmarks/growth_overhead.py`). Hosts with a GPU or TPU keep
     TensorFlow's defaults.
     """
     if context is None:
