@@ -238,16 +238,16 @@ class TrainingController:
         growth_history: the `info` of every `replace_model`, in order.
         freeze_gc: while controlled callbacks run in `fit` (from their
             `on_train_begin` to their `on_train_end`), keep the objects that
-            existed before in `gc.freeze()`'s permanent generation. If `fit`
-            raises, Keras skips `on_train_end`: the heap is unfrozen at the
-            end of the next `fit` with controlled callbacks. Python's full collections
-            then scan only what `fit` created: on a ResNet-20 growth run they
-            took 0.2-0.35 s each over the ~400,000 objects TensorFlow and
-            Keras keep, and growth steps create enough objects to trigger
-            them. Cost: garbage cycles among the frozen objects (e.g. a model
-            built before `fit` and replaced by a grown one) are only freed
-            after `fit`. Set False to keep Python's default. A heap someone
-            else froze is left alone.
+            existed before in `gc.freeze()`'s permanent generation. Python's
+            full collections then scan only what `fit` created: on a
+            ResNet-20 growth run they took 0.2-0.35 s each over the ~400,000
+            objects TensorFlow and Keras keep, and growth steps create
+            enough objects to trigger them. Cost: garbage cycles among the
+            frozen objects (e.g. a model built before `fit` and replaced by a
+            grown one) are only freed after `fit`. If `fit` raises, Keras
+            skips `on_train_end` and the heap stays frozen until the next
+            `fit` with controlled callbacks ends. Set False to keep Python's
+            default. A heap someone else froze is left alone.
     """
 
     _ATTR = "_kgrow_controller"
