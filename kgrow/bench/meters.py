@@ -27,7 +27,7 @@ import resource
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import keras
 import numpy as np
@@ -68,27 +68,31 @@ def rss_reader() -> tuple[Callable[[], int], str]:
                 "getrusage_maxrss_monotone")
 
 
-_HWM_FILES = ("/proc/self/status", "/proc/self/clear_refs")
+_KERNEL_SOURCE = "proc_vmhwm_reset"
 
 
 def _hwm_bytes() -> int:
     # VmHWM: the kernel's peak resident set size of this process, in kB.
-    with open(_HWM_FILES[0], encoding="ascii") as f:
+    with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def _reset_hwm() -> bool:
-    """Resets the kernel's peak RSS to the current RSS (Linux >= 4.0); False if not allowed."""
+def _reset_hwm() -> Optional[int]:
+    """Resets the kernel's peak RSS to the current RSS (Linux >= 4.0).
+
+    Returns the peak before the reset in bytes, or None where there is no
+    such peak or the reset is not allowed.
+    """
     try:
-        _hwm_bytes()
-        with open(_HWM_FILES[1], "w", encoding="ascii") as f:
+        before = _hwm_bytes()
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
-        return True
+        return before
     except OSError:
-        return False
+        return None
 
 
 class PeakMemory:
@@ -128,7 +132,6 @@ class PeakMemory:
         self.start_mb = self.peak_mb = self._read() / _MB
         self._stop = threading.Event()
         self._thread = None
-        self._kernel = False
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -142,27 +145,26 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         self.start_mb = self.peak_mb = self._read() / _MB
-        if self.use_kernel_peak and os.path.exists(_HWM_FILES[0]):
+        before = _reset_hwm() if self.use_kernel_peak else None
+        if before is not None:
             # The reset loses the enclosing blocks' peaks so far: keep them.
-            before = _hwm_bytes() / _MB
-            if _reset_hwm():
-                for outer in self._open_kernel_peaks:
-                    outer.peak_mb = max(outer.peak_mb, before)
-                self._open_kernel_peaks.append(self)
-                self._kernel, self.source = True, "proc_vmhwm_reset"
-                return self
-        self._kernel, self.source = False, self._poll_source
+            for outer in self._open_kernel_peaks:
+                outer.peak_mb = max(outer.peak_mb, before / _MB)
+            self._open_kernel_peaks.append(self)
+            self.source = _KERNEL_SOURCE
+            return self
+        self.source = self._poll_source
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, name="kgrow-peak-memory", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._kernel:
+        if self.source == _KERNEL_SOURCE:
+            # Until the next reset, the kernel's peak covers this block for
+            # the enclosing ones too.
             self.peak_mb = max(self.peak_mb, _hwm_bytes() / _MB)
             self._open_kernel_peaks.remove(self)
-            for outer in self._open_kernel_peaks:
-                outer.peak_mb = max(outer.peak_mb, self.peak_mb)
             return
         self._stop.set()
         self._thread.join()

@@ -44,7 +44,7 @@ def test_peak_memory_sees_a_large_allocation(kernel):
         meters.PeakMemory(interval_s=0)
 
 
-@pytest.mark.skipif(not meters._reset_hwm(), reason="needs Linux' /proc/self/clear_refs")
+@pytest.mark.skipif(meters._reset_hwm() is None, reason="needs Linux' /proc/self/clear_refs")
 def test_kernel_peak_is_per_block_and_nests():
     big = np.ones(300 * 2**20 // 8)  # a peak before the blocks must not count
     del big
