@@ -11,6 +11,7 @@
   fused SGD kernel), same math as Keras'.
 * `train_function.py`: the train function (one tf.function, retrace at the
   next batch, lean Grappler options on CPU).
+* `shared_traces.py`: equal normalization layers traced once per retrace.
 * `ema.py`: EMA shadows and half-life helpers.
 * `multipliers.py`: LR-multiplier groups.
 * `freezing.py`: layer selection for freeze/unfreeze.

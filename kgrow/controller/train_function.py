@@ -9,6 +9,8 @@ change. This module keeps that cost down:
   next batch;
 * `IteratorTrainFunction` is Keras' train function for
   `steps_per_execution=1` as a single tf.function (Keras nests two);
+* its trace builds equal normalization layers once
+  (`kgrow.controller.shared_traces`);
 * its graph gets a lean Grappler configuration on CPU-only hosts
   (`lean_call_options`).
 
@@ -31,6 +33,8 @@ import contextlib
 
 import keras
 import tensorflow as tf
+
+from kgrow.controller.shared_traces import SharedLayerTraces
 
 try:  # TensorFlow internals for per-call graph options; without them TF's defaults apply
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
@@ -61,7 +65,7 @@ class RetraceOnCall:
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not getattr(optimizer, "built", True):
             controller._install_optimizer(optimizer, None, plan=None)
-        make_train_function(model)
+        make_train_function(model, share_traces=controller.share_layer_traces)
         controller.retrace_count += 1
         return model.train_function(*args, **kwargs)
 
@@ -147,18 +151,24 @@ class IteratorTrainFunction:
     `fit` treats as the end of the epoch, as with Keras' function. Anything
     but a tf.data/distributed iterator (e.g. `train_on_batch`'s generator)
     goes to Keras' own function.
+
+    Attributes:
+        shared_traces: the `SharedLayerTraces` its trace uses, or None.
     """
 
-    def __init__(self, model, keras_function, reduce_per_replica):
+    def __init__(self, model, keras_function, reduce_per_replica, share_traces=True):
         self._keras_function = keras_function
         strategy, step = model.distribute_strategy, model.train_step
+        self.shared_traces = SharedLayerTraces(model) if share_traces else None
+        sharing = self.shared_traces.active if share_traces else contextlib.nullcontext
 
         @tf.autograph.experimental.do_not_convert
         def one_step_on_iterator(iterator):
             data = keras.tree.map_structure(
                 lambda x: None if isinstance(x, tf.experimental.Optional) else x,
                 iterator.get_next())
-            outputs = strategy.run(step, args=(data,))
+            with sharing():
+                outputs = strategy.run(step, args=(data,))
             return reduce_per_replica(outputs, strategy, reduction="auto")
 
         self._function = tf.function(one_step_on_iterator, reduce_retracing=True)
@@ -172,12 +182,17 @@ class IteratorTrainFunction:
         return self._keras_function(iterator)
 
 
-def make_train_function(model) -> None:
-    """Installs a new train function on `model` (traced at its first call)."""
+def make_train_function(model, share_traces: bool = True) -> None:
+    """Installs a new train function on `model` (traced at its first call).
+
+    With `share_traces`, equal normalization layers are traced once
+    (`kgrow.controller.shared_traces`).
+    """
     model.make_train_function(force=True)
     reduce_per_replica = _keras_reduce_per_replica()
     if (reduce_per_replica is None or model.steps_per_execution != 1 or model.run_eagerly
             or model.jit_compile):
         return  # Keras' own: XLA and multi-step execution need its nesting
     object.__setattr__(model, "train_function",
-                       IteratorTrainFunction(model, model.train_function, reduce_per_replica))
+                       IteratorTrainFunction(model, model.train_function, reduce_per_replica,
+                                             share_traces=share_traces))
