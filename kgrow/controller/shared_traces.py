@@ -101,9 +101,9 @@ class SharedLayerTraces:
         for layer in all_layers(model):
             if _eligible(layer):
                 groups.setdefault(_static_key(layer), []).append(layer)
-        self._keys = {id(layer): key for key, group in groups.items() if len(group) > 1
-                      for layer in group}
-        self.layers = [layer for group in groups.values() if len(group) > 1 for layer in group]
+        twins = {key: group for key, group in groups.items() if len(group) > 1}
+        self._keys = {id(layer): key for key, group in twins.items() for layer in group}
+        self.layers = [layer for group in twins.values() for layer in group]
         self.traced = 0
         self.calls = 0
         self._functions: dict = {}

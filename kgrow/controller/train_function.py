@@ -65,8 +65,7 @@ class RetraceOnCall:
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not getattr(optimizer, "built", True):
             controller._install_optimizer(optimizer, None, plan=None)
-        make_train_function(model, share_traces=controller.share_layer_traces)
-        controller.retrace_count += 1
+        controller.retrace_now()
         return model.train_function(*args, **kwargs)
 
 
