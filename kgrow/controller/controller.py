@@ -72,19 +72,23 @@ import tensorflow as tf
 
 from kgrow.controller import checkpoint as ckpt
 from kgrow.controller import freezing
-from kgrow.controller._variables import (layer_names, trainable_candidates, weights_by_path)
-from kgrow.controller.ema import EMA, resolve_decay
-from kgrow.controller.multipliers import parse_rules, resolve_rules
-from kgrow.controller.optimizer import (clone_optimizer, knows_variables, load_optimizer_state,
-                                        optimizer_state)
-from kgrow.controller.step import ORDER_EMA, StepHooks, make_train_step
+from kgrow.controller.freezing import FrozenLayers
+from kgrow.controller._variables import weights_by_path
+from kgrow.controller.component import Component, component_class
+from kgrow.controller.ema import EMA, EMAs, resolve_decay
+from kgrow.controller.multipliers import LRGroups
+from kgrow.controller.optimizer import OptimizerState
+from kgrow.controller.step import StepHooks, make_train_step
 from kgrow.controller.train_function import RetraceOnCall, make_train_function
 from kgrow.surgery.graph import rebind
 from kgrow.surgery.transfer import TransferPlan
 
 __all__ = ["TrainingController", "Phase", "ArchitectureWeights"]
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+# Format 1 kept each built-in kind of state under its own key.
+_V1_KEYS = {"frozen": "frozen", "optimizer": "optimizer", "ema": "ema",
+            "lr_multipliers": "lr_groups"}
 
 
 # id of the controller whose fit froze Python's heap (`freeze_gc`), or None.
@@ -134,10 +138,13 @@ class ArchitectureWeights(list):
     controlled model's `set_weights` then takes that architecture back.
     """
 
-    def __init__(self, arrays, architecture: str, paths):
+    def __init__(self, arrays, architecture: str, paths, snapshots=None):
         super().__init__(arrays)
         self.architecture = architecture
         self.paths = list(paths)
+        # {component name: snapshot} of the components that keep one (masks,
+        # LR scales): the state that belongs to these weights.
+        self.snapshots = dict(snapshots or {})
 
 
 def _install_weight_io(controller, model) -> None:
@@ -180,15 +187,19 @@ def _install_weight_io(controller, model) -> None:
 
     def get_weights():
         return ArchitectureWeights(keras_get(), controller.architecture_json(),
-                                   [v.path for v in model.weights])
+                                   [v.path for v in model.weights], controller._snapshots())
 
     def set_weights(weights):
         if (isinstance(weights, ArchitectureWeights)
                 and weights.architecture != controller.architecture_json()):
             controller.take_architecture(weights.architecture,
-                                         dict(zip(weights.paths, weights)))
+                                         dict(zip(weights.paths, weights)),
+                                         snapshots=weights.snapshots)
             return None
-        return keras_set(weights)
+        result = keras_set(weights)
+        if isinstance(weights, ArchitectureWeights):
+            controller._restore_snapshots(weights.snapshots)
+        return result
 
     for name, fn, keras_fn in (("save_weights", save_weights, keras_save),
                                ("load_weights", load_weights, keras_load),
@@ -277,10 +288,7 @@ class TrainingController:
         self.epoch = 0
         self.retrace_count = 0
         self.growth_history: list[dict] = []
-        self._emas: dict[str, EMA] = {}
-        self._lr_rules = []
-        self._lr_values: list[tf.Variable] = []
-        self._lr_assignment: dict[str, int] = {}
+        self._components: dict[str, Component] = {}
         self._states: dict[str, tuple[Callable, Callable]] = {}
         self._pending_states: dict = {}
         self._pending_selection = None
@@ -293,6 +301,8 @@ class TrainingController:
         object.__setattr__(model, self._ATTR, self)
         object.__setattr__(model, "train_step", make_train_step(self))
         _install_weight_io(self, model)
+        for component in (FrozenLayers(), OptimizerState(), EMAs(), LRGroups()):
+            self.add_component(component)
         self.request_retrace()
 
     @classmethod
@@ -327,9 +337,71 @@ class TrainingController:
         rebind(self.model, new_model)
         self._architecture_json = None
 
+    # -- components -----------------------------------------------------------
+    def add_component(self, component: Component) -> Component:
+        """Adds a `kgrow.controller.component.Component` (one kind of training state).
+
+        The controller then carries it through growth steps, architectures
+        taken back, checkpoints and the step's update rescaling. Returns it.
+        """
+        if not isinstance(component, Component):
+            raise TypeError(f"add_component() takes a kgrow Component, got "
+                            f"{type(component).__name__}")
+        if component.name in self._components:
+            raise ValueError(f"A component named {component.name!r} is already attached "
+                             f"(components: {sorted(self._components)}).")
+        component.attach(self)
+        self._components[component.name] = component
+        return component
+
+    def component(self, name: str, default=KeyError):
+        """The attached component `name` (`default` if given and absent)."""
+        if name in self._components:
+            return self._components[name]
+        if default is KeyError:
+            raise KeyError(f"No controller component {name!r}; attached: "
+                           f"{sorted(self._components)}")
+        return default
+
+    def remove_component(self, name: str) -> None:
+        component = self.component(name)
+        if component.builtin:
+            raise ValueError(f"The built-in component {name!r} cannot be removed.")
+        component.detach()
+        del self._components[name]
+        self.request_retrace()
+
+    @property
+    def components(self) -> dict:
+        """`{name: component}` in the order the controller calls them."""
+        return dict(sorted(self._components.items(), key=lambda kv: kv[1].order))
+
+    def _update_scales(self, variables) -> list:
+        """`[(variable, multiplier)]` of all components, one per variable (trace time)."""
+        scales = {}
+        for component in self.components.values():
+            for v, m in component.update_scales(variables):
+                if id(v) in scales:
+                    m = scales[id(v)][1] * tf.cast(m, tf.float32)
+                scales[id(v)] = (v, m)
+        return list(scales.values())
+
+    def _snapshots(self) -> dict:
+        out = {}
+        for name, component in self.components.items():
+            snap = component.snapshot()
+            if snap is not None:
+                out[name] = snap
+        return out
+
+    def _restore_snapshots(self, snapshots: dict) -> None:
+        for name, snap in snapshots.items():
+            if name in self._components:
+                self._components[name].rebuild(snap)
+
     # -- growth ---------------------------------------------------------------
     def replace_model(self, result, reset_optimizer: bool = False,
-                      reset_ema: bool = False) -> None:
+                      reset_ema: bool = False, reset=()) -> None:
         """Makes the controlled model take over a grown (or shrunk) architecture.
 
         Build `result.model` inside `controller.scope()`. Afterwards the model
@@ -345,6 +417,8 @@ class TrainingController:
             reset_optimizer: start all optimizer slots at zero (moments reset,
                 as Network Expansion and AutoProg do); iterations still carry.
             reset_ema: restart every EMA as a copy of the new model.
+            reset: names of further components to reset instead of carry
+                (e.g. `("masks",)`: the grown model is dense again).
 
         Example:
             >>> result = kgrow.surgery.scale_width(model, 2.0)  # doctest: +SKIP
@@ -370,20 +444,15 @@ class TrainingController:
             raise KeyError(f"The transfer plan names sources {bad_sources[:5]} that the current "
                            "model does not have.")
 
-        optimizer = getattr(self.model, "optimizer", None)
-        carry = optimizer is not None and getattr(optimizer, "built", False)
-        state = optimizer_state(optimizer) if carry else None
+        resets = {*([reset] if isinstance(reset, str) else reset),
+                  *(["optimizer"] if reset_optimizer else []), *(["ema"] if reset_ema else [])}
+        unknown = sorted(resets - set(self._components))
+        if unknown:
+            raise KeyError(f"replace_model(reset=...) names no attached component: {unknown}; "
+                           f"components: {sorted(self._components)}")
         self._rebind(new_model)
-        with self.scope():
-            if carry:
-                self._install_optimizer(clone_optimizer(optimizer), state, plan,
-                                        reset=reset_optimizer)
-            for ema in self._emas.values():
-                if reset_ema:
-                    ema.reset_to_model()
-                else:
-                    ema._carry(plan)
-        self._resolve_lr_groups(strict=False)
+        for name, component in self.components.items():
+            component.carry(plan, reset=name in resets)
         self.growth_history.append(dict(getattr(result, "info", {}) or {}))
         self.request_retrace()
 
@@ -401,25 +470,7 @@ class TrainingController:
 
     def _install_optimizer(self, optimizer, state, plan, reset=False) -> None:
         """Builds `optimizer` on every variable that may train, loads `state`."""
-        with self.scope():
-            optimizer.build(trainable_candidates(self.model))
-            if state is not None:
-                load_optimizer_state(optimizer, state, plan=plan, reset=reset)
-        self.model.optimizer = optimizer
-
-    def _ensure_optimizer_covers(self, variables) -> None:
-        """Rebuilds the optimizer (state carried) if it cannot update `variables`.
-
-        Happens when layers were frozen before the optimizer was built (e.g.
-        in a restored model) and are unfrozen now.
-        """
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None or not getattr(optimizer, "built", False):
-            return
-        if knows_variables(optimizer, variables):
-            return
-        state = optimizer_state(optimizer)
-        self._install_optimizer(clone_optimizer(optimizer), state, plan=None)
+        self._components["optimizer"].install(optimizer, state, plan=plan, reset=reset)
 
     # -- freezing -------------------------------------------------------------
     def freeze(self, layers) -> list[str]:
@@ -450,7 +501,9 @@ class TrainingController:
         for layer in chosen:
             layer.trainable = value
         if value:
-            self._ensure_optimizer_covers(self.model.trainable_weights)
+            # Layers frozen before the optimizer was built (e.g. in a restored
+            # model) have no slots yet.
+            self._components["optimizer"].cover(self.model.trainable_weights)
         self._note_trainable_state()
         self.request_retrace()
         return [layer.name for layer in chosen]
@@ -487,32 +540,18 @@ class TrainingController:
             >>> with ema.swap():  # doctest: +SKIP
             ...     model.evaluate(test_ds)
         """
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"EMA name must be a non-empty string, got {name!r}")
-        if name in self._emas:
-            raise ValueError(f"An EMA named {name!r} already exists "
-                             f"(EMAs: {sorted(self._emas)}).")
         value = resolve_decay(decay, half_life_steps, half_life_epochs, steps_per_epoch)
-        ema = EMA(self, name, value, trainable_only=trainable_only)
-        self._emas[name] = ema
-        self.hooks.add_post_update(ema._update, name=f"ema:{name}", order=ORDER_EMA)
-        self.request_retrace()
-        return ema
+        return self._components["ema"].add(name, value, trainable_only=trainable_only)
 
     def ema(self, name: str) -> EMA:
-        if name not in self._emas:
-            raise KeyError(f"No EMA named {name!r}; EMAs: {sorted(self._emas)}")
-        return self._emas[name]
+        return self._components["ema"].get(name)
 
     @property
     def emas(self) -> dict:
-        return dict(self._emas)
+        return dict(self._components["ema"].emas)
 
     def remove_ema(self, name: str) -> None:
-        self.ema(name)
-        del self._emas[name]
-        self.hooks.remove(f"ema:{name}")
-        self.request_retrace()
+        self._components["ema"].remove(name)
 
     # -- LR multipliers -------------------------------------------------------
     def set_lr_multipliers(self, multipliers: dict) -> None:
@@ -526,49 +565,11 @@ class TrainingController:
         Example:
             >>> ctrl.set_lr_multipliers({"stage1": 0.5, r"^head/": 0.1})  # doctest: +SKIP
         """
-        rules = parse_rules(multipliers)
-        if [r.pattern for r in rules] == [r.pattern for r in self._lr_rules]:
-            for var, rule in zip(self._lr_values, rules):
-                var.assign(rule.multiplier)
-            self._lr_rules = rules
-            return
-        assignment, unused = resolve_rules(rules, [v.path for v in trainable_candidates(
-            self.model)], layer_names(self.model))
-        if unused:
-            raise ValueError(f"LR-multiplier rules {unused} match no trainable variable; "
-                             "a key is a layer name or a regex searched in variable paths "
-                             f"such as {[v.path for v in self.model.trainable_weights][:6]}.")
-        with self.scope():
-            self._lr_values = [tf.Variable(r.multiplier, trainable=False, dtype=tf.float32,
-                                           name=f"kgrow_lr_multiplier_{i}")
-                               for i, r in enumerate(rules)]
-        self._lr_rules = rules
-        self._lr_assignment = assignment
-        self.request_retrace()
+        self._components["lr_groups"].set(multipliers)
 
     @property
     def lr_multipliers(self) -> dict:
-        return {r.pattern: float(v.numpy()) for r, v in zip(self._lr_rules, self._lr_values)}
-
-    def _resolve_lr_groups(self, strict: bool) -> None:
-        if not self._lr_rules:
-            return
-        rules = [type(r)(r.pattern, float(v.numpy()))
-                 for r, v in zip(self._lr_rules, self._lr_values)]
-        assignment, unused = resolve_rules(
-            rules, [v.path for v in trainable_candidates(self.model)], layer_names(self.model))
-        if unused:
-            message = (f"LR-multiplier rules {unused} match no trainable variable of the "
-                       "changed model; they stay registered but have no effect.")
-            if strict:
-                raise ValueError(message)
-            warnings.warn(message, stacklevel=3)
-        self._lr_assignment = assignment
-
-    def _lr_groups_for(self, variables) -> list:
-        """`[(variable, multiplier variable)]` for the grouped ones (used at trace time)."""
-        return [(v, self._lr_values[self._lr_assignment[v.path]]) for v in variables
-                if v.path in self._lr_assignment]
+        return self._components["lr_groups"].multipliers
 
     # -- data selection and named state --------------------------------------
     def attach_selection(self, selection) -> None:
@@ -644,7 +645,6 @@ class TrainingController:
     def get_state(self) -> dict:
         """Everything a checkpoint restores, as JSON types and numpy arrays."""
         model = self.model
-        optimizer = getattr(model, "optimizer", None)
         states = {}
         for name, (get, _) in self._states.items():
             states[name] = get()
@@ -660,14 +660,8 @@ class TrainingController:
             "weights": {p: np.array(v.numpy()) for p, v in weights_by_path(model).items()},
             "seed_states": [np.array(v.numpy()) for v in model.variables
                             if id(v) not in weight_ids],
-            "optimizer": None if optimizer is None else {
-                "config": keras.optimizers.serialize(optimizer),
-                "state": optimizer_state(optimizer)},
-            "ema": {name: {"decay": e.decay, "trainable_only": e.trainable_only,
-                           "shadows": e.values()} for name, e in self._emas.items()},
-            "frozen": self.frozen,
-            "lr_multipliers": [[r.pattern, float(v.numpy())]
-                               for r, v in zip(self._lr_rules, self._lr_values)],
+            "components": {name: {"kind": c.kind, "state": c.get_state()}
+                           for name, c in self.components.items()},
             "selection": selection,
             "states": states,
             "growth_history": list(self.growth_history),
@@ -704,32 +698,28 @@ class TrainingController:
 
     def set_state(self, state: dict, custom_objects=None) -> None:
         """Inverse of `get_state` (see `restore`)."""
-        if state.get("format") != STATE_FORMAT:
+        if state.get("format") == 1:
+            state = dict(state, components={
+                new: {"kind": new, "state": state.pop(old)} for old, new in _V1_KEYS.items()})
+        elif state.get("format") != STATE_FORMAT:
             raise ValueError(f"Unsupported controller state format {state.get('format')!r}; "
-                             f"this kgrow reads format {STATE_FORMAT}.")
-        model = self.model
+                             f"this kgrow reads formats 1 and {STATE_FORMAT}.")
         self._restore_architecture(state, custom_objects)
         self._restore_weights(state)
-        for name in state["frozen"]:
-            freezing.resolve_layers(model, name)[0].trainable = False
-        self._note_trainable_state()
-        saved_opt = state.get("optimizer")
-        if saved_opt is not None:
-            with self.scope():
-                optimizer = keras.optimizers.deserialize(saved_opt["config"],
-                                                         custom_objects=custom_objects)
-            self._install_optimizer(optimizer, saved_opt["state"], plan=None)
-        else:
-            self._restart_stale_optimizer(keep_iterations=False)
-        for name in list(self._emas):
-            self.hooks.remove(f"ema:{name}")
-        self._emas = {}
-        for name, saved in state["ema"].items():
-            ema = self.add_ema(name, decay=saved["decay"], trainable_only=saved["trainable_only"])
-            ema._load(saved["shadows"])
-        self._lr_rules, self._lr_values, self._lr_assignment = [], [], {}
-        if state["lr_multipliers"]:
-            self.set_lr_multipliers(dict(state["lr_multipliers"]))
+        saved = dict(state["components"])
+        for name, component in list(self._components.items()):
+            if name not in saved and not component.builtin:
+                self.remove_component(name)
+        for name, entry in saved.items():
+            if name not in self._components:
+                component = component_class(entry["kind"])()
+                component._name = name
+                self.add_component(component)
+        for name, component in self.components.items():
+            if name in saved:
+                component.set_state(saved[name]["state"], custom_objects=custom_objects)
+            if name == "frozen":
+                self._note_trainable_state()
         if state["selection"] is not None:
             if self.selection is not None:
                 self.selection.set_state(state["selection"])
@@ -758,38 +748,28 @@ class TrainingController:
         with self.scope():
             return keras.models.model_from_json(architecture, custom_objects=custom_objects)
 
-    def _restart_stale_optimizer(self, keep_iterations: bool) -> None:
-        """A fresh optimizer (same configuration) if the current one was built
-        on variables the model no longer has."""
-        current = getattr(self.model, "optimizer", None)
-        if current is None or not getattr(current, "built", False) or knows_variables(
-                current, trainable_candidates(self.model)):
-            return
-        iterations = int(current.iterations.numpy())
-        self._install_optimizer(clone_optimizer(current), None, plan=None)
-        if keep_iterations:
-            self.model.optimizer.iterations.assign(iterations)
-
     def take_architecture(self, architecture: str, weights: dict,
-                          custom_objects=None) -> None:
+                          custom_objects=None, snapshots=None) -> None:
         """Re-binds the model to another architecture (JSON) with `weights`.
 
         Used when weights of another stage come back (`set_weights` of an
         `ArchitectureWeights`). `weights` maps every variable path of that
-        architecture to its value. The optimizer restarts from zero state
-        (its configuration and iteration count kept), EMAs restart as copies
-        of the model, LR groups are re-resolved, and the train function
-        retraces.
+        architecture to its value. Every component rebuilds its state for
+        it (`Component.rebuild`) from `snapshots` (`{component name:
+        snapshot}` kept with the weights) where it has one: the optimizer
+        restarts from zero state (its configuration and iteration count
+        kept), EMAs restart as copies of the model, LR groups are
+        re-resolved, masks and LR scales come back as they were with these
+        weights; the train function retraces.
         """
         if not _rebindable(self.model):
             raise ValueError("Only Functional models change architecture; these weights "
                              "belong to another architecture.")
         self._rebind(self._model_from_json(architecture, custom_objects))
         _assign_by_path(self.model, weights, "The weights")
-        self._restart_stale_optimizer(keep_iterations=True)
-        for ema in self._emas.values():
-            ema.reset_to_model()
-        self._resolve_lr_groups(strict=False)
+        snapshots = snapshots or {}
+        for name, component in self.components.items():
+            component.rebuild(snapshots.get(name))
         self.request_retrace()
 
     def _restore_weights(self, state) -> None:
@@ -806,6 +786,7 @@ class TrainingController:
                           "current seeds.", stacklevel=3)
 
     def __repr__(self):
-        return (f"TrainingController(model={self.model.name!r}, emas={sorted(self._emas)}, "
-                f"frozen={len(self.frozen)}, lr_groups={len(self._lr_rules)}, "
+        return (f"TrainingController(model={self.model.name!r}, "
+                f"components={list(self.components)}, emas={sorted(self.emas)}, "
+                f"frozen={len(self.frozen)}, "
                 f"hooks={len(self.hooks.gradient_transforms) + len(self.hooks.post_updates)})")

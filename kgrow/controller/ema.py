@@ -34,8 +34,11 @@ import numpy as np
 import tensorflow as tf
 
 from kgrow.controller._variables import weights_by_path
+from kgrow.controller.component import Component, register_kind
+from kgrow.controller.step import ORDER_EMA
 
-__all__ = ["EMA", "decay_for_half_life", "half_life_steps", "rescale_decay", "resolve_decay"]
+__all__ = ["EMA", "EMAs", "decay_for_half_life", "half_life_steps", "rescale_decay",
+           "resolve_decay"]
 
 
 def decay_for_half_life(steps: float) -> float:
@@ -256,3 +259,71 @@ class EMA:
     def __repr__(self):
         return (f"EMA(name={self.name!r}, decay={self.decay}, variables={len(self._shadows)}, "
                 f"half_life_steps={half_life_steps(self.decay):.1f})")
+
+
+@register_kind
+class EMAs(Component):
+    """Component: the controller's named EMAs (`controller.add_ema`).
+
+    Growth: shadows are carried through the plan (new entries copy the new
+    weights), or restart as copies of the model with `reset=True`. A model
+    taken back from another architecture restarts every EMA as a copy of it.
+    Checkpoints hold each EMA's decay, `trainable_only` and shadows.
+    """
+
+    kind = "ema"
+    order = 30
+    builtin = True
+
+    def __init__(self):
+        self.emas: dict[str, EMA] = {}
+
+    def add(self, name: str, decay: float, trainable_only: bool = False) -> EMA:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"EMA name must be a non-empty string, got {name!r}")
+        if name in self.emas:
+            raise ValueError(f"An EMA named {name!r} already exists "
+                             f"(EMAs: {sorted(self.emas)}).")
+        ema = EMA(self.host, name, decay, trainable_only=trainable_only)
+        self.emas[name] = ema
+        self.host.hooks.add_post_update(ema._update, name=f"ema:{name}", order=ORDER_EMA)
+        self.host.request_retrace()
+        return ema
+
+    def get(self, name: str) -> EMA:
+        if name not in self.emas:
+            raise KeyError(f"No EMA named {name!r}; EMAs: {sorted(self.emas)}")
+        return self.emas[name]
+
+    def remove(self, name: str) -> None:
+        self.get(name)
+        del self.emas[name]
+        self.host.hooks.remove(f"ema:{name}")
+        self.host.request_retrace()
+
+    def detach(self) -> None:
+        for name in list(self.emas):
+            self.remove(name)
+        super().detach()
+
+    def carry(self, plan, reset: bool) -> None:
+        for ema in self.emas.values():
+            if reset:
+                ema.reset_to_model()
+            else:
+                ema._carry(plan)
+
+    def rebuild(self, snapshot) -> None:
+        for ema in self.emas.values():
+            ema.reset_to_model()
+
+    def get_state(self):
+        return {name: {"decay": e.decay, "trainable_only": e.trainable_only,
+                       "shadows": e.values()} for name, e in self.emas.items()}
+
+    def set_state(self, state, custom_objects=None) -> None:
+        for name in list(self.emas):
+            self.remove(name)
+        for name, saved in (state or {}).items():
+            self.add(name, saved["decay"], trainable_only=saved["trainable_only"])._load(
+                saved["shadows"])

@@ -32,8 +32,9 @@ from __future__ import annotations
 from typing import Callable, Iterable, Union
 
 from kgrow.controller._variables import all_layers, trainable_candidates
+from kgrow.controller.component import Component, register_kind
 
-__all__ = ["resolve_layers", "frozen_layer_names"]
+__all__ = ["resolve_layers", "frozen_layer_names", "FrozenLayers"]
 
 LayerSpec = Union[str, Iterable[str], Callable]
 
@@ -82,3 +83,26 @@ def frozen_layer_names(model) -> list[str]:
     candidates = {id(v) for v in trainable_candidates(model)}
     return [layer.name for layer in all_layers(model)
             if not layer.trainable and any(id(v) in candidates for v in layer.weights)]
+
+
+@register_kind
+class FrozenLayers(Component):
+    """Component: which layers are frozen (`controller.freeze` / `unfreeze`).
+
+    Trainable flags are part of the layer configs, so a growth result or an
+    architecture taken back brings its own flags and nothing is carried;
+    checkpoints hold the names of the frozen layers, frozen again on restore.
+    """
+
+    kind = "frozen"
+    order = 10
+    builtin = True
+
+    def get_state(self):
+        return frozen_layer_names(self.host.model)
+
+    def set_state(self, state, custom_objects=None) -> None:
+        model = self.host.model
+        for name in state or ():
+            resolve_layers(model, name)[0].trainable = False
+        self.host.request_retrace()

@@ -32,9 +32,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from typing import Mapping
 
-__all__ = ["Rule", "parse_rules", "resolve_rules"]
+import tensorflow as tf
+
+from kgrow.controller._variables import layer_names, trainable_candidates
+from kgrow.controller.component import Component, register_kind
+
+__all__ = ["Rule", "parse_rules", "resolve_rules", "LRGroups"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,3 +112,86 @@ def resolve_rules(rules: list[Rule], paths, layer_names) -> tuple[dict, list[str
             used.add(hits[0])
     unused = [r.pattern for i, r in enumerate(rules) if i not in used]
     return assigned, unused
+
+
+@register_kind
+class LRGroups(Component):
+    """Component: per-group LR multipliers (`controller.set_lr_multipliers`).
+
+    The multipliers are scalar variables read by the compiled step. After a
+    growth step or an architecture taken back, the rules are resolved again
+    against the new variable paths (rules that match nothing any more stay
+    registered, with a warning); `reset=True` drops every group.
+    Checkpoints hold `[[pattern, multiplier], ...]`.
+    """
+
+    kind = "lr_groups"
+    order = 40
+    builtin = True
+
+    def __init__(self):
+        self.rules: list[Rule] = []
+        self.values: list = []
+        self.assignment: dict[str, int] = {}
+
+    def _resolve(self, rules):
+        model = self.host.model
+        return resolve_rules(rules, [v.path for v in trainable_candidates(model)],
+                             layer_names(model))
+
+    def set(self, multipliers: Mapping[str, float]) -> None:
+        rules = parse_rules(multipliers)
+        if [r.pattern for r in rules] == [r.pattern for r in self.rules]:
+            for var, rule in zip(self.values, rules):
+                var.assign(rule.multiplier)
+            self.rules = rules
+            return
+        assignment, unused = self._resolve(rules)
+        if unused:
+            raise ValueError(f"LR-multiplier rules {unused} match no trainable variable; "
+                             "a key is a layer name or a regex searched in variable paths "
+                             f"such as {[v.path for v in self.host.model.trainable_weights][:6]}.")
+        with self.host.scope():
+            self.values = [tf.Variable(r.multiplier, trainable=False, dtype=tf.float32,
+                                       name=f"kgrow_lr_multiplier_{i}")
+                           for i, r in enumerate(rules)]
+        self.rules, self.assignment = rules, assignment
+        self.host.request_retrace()
+
+    @property
+    def multipliers(self) -> dict:
+        return {r.pattern: float(v.numpy()) for r, v in zip(self.rules, self.values)}
+
+    def _reresolve(self) -> None:
+        if not self.rules:
+            return
+        rules = [Rule(r.pattern, float(v.numpy())) for r, v in zip(self.rules, self.values)]
+        self.assignment, unused = self._resolve(rules)
+        if unused:
+            warnings.warn(f"LR-multiplier rules {unused} match no trainable variable of the "
+                          "changed model; they stay registered but have no effect.",
+                          stacklevel=4)
+
+    def carry(self, plan, reset: bool) -> None:
+        if reset:
+            self.set_state([])
+        else:
+            self._reresolve()
+
+    def rebuild(self, snapshot) -> None:
+        self._reresolve()
+
+    def get_state(self):
+        return [[r.pattern, float(v.numpy())] for r, v in zip(self.rules, self.values)]
+
+    def set_state(self, state, custom_objects=None) -> None:
+        had = bool(self.rules)
+        self.rules, self.values, self.assignment = [], [], {}
+        if state:
+            self.set(dict(state))
+        elif had:
+            self.host.request_retrace()
+
+    def update_scales(self, variables) -> list:
+        return [(v, self.values[self.assignment[v.path]]) for v in variables
+                if v.path in self.assignment]

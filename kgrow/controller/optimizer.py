@@ -44,10 +44,12 @@ from typing import Optional
 import keras
 import numpy as np
 
+from kgrow.controller._variables import trainable_candidates
+from kgrow.controller.component import Component, register_kind
 from kgrow.surgery.transfer import TransferPlan, VariableTransfer
 
 __all__ = ["clone_optimizer", "optimizer_state", "load_optimizer_state", "rebuild_optimizer",
-           "slot_lists", "optimizer_levels", "knows_variables"]
+           "slot_lists", "optimizer_levels", "knows_variables", "OptimizerState"]
 
 # Slot lists whose new entries start as a copy of the new weight, not at zero:
 # Keras' built-in optimizer EMA (`use_ema=True`).
@@ -311,3 +313,79 @@ def rebuild_optimizer(old, variables, plan: Optional[TransferPlan] = None,
     new.build(list(variables))
     load_optimizer_state(new, state, plan=plan, reset=reset)
     return new
+
+
+@register_kind
+class OptimizerState(Component):
+    """Component: the model's optimizer (configuration, slots, iterations).
+
+    Growth: a new optimizer of the same configuration is built on every
+    variable that may train and the old state is moved through the plan
+    (`rebuild_optimizer`); `reset=True` zeroes the slots and keeps the
+    iteration count. A model taken back from another architecture gets a
+    fresh optimizer (same configuration and iteration count; the state of
+    that time was not kept). Checkpoints hold the serialized configuration
+    and `optimizer_state`.
+    """
+
+    kind = "optimizer"
+    order = 20
+    builtin = True
+
+    def _built(self):
+        optimizer = getattr(self.host.model, "optimizer", None)
+        return optimizer if getattr(optimizer, "built", False) else None
+
+    def install(self, optimizer, state=None, plan=None, reset=False) -> None:
+        """Builds `optimizer` on every variable that may train, loads `state`."""
+        host = self.host
+        with host.scope():
+            optimizer.build(trainable_candidates(host.model))
+            if state is not None:
+                load_optimizer_state(optimizer, state, plan=plan, reset=reset)
+        host.model.optimizer = optimizer
+
+    def cover(self, variables) -> None:
+        """Rebuilds the optimizer (state kept) if it cannot update `variables`."""
+        optimizer = self._built()
+        if optimizer is not None and not knows_variables(optimizer, variables):
+            self.install(clone_optimizer(optimizer), optimizer_state(optimizer))
+
+    def carry(self, plan, reset: bool) -> None:
+        old = self._built()
+        if old is None:
+            return
+        with self.host.scope():
+            new = rebuild_optimizer(old, trainable_candidates(self.host.model), plan=plan,
+                                    reset=reset)
+        self.host.model.optimizer = new
+
+    def rebuild(self, snapshot) -> None:
+        self.restart_if_stale(keep_iterations=True)
+
+    def restart_if_stale(self, keep_iterations: bool) -> None:
+        """A fresh optimizer (same configuration) if the current one was built
+        on variables the model no longer has."""
+        current = self._built()
+        if current is None or knows_variables(current, trainable_candidates(self.host.model)):
+            return
+        iterations = int(current.iterations.numpy())
+        self.install(clone_optimizer(current))
+        if keep_iterations:
+            self.host.model.optimizer.iterations.assign(iterations)
+
+    def get_state(self):
+        optimizer = getattr(self.host.model, "optimizer", None)
+        if optimizer is None:
+            return None
+        return {"config": keras.optimizers.serialize(optimizer),
+                "state": optimizer_state(optimizer)}
+
+    def set_state(self, state, custom_objects=None) -> None:
+        if state is None:
+            self.restart_if_stale(keep_iterations=False)
+            return
+        with self.host.scope():
+            optimizer = keras.optimizers.deserialize(state["config"],
+                                                     custom_objects=custom_objects)
+        self.install(optimizer, state["state"])

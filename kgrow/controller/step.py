@@ -19,8 +19,9 @@ tracker, sample weights, `optimizer.scale_loss` for LossScaleOptimizer,
    iteration count), traced with fewer ops by
    `kgrow.controller.updates.compact_updates`;
 4. in cross-replica context (one `merge_call`):
-   a. LR multipliers: the update of each grouped variable is rescaled
-      (`kgrow.controller.multipliers`);
+   a. update rescaling: the update of each variable a component scales
+      (LR groups, per-entry LR scales; `Component.update_scales`) is
+      multiplied by its scale, `w = old + m * (w - old)`;
    b. post-update hooks in (`order`, registration) order, each called as
       `fn(ctx)` with an `UpdateContext`. Standard orders: `ORDER_MASKS`
       (re-apply sparse masks) < `ORDER_EMA` (EMA shadows), so the EMA
@@ -198,7 +199,7 @@ def make_train_step(controller) -> Callable:
                 raise ValueError(f"Gradient transform {hook.name!r} returned {len(grads)} "
                                  f"gradients for {len(variables)} variables.")
 
-        scaled = controller._lr_groups_for(variables)
+        scaled = controller._update_scales(variables)
         # Read before the update; automatic control dependencies keep the
         # read ahead of the optimizer's write to the same variable.
         olds = [tf.identity(unwrap(v)) for v, _ in scaled]
