@@ -15,12 +15,21 @@
 * `ema.py`: EMA shadows and half-life helpers.
 * `multipliers.py`: LR-multiplier groups.
 * `freezing.py`: layer selection for freeze/unfreeze.
+* `component.py`: the component protocol (one kind of training state carried
+  through growth, architectures taken back, checkpoints); built-in
+  components live next to their state (`OptimizerState`, `EMAs`,
+  `LRGroups`, `FrozenLayers`); `per_entry.py`: arrays that follow variables;
+  `masks.py`: sparse masks; `lr_scales.py`: per-entry LR scales.
 * `checkpoint.py`: atomic checkpoint files; `callbacks.py`: `ControlledCallback`,
   `ControllerCheckpoint`.
 """
 from kgrow.controller.callbacks import ControlledCallback, ControllerCheckpoint
 from kgrow.controller.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from kgrow.controller.component import Component, component_class, register_kind
 from kgrow.controller.controller import Phase, TrainingController
+from kgrow.controller.lr_scales import LRScales
+from kgrow.controller.masks import Masks
+from kgrow.controller.per_entry import PerEntryArrays
 from kgrow.controller.ema import EMA, decay_for_half_life, half_life_steps, rescale_decay
 from kgrow.controller.optimizer import (clone_optimizer, load_optimizer_state, optimizer_state,
                                         rebuild_optimizer)
@@ -32,5 +41,6 @@ __all__ = [
     "EMA", "decay_for_half_life", "half_life_steps", "rescale_decay",
     "clone_optimizer", "optimizer_state", "load_optimizer_state", "rebuild_optimizer",
     "StepHooks", "UpdateContext", "ORDER_DEFAULT", "ORDER_MASKS", "ORDER_EMA",
+    "Component", "register_kind", "component_class", "PerEntryArrays", "Masks", "LRScales",
     "latest_checkpoint", "read_checkpoint", "write_checkpoint",
 ]

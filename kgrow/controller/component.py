@@ -40,7 +40,7 @@ Example:
     ...     def carry(self, plan, reset): self.count = 0 if reset else self.count + 1
     ...     def get_state(self): return {"count": self.count}
     ...     def set_state(self, state, custom_objects=None): self.count = state["count"]
-    >>> register_kind(Counter)
+    >>> _ = register_kind(Counter)
     >>> c = Counter(); c.carry(None, reset=False); c.get_state()
     {'count': 1}
 """
