@@ -283,7 +283,7 @@ class TrainingController:
                 "Express the custom logic as controller hooks (hooks.add_gradient_transform, "
                 "hooks.add_post_update) or a compute_loss/compute_metrics override.")
         self.model = model
-        self.hooks = StepHooks()
+        self.hooks = StepHooks(on_change=self.request_retrace)
         self.selection = None
         self.epoch = 0
         self.retrace_count = 0

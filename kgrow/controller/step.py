@@ -28,6 +28,18 @@ tracker, sample weights, `optimizer.scale_loss` for LossScaleOptimizer,
       averages the masked weights.
 5. metrics.
 
+Prediction hooks (`add_prediction_hook`) see each batch's predictions with
+the ids of its samples, in replica context, right after the forward pass:
+`fn(batch)` with a `PredictionBatch(ids, y_true, y_pred)` (`y_pred` of the
+training-mode forward pass, gradient stopped). Sample ids travel with the
+data as `(x, y, {"sample_ids": ids})` (`kgrow.data.DataBundle.train_with_ids`;
+a real sample weight can go under `"sample_weight"` in the same dict), so a
+3-tuple keeps meaning `(x, y, sample_weight)` for Keras. Data sieving counts
+forgetting events this way without a second forward pass. With no
+prediction hook registered the step has no op for them (the ids, if the data
+carries them, are dropped at trace time); with one, the step costs what the
+hook's ops cost.
+
 Everything is traced into the train function: there is no Python work per
 step. Adding or removing hooks needs a retrace (`controller.request_retrace()`,
 done by the controller's own methods).
@@ -46,20 +58,25 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import warnings
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import keras
 import tensorflow as tf
 
 from kgrow.controller._variables import unwrap
 from kgrow.controller.updates import compact_updates
+from kgrow.data.pipeline import SAMPLE_IDS
 
-__all__ = ["StepHooks", "Hook", "UpdateContext", "make_train_step", "ORDER_MASKS",
-           "ORDER_EMA", "ORDER_DEFAULT", "unwrap"]
+__all__ = ["StepHooks", "Hook", "UpdateContext", "PredictionBatch", "make_train_step",
+           "ORDER_MASKS", "ORDER_EMA", "ORDER_DEFAULT", "SAMPLE_IDS", "unwrap"]
 
 ORDER_DEFAULT = 0
 ORDER_MASKS = 100
 ORDER_EMA = 1000
+
+# With SAMPLE_IDS (the key `DataBundle.train_with_ids` uses) in a batch's
+# third element, that element is {SAMPLE_IDS: ids[, SAMPLE_WEIGHT: weights]}.
+SAMPLE_WEIGHT = "sample_weight"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +90,18 @@ class Hook:
 
 
 class StepHooks:
-    """Ordered registry of gradient transforms and post-update hooks."""
+    """Ordered registry of gradient transforms, post-update and prediction hooks.
 
-    def __init__(self):
+    Args:
+        on_change: called after every registration or removal (the
+            controller passes `request_retrace`: hooks are traced into the
+            train function).
+    """
+
+    def __init__(self, on_change: Optional[Callable[[], None]] = None):
         self._hooks: dict[str, Hook] = {}
         self._seq = itertools.count()
+        self._on_change = on_change
 
     def _add(self, kind, fn, name, order) -> str:
         if not callable(fn):
@@ -90,7 +114,12 @@ class StepHooks:
             raise ValueError(f"A step hook named {name!r} is already registered; remove it "
                              "first or choose another name.")
         self._hooks[name] = Hook(name, fn, order, seq, kind)
+        self._changed()
         return name
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def add_gradient_transform(self, fn, name: Optional[str] = None,
                                order: int = ORDER_DEFAULT) -> str:
@@ -101,10 +130,19 @@ class StepHooks:
         """Registers `fn(ctx: UpdateContext)`; returns its name."""
         return self._add("post_update", fn, name, order)
 
+    def add_prediction_hook(self, fn, name: Optional[str] = None,
+                            order: int = ORDER_DEFAULT) -> str:
+        """Registers `fn(batch: PredictionBatch)`; returns its name.
+
+        Training data must then carry sample ids (see the module docstring).
+        """
+        return self._add("prediction", fn, name, order)
+
     def remove(self, name: str) -> None:
         if name not in self._hooks:
             raise KeyError(f"No step hook named {name!r}; registered: {sorted(self._hooks)}")
         del self._hooks[name]
+        self._changed()
 
     def __contains__(self, name) -> bool:
         return name in self._hooks
@@ -120,6 +158,28 @@ class StepHooks:
     @property
     def post_updates(self) -> list[Hook]:
         return self._sorted("post_update")
+
+    @property
+    def prediction_hooks(self) -> list[Hook]:
+        return self._sorted("prediction")
+
+
+class PredictionBatch(NamedTuple):
+    """What a prediction hook gets: `ids` (int64 [batch]), `y_true`, `y_pred`."""
+    ids: tf.Tensor
+    y_true: object
+    y_pred: object
+
+
+def _split_sample_ids(sample_weight):
+    """`(sample_weight, ids)` from a batch's third element."""
+    if isinstance(sample_weight, dict) and SAMPLE_IDS in sample_weight:
+        unknown = set(sample_weight) - {SAMPLE_IDS, SAMPLE_WEIGHT}
+        if unknown:
+            raise ValueError(f"A batch's third element with {SAMPLE_IDS!r} may only also hold "
+                             f"{SAMPLE_WEIGHT!r}; got keys {sorted(sample_weight)}.")
+        return sample_weight.get(SAMPLE_WEIGHT), sample_weight[SAMPLE_IDS]
+    return sample_weight, None
 
 
 class UpdateContext:
@@ -175,6 +235,7 @@ def make_train_step(controller) -> Callable:
     def train_step(data):
         model = controller.model
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        sample_weight, ids = _split_sample_ids(sample_weight)
         with tf.GradientTape() as tape:
             if getattr(model, "_call_has_training_arg", True):
                 y_pred = model(x, training=True)
@@ -186,6 +247,17 @@ def make_train_step(controller) -> Callable:
                                              sample_weight=_batch_size(x))
             if model.optimizer is not None:
                 loss = model.optimizer.scale_loss(loss)
+
+        prediction_hooks = controller.hooks.prediction_hooks
+        if prediction_hooks:
+            if ids is None:
+                raise ValueError(
+                    f"Prediction hooks {[h.name for h in prediction_hooks]} need the sample "
+                    f"ids of each batch: train on data of (x, y, {{{SAMPLE_IDS!r}: ids}}), "
+                    "e.g. bundle.train_with_ids().")
+            batch = PredictionBatch(ids, y, tf.nest.map_structure(tf.stop_gradient, y_pred))
+            for hook in prediction_hooks:
+                hook.fn(batch)
 
         variables = list(model.trainable_weights)
         if not variables:

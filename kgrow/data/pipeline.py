@@ -43,6 +43,9 @@ SUBSET_MODES = ("first", "random")
 #: Shuffle buffer (elements) for streamed training sets.
 STREAM_SHUFFLE_BUFFER = 10_000
 _AUTOTUNE = tf.data.AUTOTUNE
+# Key of the sample ids in the third element of `train_with_ids` batches
+# (read by the controller's train step).
+SAMPLE_IDS = "sample_ids"
 
 
 def _without_autotuning(ds):
@@ -265,6 +268,8 @@ class _PassBuilder:
             images, labels = augment_lib.mix_batch(images, labels, cfg, _fold(seed, 3))
         hw = [None, None] if self.s.resizable else list(self.s.delivered_hw)
         images = tf.ensure_shape(images, [None, *hw, self.s.channels])
+        if isinstance(with_index, str):  # ids under a key, in Keras' sample-weight slot
+            return images, labels, {with_index: index}
         return (images, labels, index) if with_index else (images, labels)
 
 
@@ -377,6 +382,22 @@ class DataBundle:
         """
         return self._builder.dataset(advance=False, shuffle=shuffle, augment=augment,
                                      mixing=False, with_index=True, drop_remainder=False)
+
+    def train_with_ids(self):
+        """``train`` with the sample ids of every batch, for the train step's
+        prediction hooks (``kgrow.controller.step``).
+
+        The same passes as ``train`` (order, augmentation, pass counter), as
+        ``(images, labels, {"sample_ids": indices})``: the ids ride in
+        Keras' sample-weight slot under a key, so that they are never taken
+        for sample weights. Refuses mixing augmentations (MixUp/CutMix): a
+        mixed sample has no single id.
+        """
+        if self.augment.uses_mixing:
+            raise ValueError("train_with_ids() cannot be used with MixUp/CutMix augmentation "
+                             "(a mixed sample has no single id); use an augment preset "
+                             "without mixing.")
+        return self._builder.dataset(with_index=SAMPLE_IDS)
 
     def __repr__(self):
         i = self.info
