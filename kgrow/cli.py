@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "curves.png into --out.")
     bench_cli.add_arguments(bench)
     probe = commands.add_parser(
-        "probe", help="step-time probe (also spelled `kgrow bench probe`)",
+        "probe", prog="kgrow bench probe",
+        help="step-time probe (also spelled `kgrow bench probe`)",
         description=bench_cli.build_probe_parser().description)
     bench_cli.add_probe_arguments(probe)
     return parser

@@ -16,10 +16,13 @@ for width and depth) and trained with the run's own optimizer, on one real
 batch of the profile's data. Each variant is traced first, then the variants
 are timed in interleaved rounds (so a change in the machine's load hits all
 alike) and each gets the median of its steps. `fit_step_times` fits step time
-as a fixed overhead plus FLOPs over throughput; `probe.png` shows the points
-and the line. For each method whose schedule is known before training (the
-`Growth` callback's schedule) the probe prints the FLOPs speedup and the
-wall-clock speedup the fit predicts (`kgrow.bench.realization`).
+as a fixed overhead plus FLOPs over throughput, over all dense points and per
+family (`family_fits`: on a CPU, narrow layers run at a lower FLOP rate while
+fewer blocks save time in proportion, so one line cannot serve both); `probe.png`
+shows the points and the global line. For each method whose schedule is known
+before training (the `Growth` callback's schedule) the probe prints the FLOPs
+speedup and the wall-clock speedup predicted by the fit of the family the
+schedule moves along (`kgrow.bench.realization`).
 
 Command line: `kgrow bench probe --profile standard --methods grow_width,grow_depth
 --out runs/probe`; `kgrow bench --probe ...` runs it before a benchmark and
@@ -215,6 +218,56 @@ def schedule_epochs(method: str, context: registry.MethodContext) -> list[dict] 
     return out
 
 
+def schedule_family(method: str, context: registry.MethodContext) -> str | None:
+    """The probe family a method's schedule moves along ("width", "depth" or
+    "resolution"), when its only callback is a `Growth` changing one quantity."""
+    from kgrow.callbacks.growth import Growth
+    from kgrow.schedules import QUANTITIES
+    setup = registry.setup_method(method, context)
+    if len(setup.callbacks) != 1 or not isinstance(setup.callbacks[0], Growth):
+        return None
+    stages = setup.callbacks[0].schedule.stages
+    moved = [q for q in QUANTITIES if any(s.get(q) is not None for s in stages)]
+    return moved[0] if len(moved) == 1 else None
+
+
+def family_fits(points: Sequence[Mapping[str, Any]]) -> dict[str, rz.StepTimeFit]:
+    """One step-time fit per fitted family, through its points and the full model.
+
+    Shrinking a model along different axes costs time differently on a CPU
+    (narrow convolutions run at a lower FLOP rate; fewer blocks save time in
+    proportion), so a method that moves along one axis is predicted from the
+    fit of that axis; the global fit is kept for everything else. A family
+    whose points cannot be fitted (fewer than two distinct FLOPs) gets none.
+    """
+    full = [p for p in points if p["family"] == "width" and p["size"] == 1.0]
+    out = {}
+    for family in FITTED:
+        pts = [p for p in points if p["family"] == family]
+        pts += [p for p in full if p not in pts]
+        if len({p["flops_per_step"] for p in pts}) >= 2:
+            out[family] = rz.fit_step_times([p["flops_per_step"] for p in pts],
+                                            [p["step_s"] for p in pts])
+    return out
+
+
+def method_fit(probe: Mapping[str, Any], method: str) -> rz.StepTimeFit | None:
+    """The fit a probe result predicts `method` with: its family's, else the global one.
+
+    Example:
+        >>> probe = {"fit": {"overhead_s": 0.1, "flops_per_s": 1e10},
+        ...          "family_fits": {"depth": {"overhead_s": 0.0, "flops_per_s": 2e10}},
+        ...          "method_families": {"grow_depth": "depth"}}
+        >>> method_fit(probe, "grow_depth").flops_per_s, method_fit(probe, "other").overhead_s
+        (20000000000.0, 0.1)
+    """
+    if "fit" not in probe:
+        return None
+    family = probe.get("method_families", {}).get(method)
+    fit = probe.get("family_fits", {}).get(family, probe["fit"])
+    return rz.StepTimeFit.from_dict(fit)
+
+
 def predict(fit: rz.StepTimeFit, baseline_epochs, method_epochs, batch_size) -> dict:
     """FLOPs speedup, predicted wall-clock speedup and predicted realization."""
     speedup_flops = rz.flops_speedup(baseline_epochs, method_epochs)
@@ -227,20 +280,28 @@ def predict(fit: rz.StepTimeFit, baseline_epochs, method_epochs, batch_size) -> 
 
 
 def plot_probe(points: Sequence[Mapping[str, Any]], fit: rz.StepTimeFit, path: str,
-               title: str) -> None:
-    """Writes measured step times against training FLOPs per step, and the fit (PNG)."""
+               title: str, fits: Mapping[str, rz.StepTimeFit] | None = None) -> None:
+    """Writes measured step times against training FLOPs per step and the fits (PNG).
+
+    The global fit is dashed black; each family's fit (`fits`) is a thin
+    line in the family's colour.
+    """
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = np.linspace(0, max(p["flops_per_step"] for p in points) * 1.05, 50)
     for family in FAMILIES:
         pts = [p for p in points if p["family"] == family]
         if pts:
-            ax.plot([p["flops_per_step"] / 1e9 for p in pts],
-                    [1e3 * p["step_s"] for p in pts], "o" if family in FITTED else "x",
-                    label=family + ("" if family in FITTED else " (not fitted)"))
-    xs = np.linspace(0, max(p["flops_per_step"] for p in points) * 1.05, 50)
+            (marks,) = ax.plot([p["flops_per_step"] / 1e9 for p in pts],
+                               [1e3 * p["step_s"] for p in pts],
+                               "o" if family in FITTED else "x",
+                               label=family + ("" if family in FITTED else " (not fitted)"))
+            if fits and family in fits:
+                ax.plot(xs / 1e9, 1e3 * fits[family].step_s(xs), "-", lw=0.8,
+                        color=marks.get_color())
     ax.plot(xs / 1e9, 1e3 * fit.step_s(xs), "k--",
             label=f"fit: {1e3 * fit.overhead_s:.1f} ms + FLOPs / "
                   f"{fit.flops_per_s / 1e9:.1f} GFLOP/s")
@@ -301,11 +362,15 @@ def run_probe(spec, methods: Sequence[str] = (), out_dir: str | None = None, *,
                             [p["step_s"] for p in fitted])
     for p in points:
         p["fit_rel_error"] = float(fit.step_s(p["flops_per_step"]) / p["step_s"] - 1.0)
-    predictions = {}
+    fits = family_fits(points)
+    predictions, families_of = {}, {}
     base_epochs = schedule_epochs(registry.BASELINE, context)
     for method in methods:
         if method == registry.BASELINE:
             continue
+        family = schedule_family(method, context)
+        if family in fits:
+            families_of[method] = family
         epochs = schedule_epochs(method, context)
         if epochs is None:
             notes.append(f"{method}: no schedule known before training (only Growth "
@@ -313,8 +378,12 @@ def run_probe(spec, methods: Sequence[str] = (), out_dir: str | None = None, *,
                          f"it from the run's measured per-epoch FLOPs.")
             log(f"[kgrow probe] {notes[-1]}")
             continue
-        predictions[method] = predict(fit, base_epochs, epochs, batch_size)
-    result = {"fit": fit.to_dict(), "points": points, "predictions": predictions,
+        predictions[method] = predict(fits.get(family, fit), base_epochs, epochs, batch_size)
+        predictions[method]["fit"] = family if family in fits else "all"
+        predictions[method]["predicted_speedup_wall_global_fit"] = \
+            rz.predicted_speedup(fit, base_epochs, epochs, batch_size)
+    result = {"fit": fit.to_dict(), "family_fits": {k: v.to_dict() for k, v in fits.items()},
+              "method_families": families_of, "points": points, "predictions": predictions,
               "notes": notes, "settings": spec.settings(), "spec": spec.to_dict(),
               "probe_s": time.perf_counter() - started}
     log(format_probe(result))
@@ -323,7 +392,8 @@ def run_probe(spec, methods: Sequence[str] = (), out_dir: str | None = None, *,
         result["png"] = os.path.join(out_dir, "probe.png")
         plot_probe(points, fit, result["png"],
                    f"{spec.model} {spec.model_kwargs or ''} batch {batch_size} "
-                   f"({spec.profile}): step time vs FLOPs")
+                   f"({spec.profile}): step time vs FLOPs; thin lines: per-family fits",
+                   fits=fits)
         with open(os.path.join(out_dir, "probe.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
         log(f"[kgrow probe] wrote {os.path.join(out_dir, 'probe.json')} and {result['png']}")
@@ -364,9 +434,13 @@ def format_probe(result: Mapping[str, Any]) -> str:
                  f"{fit['flops_per_s'] / 1e9:.2f} GFLOP/s (rms relative error "
                  f"{100 * fit['rms_rel_error']:.1f}%); probe took "
                  f"{result.get('probe_s', 0):.0f} s")
+    for family, f in result.get("family_fits", {}).items():
+        lines.append(f"  {family} fit: {1e3 * f['overhead_s']:.1f} ms + FLOPs / "
+                     f"{f['flops_per_s'] / 1e9:.2f} GFLOP/s")
     for name, p in result.get("predictions", {}).items():
         real = p["predicted_realization"]
+        via = "" if p.get("fit", "all") == "all" else f", {p['fit']} fit"
         lines.append(f"{name}: FLOPs speedup {p['speedup_flops']:.2f}x, predicted wall-clock "
                      f"speedup {p['predicted_speedup_wall']:.2f}x (realization "
-                     f"{'n/a' if real is None else format(real, '.0%')})")
+                     f"{'n/a' if real is None else format(real, '.0%')}{via})")
     return "\n".join(lines)

@@ -4,13 +4,14 @@
   (baseline + one method in at most ~10 minutes on Fashion-MNIST).
 - `standard`: the papers' full-width ResNet-20 (16-32-64 filters) on all 60k
   Fashion-MNIST images, full 10k test set (binomial standard error of an
-  accuracy near 92% about 0.27 percentage points), 9 epochs, 2 seeds. Full
+  accuracy near 92% about 0.27 percentage points), 12 epochs, 2 seeds. Full
   width is where step time follows FLOPs on this CPU (measured with
   `kgrow bench probe`, README "Benchmark"): at half width (the old setting,
   `--model-arg width=0.5 --epochs 5 --seeds 1`) a third of the step is
   fixed overhead and a FLOPs saving barely shows.
 - `standard-vit`: a small DeiT-style ViT (patch 4, dim 128, 4 heads, depth 6,
-  class token) on the same data, for depth growth and AutoProg.
+  class token) on the same data, 6 epochs, for depth growth and AutoProg;
+  its step time follows FLOPs (measurements at the profile).
 - `standard-sparse`: SpFDE's widened ResNet-32 (widen 2: 32-64-128 filters)
   sized to the same time budget (20k images, 6 epochs).
 - `paper`, `paper-resnet56`, `paper-deit-s`: the papers' GPU settings,
@@ -127,31 +128,44 @@ _add(Profile(
     subset=10_000, epochs=5, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=0.5,
     weight_decay=5e-4, budget="baseline + one method <= 10 min on 2 CPU cores",
 ))
-# 9 epochs: a measured full-width epoch of 60k images takes ~2.8 min of
-# training (+ ~10 s evaluation) on 2 quiet cores, so baseline (~26 min) plus
-# width growth (~0.65 of it) is ~43 min per seed, and 9 divides into the
-# three equal growth stages.
+# 12 epochs (4 per growth stage): a full-width training step of 128 took
+# 191 ms on the 2 cores when quiet (`kgrow bench probe --profile standard`)
+# and 230-300 ms inside a bench run while shared (`kgrow bench --profile
+# standard --epochs 3 --subset 20000`): 1.5-2.3 min per 60k epoch + ~5 s
+# evaluation, so baseline (18-28 min) plus width growth (1.37x faster,
+# 13-20 min) is ~31-48 min per seed.
 _add(Profile(
     name="standard",
     description="ResNet-20 at full width (16-32-64 filters) on all 60k Fashion-MNIST "
-                "training images, full 10k test set, 9 epochs, 2 alternating seeds; "
+                "training images, full 10k test set, 12 epochs, 2 alternating seeds; "
                 "accuracy std err ~0.27 pp.",
     model="resnet20", model_kwargs={}, dataset="fashion_mnist",
-    subset=None, epochs=9, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=1,
+    subset=None, epochs=12, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=1,
     weight_decay=5e-4, seeds=2,
     budget="baseline + one method ~45 min per seed on 2 CPU cores",
 ))
+# The ViT's step time follows FLOPs on this CPU (`kgrow bench probe --profile
+# standard-vit`, shared 2-core machine, batch 128; time / FLOPs relative to
+# the full model): width 0.25 0.17/0.07, 0.5 0.37/0.26, 0.75 0.66/0.57; depth
+# 2 blocks 0.39/0.33, 4 blocks 0.75/0.67; resolution 16x16 0.38/0.33, 20x20
+# 0.53/0.51; fit 50 ms + FLOPs / 118 GFLOP/s, 5.7% rms error; full step 460
+# ms. So an epoch is ~3.6 min and 6 epochs keep baseline (~22 min) plus depth
+# growth (predicted 1.35x faster, ~16 min) within ~45 min per seed.
 _add(Profile(
     name="standard-vit",
     description="DeiT-style ViT (patch 4 -> 7x7 tokens + class token, dim 128, 4 heads, "
-                "depth 6) on all 60k Fashion-MNIST images, 9 epochs, AdamW 1e-3 with "
+                "depth 6) on all 60k Fashion-MNIST images, 6 epochs, AdamW 1e-3 with "
                 "1 warm-up epoch, 2 alternating seeds; for depth growth and AutoProg.",
     model="vit", model_kwargs={"patch_size": 4, "dim": 128, "heads": 4, "depth": 6},
-    dataset="fashion_mnist", subset=None, epochs=9, batch_size=128, optimizer="adamw",
+    dataset="fashion_mnist", subset=None, epochs=6, batch_size=128, optimizer="adamw",
     lr=1e-3, warmup_epochs=1, final_lr=1e-5, weight_decay=0.05,
     no_decay=("bias", "gamma", "beta", "token", "embeddings"), label_smoothing=0.1,
     seeds=2, budget="baseline + one method ~45 min per seed on 2 CPU cores",
 ))
+# One training step of the widened ResNet-32 (1.27 GFLOPs per sample, 6.7x
+# ResNet-20) took a median 1.06 s at batch 128 on the shared machine: 2.8 min
+# per 20k epoch, so 6 epochs of baseline (~17 min) plus a method of at most
+# the same cost stay within ~45 min per seed with evaluation.
 _add(Profile(
     name="standard-sparse",
     description="SpFDE's widened ResNet-32 (widen 2: 32-64-128 filters) on 20k Fashion-MNIST "
@@ -160,7 +174,7 @@ _add(Profile(
     model="resnet32", model_kwargs={"widen": 2}, dataset="fashion_mnist",
     subset=20_000, epochs=6, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=1,
     weight_decay=5e-4, seeds=2,
-    budget="baseline + one method ~45 min per seed on 2 CPU cores (estimated from FLOPs)",
+    budget="baseline + one method ~40 min per seed on 2 CPU cores",
 ))
 # The papers' settings (GPU). The CIFAR papers use PyTorch SGD with coupled
 # weight decay 5e-4 (added to the gradient, inside the momentum); the CIFAR

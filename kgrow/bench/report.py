@@ -96,7 +96,8 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
-            fit: Any = None, batch_size: int | None = None) -> dict[str, dict]:
+            fit: Any = None, batch_size: int | None = None,
+            fits: Mapping[str, Any] | None = None) -> dict[str, dict]:
     """Each non-baseline run against the baseline.
 
     `speedup_wall` and `speedup_flops` are baseline / method (above 1 means
@@ -117,7 +118,9 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
         fit: A `StepTimeFit` (or its dict); adds `predicted_speedup_wall`,
             the speedup the step-time model predicts from the runs' measured
             per-epoch FLOPs and samples, and `predicted_realization`.
-        batch_size: Samples per step, required with `fit`.
+        batch_size: Samples per step, required with `fit` or `fits`.
+        fits: Method name -> its own fit (e.g. `kgrow.bench.probe.method_fit`),
+            used instead of `fit` for that method.
 
     Raises:
         KeyError: No run named `baseline`.
@@ -138,15 +141,16 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
     """
     if baseline not in runs:
         raise KeyError(f"No {baseline!r} run to compare against; runs: {', '.join(runs)}.")
-    if fit is not None:
-        if batch_size is None:
-            raise ValueError("compare(..., fit=...) needs batch_size to predict step times.")
-        fit = fit if isinstance(fit, rz.StepTimeFit) else rz.StepTimeFit.from_dict(fit)
+    def as_fit(f):
+        return f if f is None or isinstance(f, rz.StepTimeFit) else rz.StepTimeFit.from_dict(f)
+    if (fit is not None or fits) and batch_size is None:
+        raise ValueError("compare(..., fit=...) needs batch_size to predict step times.")
     base = runs[baseline]
     out = {}
     for name, run in runs.items():
         if name == baseline:
             continue
+        run_fit = as_fit((fits or {}).get(name, fit))
         pairs = _pairs(base.get("per_seed"), run.get("per_seed"))
         if not pairs:
             pairs = [(base, run)]
@@ -157,9 +161,10 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
         }
         per_seed["realization"] = [rz.realization(w, f) for w, f in
                                    zip(per_seed["speedup_wall"], per_seed["speedup_flops"])]
-        if fit is not None and all(b.get("curve") and m.get("curve") for b, m in pairs):
+        if run_fit is not None and all(b.get("curve") and m.get("curve") for b, m in pairs):
             per_seed["predicted_speedup_wall"] = [
-                rz.predicted_speedup(fit, b["curve"], m["curve"], batch_size) for b, m in pairs]
+                rz.predicted_speedup(run_fit, b["curve"], m["curve"], batch_size)
+                for b, m in pairs]
             per_seed["predicted_realization"] = [
                 rz.realization(p, f) for p, f in zip(per_seed["predicted_speedup_wall"],
                                                      per_seed["speedup_flops"])]

@@ -319,7 +319,11 @@ def _environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
+            "gpus": len(tf.config.list_physical_devices("GPU")),
+            # 0 means TensorFlow's choice; see benchmarks/cpu_settings.py.
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "jit_compile": False}
 
 
 def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]],
@@ -334,7 +338,10 @@ def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]],
             speedup it predicts from each run's per-epoch FLOPs.
     """
     runs = {name: report.aggregate(recs) for name, recs in records.items()}
-    fit = None if probe is None else probe["fit"]
+    fits = {}
+    if probe is not None:
+        from kgrow.bench.probe import method_fit
+        fits = {name: method_fit(probe, name) for name in records}
     sources = sorted({r["peak_mem_source"] for recs in records.values() for r in recs})
     notes = [WALL_NOTE, FLOPS_NOTE, MEMORY_NOTE.format(source=", ".join(sources))]
     notes += [f"{name} seed {r['seed']}: {n}" for name, recs in records.items()
@@ -343,11 +350,12 @@ def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]],
         "model": spec.model, "dataset": spec.dataset, "epochs": spec.train.epochs,
         "seed": spec.seeds[0], "seeds": list(spec.seeds), "n_seeds": len(spec.seeds),
         "profile": spec.profile, "runs": runs,
-        "comparisons": report.compare(runs, registry.BASELINE, fit=fit,
+        "comparisons": report.compare(runs, registry.BASELINE, fits=fits,
                                       batch_size=spec.train.batch_size),
         "settings": spec.settings(), "spec": spec.to_dict(),
-        "probe": None if probe is None else {k: probe[k] for k in ("fit", "png")
-                                             if k in probe},
+        "probe": None if probe is None else {
+            k: probe[k] for k in ("fit", "family_fits", "method_families", "png")
+            if k in probe},
         "environment": _environment(), "notes": notes,
     }
 

@@ -58,6 +58,10 @@ def test_probe_predicts_the_growth_schedule(probe_run):
         pred["predicted_speedup_wall"], pred["speedup_flops"]))
     assert fit.flops_per_s > 0
     assert "\ngrow_width: FLOPs speedup" in "\n".join(lines)
+    # grow_width moves along the width axis: predicted with the width family's fit.
+    assert result["method_families"] == {"grow_width": "width"} and pred["fit"] == "width"
+    width_fit = realization.StepTimeFit.from_dict(result["family_fits"]["width"])
+    assert probe.method_fit(result, "grow_width") == width_fit
 
 
 def test_schedule_epochs_follow_the_growth_stages():
@@ -77,3 +81,20 @@ def test_schedule_epochs_follow_the_growth_stages():
     per_epoch = [e["flops_per_sample"] for e in grown]
     assert per_epoch[-1] == pytest.approx(full) and np.all(np.diff(per_epoch) > 0)
     assert [e["samples"] for e in grown] == [e["samples"] for e in base]
+
+
+def test_family_fits_separate_axes():
+    # Width points: 20 ms overhead + FLOPs at 1e11/s; depth points: no overhead, 5e10/s.
+    def point(family, size, gflops, seconds):
+        return {"family": family, "size": size, "flops_per_step": gflops * 1e9,
+                "step_s": seconds}
+    points = [point("width", 1.0, 10.0, 0.12), point("width", 0.5, 2.5, 0.045),
+              point("width", 0.25, 0.6, 0.026), point("depth", 0.5, 5.0, 0.06),
+              point("sparse", 0.1, 1.0, 0.12)]
+    fits = probe.family_fits(points)
+    assert set(fits) == {"width", "depth"}  # sparse is never fitted
+    assert fits["width"].overhead_s == pytest.approx(0.02, rel=1e-6)
+    assert fits["width"].flops_per_s == pytest.approx(1e11, rel=1e-6)
+    # Depth through (5 GFLOPs, 60 ms) and the full model (10 GFLOPs, 120 ms).
+    assert fits["depth"].overhead_s == pytest.approx(0.0, abs=1e-9)
+    assert fits["depth"].flops_per_s == pytest.approx(10e9 / 0.12)

@@ -99,6 +99,12 @@ def test_compare_predicts_from_curves_with_a_fit():
     assert c["predicted_realization"] == pytest.approx((1 - 1 / 1.5) / 0.5)
     with pytest.raises(ValueError, match="batch_size"):
         report.compare({"baseline": base, "half": half}, fit=fit)
+    # A method's own fit wins over the shared one: no overhead, so time follows FLOPs.
+    own = {"overhead_s": 0.0, "flops_per_s": 1e11}
+    c = report.compare({"baseline": base, "half": half}, fit=fit, fits={"half": own},
+                       batch_size=128)["half"]
+    assert c["predicted_speedup_wall"] == pytest.approx(2.0)
+    assert c["predicted_realization"] == pytest.approx(1.0)
 
 
 def test_markdown_and_plot(tmp_path):
