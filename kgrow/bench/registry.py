@@ -232,3 +232,5 @@ register_method(BASELINE, baseline_factory)
 # kgrow's own methods, imported only when used.
 register_method("grow_width", "kgrow.callbacks.growth:bench_width_growth")
 register_method("grow_depth", "kgrow.callbacks.growth:bench_depth_growth")
+register_method("network_expansion", "kgrow.methods.network_expansion.bench:bench_cnn")
+register_method("network_expansion_vit", "kgrow.methods.network_expansion.bench:bench_vit")

@@ -176,7 +176,10 @@ def _depth_mapping(spec):
         return interpolation_mapping
     if spec in ("expansion", "interleave", "stack"):
         mode = "stack" if spec == "stack" else "interleave"
-        return lambda old, new: expansion_mapping(old, new, mode=mode)
+        # Expansion only grows; the shrink to the first stage (a sub-network
+        # trained from its initial weights) keeps the first blocks.
+        return lambda old, new: (list(range(new)) if new < old
+                                 else expansion_mapping(old, new, mode=mode))
     raise ValueError(f"depth_mapping must be 'interpolation', 'expansion', 'stack' or a "
                      f"callable (old_depth, new_depth) -> list; got {spec!r}")
 
@@ -213,6 +216,9 @@ class Growth(ControlledCallback):
             either way).
         reset_ema: restart the EMA as a copy of the grown model.
         block_spec: explicit block spec for irregular models.
+        reset_drop_path: after a depth change, set stochastic-depth rates to
+            linspace(0, max rate, depth): True takes the largest rate in the
+            model, a float sets it, False keeps the rates.
         seed: seed of new channels' random values.
         verbose: 1 prints one line per growth step.
 
@@ -229,7 +235,7 @@ class Growth(ControlledCallback):
                  importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
                  depth_source: str = "neighbour", ema_decay: Optional[float] = None,
                  reset_optimizer: bool = False, reset_ema: bool = True, block_spec=None,
-                 seed: int = 0, verbose: int = 1):
+                 reset_drop_path: Union[bool, float] = True, seed: int = 0, verbose: int = 1):
         super().__init__()
         if not isinstance(schedule, GrowthSchedule):
             schedule = GrowthSchedule(schedule)
@@ -251,6 +257,7 @@ class Growth(ControlledCallback):
         self.reset_optimizer = reset_optimizer
         self.reset_ema = reset_ema
         self.block_spec = block_spec
+        self.reset_drop_path = reset_drop_path
         self.seed = seed
         self.verbose = verbose
         self.full: Optional[FullSize] = None
@@ -321,7 +328,7 @@ class Growth(ControlledCallback):
                              initializer=self.initializer, importance=self.importance,
                              depth_mapping=self.depth_mapping, depth_source=self.depth_source,
                              donor=donor, block_spec=self.block_spec,
-                             seed=self.seed + target)
+                             seed=self.seed + target, reset_drop_path=self.reset_drop_path)
         if result is not None:
             initial = self.stage_index is None
             ctrl.replace_model(result, reset_optimizer=self.reset_optimizer and not initial,

@@ -1,0 +1,10 @@
+"""Paper methods built on the kgrow engine, one package per method.
+
+* `network_expansion`: Network Expansion (Ding et al., CVPR 2023): CNN width
+  expansion with orthogonal new filters, ViT depth expansion from an EMA.
+
+Each package has a functional form (pure functions returning a
+`kgrow.surgery.GrowthResult` or plain numbers), a Keras callback (re-exported
+from `kgrow.callbacks`) and bench methods registered lazily with
+`kgrow.bench`. Its method card is `docs/methods/<name>.md`.
+"""
