@@ -14,3 +14,6 @@ from kgrow.methods.variance_transfer.functional import (OPTIMIZER_RULES, PairedV
 __all__ = ["PairedVarianceTransfer", "fan_in_initialize", "fan_in_lr_factors", "layer_fans",
            "kernel_layer_roles", "initial_partitions", "carry_partitions", "partition_lr_scales",
            "apply_lr_scales", "check_batch_schedule", "OPTIMIZER_RULES"]
+from kgrow.methods.variance_transfer.callback import VarianceTransferGrowth  # noqa: E402
+
+__all__ += ["VarianceTransferGrowth"]
