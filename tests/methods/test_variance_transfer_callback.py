@@ -112,3 +112,19 @@ def test_lr_scales_adapter_falls_back_to_per_variable_means_with_one_warning(mon
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         functional.apply_lr_scales(ctrl, scales)  # warned once only
+
+
+def test_odd_growth_raises_before_training_unless_allowed():
+    inp = keras.Input((4,))
+    h = keras.layers.Dense(10, activation="relu", name="h")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, name="out")(h))
+    model.compile("sgd", "mse")
+    schedule = GrowthSchedule([Stage(0, width=0.3), Stage(1, width=1.0)])  # 3 -> 10: +7
+    x, y = np.ones((4, 4), "float32"), np.zeros((4, 2), "float32")
+    with pytest.raises(ValueError, match="odd number of channels"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[VarianceTransferGrowth(schedule)])
+    assert model.get_layer("h").units == 10  # nothing trained or grown
+    with pytest.raises(ValueError, match="optimizer_rule"):
+        VarianceTransferGrowth(schedule, optimizer_rule="lamb")
+    with pytest.raises(ValueError, match="rescale"):
+        VarianceTransferGrowth(schedule, rescale="cube")

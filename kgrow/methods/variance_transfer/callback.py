@@ -42,6 +42,9 @@ class VarianceTransferGrowth(Growth):
         optimizer_rule: "sgd" or "adam" (AdamW), for the muP LR factors.
         lr_adaptation: rebalance the stages' learning rates.
         lr_scope: "variable" (each variable's own partitions) or "global".
+        allow_unpaired: accept growths that add an odd number of channels to
+            a group (the last one then has zero fan-out: still exact, but not a
+            pair). False (default) raises before training.
         **kwargs: passed to `kgrow.callbacks.Growth` (seed, verbose, ...).
 
     Example:
@@ -63,7 +66,8 @@ class VarianceTransferGrowth(Growth):
 
     def __init__(self, schedule, *, rescale: Optional[str] = "sqrt", noise: float = 0.0,
                  parameterize: bool = True, optimizer_rule: str = "sgd",
-                 lr_adaptation: bool = True, lr_scope: str = "variable", **kwargs):
+                 lr_adaptation: bool = True, lr_scope: str = "variable",
+                 allow_unpaired: bool = False, **kwargs):
         if optimizer_rule not in OPTIMIZER_RULES:
             raise ValueError(f"optimizer_rule must be one of {OPTIMIZER_RULES}, got "
                              f"{optimizer_rule!r}")
@@ -77,6 +81,7 @@ class VarianceTransferGrowth(Growth):
         self.optimizer_rule = optimizer_rule
         self.lr_adaptation = lr_adaptation
         self.lr_scope = lr_scope
+        self.allow_unpaired = allow_unpaired
         self.reference: Optional[dict] = None
         self.partitions: dict = {}
         self.lr_route: Optional[str] = None
@@ -85,6 +90,25 @@ class VarianceTransferGrowth(Growth):
         if self.reference is None:
             self.reference = layer_fans(model)  # the full model's fans, before any shrink
         super().set_model(model)
+        if not self.allow_unpaired and self.stage_index is None:
+            self._check_pairs()
+
+    def _check_pairs(self):
+        """Every growth must add an even number of channels to every group it widens."""
+        if "width" not in self.schedule.quantities:
+            return
+        sizes = [self.full.width_targets(st.width, self.full.groups)
+                 for st in self.schedule.stages if st.width is not None]
+        for i in range(1, len(sizes)):
+            odd = {g: n - sizes[i - 1][g] for g, n in sizes[i].items()
+                   if (n - sizes[i - 1][g]) % 2}
+            if odd:
+                raise ValueError(
+                    f"growth to stage {i} adds an odd number of channels to groups "
+                    f"{dict(list(odd.items())[:5])}: variance transfer adds channels in "
+                    "cancelling pairs; choose widths whose channel counts differ by even "
+                    "numbers, or pass allow_unpaired=True (the extra channel gets zero "
+                    "fan-out).")
 
     def on_train_begin(self, logs=None):
         if self.parameterize and self.stage_index is None:
