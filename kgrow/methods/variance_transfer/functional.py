@@ -330,9 +330,13 @@ class PairedVarianceTransfer(VarianceTransfer):
             std = s * _transferred_std(b, sl)
             consumers.append(rng.normal(0.0, std, (count, sl.fan))[proto] * sign[:, None])
         carriers = self.carrier_values(request, prototype=proto)
-        for i, sl in enumerate(request.carriers):
+        for i, (b, sl) in enumerate(zip(request.group.carriers, request.carriers)):
             if sl.kind in ("gamma", "moving_variance") and request.n_old:
-                carriers[i] = np.broadcast_to(sl.old.mean(axis=0), carriers[i].shape).copy()
+                # The old model's values: another group's BatchNorm compensation may
+                # already have rescaled the current ones, which `V` does not follow.
+                before = np.asarray(b.variable.numpy(), np.float64)
+                mean = before.mean() if before.ndim == 1 else sl.old.mean(axis=0)
+                carriers[i] = np.broadcast_to(mean, carriers[i].shape).copy()
         if s == 1.0:
             return GrowthValues(producers, consumers, carriers)
         return GrowthValues(producers, consumers, carriers,
