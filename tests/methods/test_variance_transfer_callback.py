@@ -128,3 +128,12 @@ def test_odd_growth_raises_before_training_unless_allowed():
         VarianceTransferGrowth(schedule, optimizer_rule="lamb")
     with pytest.raises(ValueError, match="rescale"):
         VarianceTransferGrowth(schedule, rescale="cube")
+
+
+def test_bench_methods_are_registered_lazily():
+    from kgrow.bench import registry
+    from kgrow.methods.variance_transfer.bench import ABLATION, METHODS
+    assert set(ABLATION) == set(METHODS)
+    assert set(METHODS) <= set(registry.available_methods())
+    for name in METHODS:
+        assert callable(registry.get_method(name))
