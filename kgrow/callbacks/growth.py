@@ -315,6 +315,13 @@ class Growth(ControlledCallback):
         self.full = FullSize.from_dict(state["full"])
         self.events = list(state.get("events", []))
 
+    def after_growth(self, result: GrowthResult, stage: int, initial: bool) -> None:
+        """Subclass hook: called after the model took `result` (its plan maps old to new).
+
+        `stage` is the schedule index now reached; `initial` is True for the
+        shrink to the first stage.
+        """
+
     def controlled_epoch_begin(self, epoch: int) -> None:
         target = self.schedule.stage_index_at(epoch)
         if target == self.stage_index:
@@ -333,6 +340,7 @@ class Growth(ControlledCallback):
             initial = self.stage_index is None
             ctrl.replace_model(result, reset_optimizer=self.reset_optimizer and not initial,
                                reset_ema=self.reset_ema or initial)
+            self.after_growth(result, target, initial)
         seconds = time.perf_counter() - start
         self.stage_index = target
         event = {"epoch": int(epoch), "stage": int(target), "seconds": seconds,
