@@ -369,23 +369,40 @@ class VarianceTransfer(GrowthInitializer):
         ratio = n_old / n_total
         return ratio if self.rescale == "linear" else float(np.sqrt(ratio))
 
+    # The scales below are the hooks subclasses change; `grow` keeps the pairing.
+    def fan_out_scale(self, request: GrowthRequest) -> float:
+        """The factor s applied to the group's old fan-out."""
+        return self.factor(request.n_old, request.n_old + request.n_new)
+
+    def producer_std(self, request: GrowthRequest, index: int) -> float:
+        """Std of ``V`` for producer ``index``: ``1 / fan_in``."""
+        return 1.0 / max(request.producers[index].fan_in, 1)
+
+    def consumer_std(self, request: GrowthRequest, index: int, scale: float) -> float:
+        """Std of ``Z`` for consumer ``index``: ``1 / fan_in`` after growth."""
+        return 1.0 / max(request.consumers[index].fan_in, 1)
+
+    def new_carriers(self, request: GrowthRequest, prototype: np.ndarray) -> list:
+        """Values of the new channels of carried variables (BatchNorm, biases)."""
+        return self.carrier_values(request, prototype=prototype)
+
     def grow(self, request: GrowthRequest) -> GrowthValues:
         rng = request.rng
         proto, sign = self.pairing(request)
         count = int(proto.max()) + 1 if proto.size else 0
         second = np.zeros(len(proto), dtype=bool)
         second[1:] = proto[1:] == proto[:-1]
+        s = self.fan_out_scale(request)
         producers = []
-        for s in request.producers:
-            std = 1.0 / max(s.fan_in, 1)
-            new = rng.normal(0.0, std, (count, s.fan))[proto]
+        for i, sl in enumerate(request.producers):
+            std = self.producer_std(request, i)
+            new = rng.normal(0.0, std, (count, sl.fan))[proto]
             if self.noise:
-                new[second] += self.noise * std * rng.standard_normal((int(second.sum()), s.fan))
+                new[second] += self.noise * std * rng.standard_normal((int(second.sum()), sl.fan))
             producers.append(new)
-        consumers = [rng.normal(0.0, 1.0 / max(s.fan_in, 1), (count, s.fan))[proto]
-                     * sign[:, None] for s in request.consumers]
-        carriers = self.carrier_values(request, prototype=proto)
-        s = self.factor(request.n_old, request.n_old + request.n_new)
+        consumers = [rng.normal(0.0, self.consumer_std(request, i, s), (count, sl.fan))[proto]
+                     * sign[:, None] for i, sl in enumerate(request.consumers)]
+        carriers = self.new_carriers(request, proto)
         if s == 1.0:
             return GrowthValues(producers, consumers, carriers)
         return GrowthValues(producers, consumers, carriers,

@@ -310,26 +310,19 @@ class PairedVarianceTransfer(VarianceTransfer):
     def __init__(self, rescale: Optional[str] = "sqrt", noise: float = 0.0):
         super().__init__(rescale=rescale, noise=noise)
 
-    def grow(self, request: GrowthRequest) -> GrowthValues:
-        rng = request.rng
-        proto, sign = self.pairing(request)
-        count = int(proto.max()) + 1 if proto.size else 0
-        second = np.zeros(len(proto), dtype=bool)
-        second[1:] = proto[1:] == proto[:-1]
-        s = (self.factor(request.n_old, request.n_old + request.n_new)
-             if getattr(request.group, "bn_compensable", False) else 1.0)
-        producers = []
-        for b, sl in zip(request.group.producers, request.producers):
-            std = _transferred_std(b, sl)
-            new = rng.normal(0.0, std, (count, sl.fan))[proto]
-            if self.noise:
-                new[second] += self.noise * std * rng.standard_normal((int(second.sum()), sl.fan))
-            producers.append(new)
-        consumers = []
-        for b, sl in zip(request.group.consumers, request.consumers):
-            std = s * _transferred_std(b, sl)
-            consumers.append(rng.normal(0.0, std, (count, sl.fan))[proto] * sign[:, None])
-        carriers = self.carrier_values(request, prototype=proto)
+    def fan_out_scale(self, request: GrowthRequest) -> float:
+        if not getattr(request.group, "bn_compensable", False):
+            return 1.0
+        return super().fan_out_scale(request)
+
+    def producer_std(self, request: GrowthRequest, index: int) -> float:
+        return _transferred_std(request.group.producers[index], request.producers[index])
+
+    def consumer_std(self, request: GrowthRequest, index: int, scale: float) -> float:
+        return scale * _transferred_std(request.group.consumers[index], request.consumers[index])
+
+    def new_carriers(self, request: GrowthRequest, prototype: np.ndarray) -> list:
+        carriers = super().new_carriers(request, prototype)
         for i, (b, sl) in enumerate(zip(request.group.carriers, request.carriers)):
             if sl.kind in ("gamma", "moving_variance") and request.n_old:
                 # The old model's values: another group's BatchNorm compensation may
@@ -337,10 +330,7 @@ class PairedVarianceTransfer(VarianceTransfer):
                 before = np.asarray(b.variable.numpy(), np.float64)
                 mean = before.mean() if before.ndim == 1 else sl.old.mean(axis=0)
                 carriers[i] = np.broadcast_to(mean, carriers[i].shape).copy()
-        if s == 1.0:
-            return GrowthValues(producers, consumers, carriers)
-        return GrowthValues(producers, consumers, carriers,
-                            consumer_scale=np.full(request.n_old, s), compensate=s)
+        return carriers
 
     def check(self, group, old_size=None, new_size=None) -> Optional[str]:
         mixing = self.mixing(group)
