@@ -13,7 +13,7 @@ from kgrow.methods.network_expansion import (PAPER_EMA_HALF_LIFE_FRACTION, cnn_s
                                              expand_width, vit_schedule)
 from kgrow.surgery import find_blocks
 
-from testing_helpers import randomize_weights
+from testing_helpers import assert_weights_match, randomize_weights
 
 
 def _vit(depth=6, drop_path=0.1, image=12, patch=4, classes=3):
@@ -290,10 +290,7 @@ def test_run_killed_after_expansion_resumes_to_the_same_weights(tmp_path):
         history = resumed.fit(bundle.train, epochs=3, verbose=0, callbacks=cbs)
         assert len(history.history["loss"]) == 1  # only epoch 2 was left
         assert resumed.optimizer.weight_decay == pytest.approx(0.05)
-        ref = _weights(reference)
-        assert sorted(ref) == sorted(v.path for v in resumed.weights)
-        worst = max(float(np.abs(v.numpy() - ref[v.path]).max()) for v in resumed.weights)
-        assert worst <= 1e-6, worst
+        assert_weights_match(resumed, reference)
         ema = TrainingController.of(resumed).ema(NetworkExpansion.EMA_NAME).values()
         assert max(float(np.abs(ema[p] - ref_ema[p]).max()) for p in ref_ema) <= 1e-6
     finally:

@@ -8,6 +8,7 @@ from kgrow import models
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.methods.variance_transfer import VarianceTransferGrowth
 from kgrow.schedules import GrowthSchedule, Stage
+from testing_helpers import assert_weights_match
 
 
 class _Probe(keras.callbacks.Callback):
@@ -82,10 +83,7 @@ def test_resume_across_a_growth_equals_uninterrupted_run(tmp_path):
         resumed.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=cbs, shuffle=False)
         for p, a in ref_grow.partitions.items():
             np.testing.assert_array_equal(grow.partitions[p], a)
-        want = {v.path: v.numpy() for v in ref.weights}
-        assert sorted(want) == sorted(v.path for v in resumed.weights)
-        worst = max(float(np.abs(v.numpy() - want[v.path]).max()) for v in resumed.weights)
-        assert worst <= 1e-6, worst
+        assert_weights_match(resumed, ref)
     finally:
         from tensorflow.python.framework import config as tf_config
         tf_config.disable_op_determinism()
