@@ -4,6 +4,10 @@ Commands:
     bench   Train the baseline and kgrow methods on the same setting and report
             wall-clock, training FLOPs, accuracy and memory
             (`kgrow bench --help`).
+    bench probe
+            Time training steps of the profile's model at several sizes, fit
+            step time against FLOPs and predict methods' wall-clock speedups
+            (`kgrow bench probe --help`).
 
 Example:
     >>> build_parser().parse_args(["bench", "--out", "/tmp/x"]).command
@@ -33,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "and seed, one after the other; write results.json, results.md and "
                     "curves.png into --out.")
     bench_cli.add_arguments(bench)
+    probe = commands.add_parser(
+        "probe", prog="kgrow bench probe",
+        help="step-time probe (also spelled `kgrow bench probe`)",
+        description=bench_cli.build_probe_parser().description)
+    bench_cli.add_probe_arguments(probe)
     return parser
 
 
@@ -40,7 +49,13 @@ def main(argv=None) -> int:
     """Runs the `kgrow` command line; returns the exit status."""
     # TensorFlow's C++ start-up chatter hides the progress output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "probe"]:
+        argv = ["probe", *argv[2:]]
     args = build_parser().parse_args(argv)
+    if args.command == "probe":
+        from kgrow.bench import cli as bench_cli
+        return bench_cli.run_probe_command(args)
     if args.command == "bench":
         from kgrow.bench import cli as bench_cli
         return bench_cli.run(args)

@@ -26,3 +26,11 @@ def randomize_weights(model, std=0.3, seed=0):
             v.assign(rng.uniform(0.5, 1.5, v.shape))
         else:
             v.assign(rng.normal(0, std, v.shape))
+
+
+def assert_weights_match(model, reference, tol=1e-6):
+    """Same variable paths as ``reference`` (a model) and values within ``tol``."""
+    want = {v.path: v.numpy() for v in reference.weights}
+    assert sorted(want) == sorted(v.path for v in model.weights)
+    worst = max(float(np.abs(v.numpy() - want[v.path]).max()) for v in model.weights)
+    assert worst <= tol, worst

@@ -63,8 +63,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="comma-separated method names; the baseline always runs first "
                              "(see --list-methods)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="number of seeds per method; >1 reports mean and sample std")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="number of seeds (default: the profile's, 2 for standard*); "
+                             "runs alternate baseline, methods, baseline, methods, ... and "
+                             "the report gives median and range of each paired ratio")
+    parser.add_argument("--probe", action="store_true",
+                        help="run the step-time probe (`kgrow bench probe`, ~1-2 min) first "
+                             "and report its predicted wall-clock speedup next to the "
+                             "measured one")
+    parser.add_argument("--probe-json", metavar="FILE",
+                        help="use the fit of an earlier probe (its probe.json) instead")
+    _add_overrides(parser)
+    _add_common(parser)
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                        help="Keras fit verbosity: 1 progress bar, 2 one line per epoch "
+                             "(default: 1 on a terminal, 2 otherwise)")
+    parser.add_argument("--list-methods", action="store_true", help="list methods and exit")
+    parser.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
+    return parser
+
+
+def add_probe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds the `kgrow bench probe` flags to `parser`.
+
+    Example:
+        >>> args = add_probe_arguments(argparse.ArgumentParser()).parse_args(
+        ...     ["--profile", "standard", "--methods", "grow_width", "--rounds", "2"])
+        >>> args.profile, args.methods, args.rounds, args.seeds
+        ('standard', 'grow_width', 2, 1)
+    """
+    parser.add_argument("--profile", default="quick",
+                        help=f"settings preset: {', '.join(profiles.available_profiles())}")
+    parser.add_argument("--methods", default=registry.BASELINE,
+                        help="comma-separated methods whose schedules to predict")
+    parser.add_argument("--out", help="directory for probe.json and probe.png")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds (default 3)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed steps per variant per round (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and data")
+    parser.set_defaults(seeds=1)
+    _add_overrides(parser)
+    _add_common(parser)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="directory kgrow.data reads datasets from")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it may register methods); repeatable")
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("overrides of the profile")
     group.add_argument("--model", help="kgrow.models name, e.g. resnet20, vit_tiny")
     group.add_argument("--model-arg", action="append", type=parse_model_arg, default=[],
@@ -84,15 +134,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--weight-decay", type=float, help="Keras decoupled weight decay")
     group.add_argument("--label-smoothing", type=float)
     group.add_argument("--augment", help="kgrow.data augmentation preset ('none' for none)")
-    parser.add_argument("--data-dir", help="directory kgrow.data reads datasets from")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (it may register methods); repeatable")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
-                        help="Keras fit verbosity: 1 progress bar, 2 one line per epoch "
-                             "(default: 1 on a terminal, 2 otherwise)")
-    parser.add_argument("--list-methods", action="store_true", help="list methods and exit")
-    parser.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
-    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,12 +188,56 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
     except (ValueError, TypeError) as err:
         raise SystemExit(f"kgrow bench: {err}") from None
     from kgrow.bench.runner import run_bench
+
+    def log(line):
+        print(line, file=out, flush=True)
+    probe = None
+    if args.probe_json:
+        import json
+        with open(args.probe_json, encoding="utf-8") as f:
+            probe = json.load(f)
+        if "fit" not in probe:
+            raise SystemExit(f"kgrow bench: {args.probe_json} has no 'fit'; give the "
+                             f"probe.json written by `kgrow bench probe --out DIR`.")
+    elif args.probe:
+        from kgrow.bench.probe import run_probe
+        probe = run_probe(spec, spec.methods, args.out, log=log)
     verbose = args.verbose if args.verbose is not None else (1 if out.isatty() else 2)
-    run_bench(spec, args.out, verbose=verbose, log=lambda line: print(line, file=out,
-                                                                      flush=True))
+    run_bench(spec, args.out, verbose=verbose, log=log, probe=probe)
     return 0
 
 
+def run_probe_command(args: argparse.Namespace, out=sys.stdout) -> int:
+    """Executes `kgrow bench probe` for parsed flags; returns the exit status."""
+    for module in args.plugin:
+        importlib.import_module(module)
+    if args.rounds < 1 or args.steps < 1:
+        raise SystemExit("kgrow bench probe: --rounds and --steps must be >= 1.")
+    try:
+        spec = spec_from_args(args)
+    except KeyError as err:
+        raise SystemExit(f"kgrow bench probe: {err.args[0]}") from None
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"kgrow bench probe: {err}") from None
+    from kgrow.bench.probe import run_probe
+    run_probe(spec, spec.methods, args.out, rounds=args.rounds, steps=args.steps,
+              log=lambda line: print(line, file=out, flush=True))
+    return 0
+
+
+def build_probe_parser() -> argparse.ArgumentParser:
+    """A standalone parser for the probe flags."""
+    return add_probe_arguments(argparse.ArgumentParser(
+        prog="kgrow bench probe",
+        description="Time training steps of the profile's model at several widths, depths, "
+                    "resolutions, frozen prefixes and a sparse mask; fit step time = "
+                    "overhead + FLOPs / throughput; predict each method's wall-clock "
+                    "speedup on this machine (writes probe.json, probe.png)."))
+
+
 def main(argv=None) -> int:
-    """Entry point of `kgrow bench ...` when called on its own."""
+    """Entry point of `kgrow bench ...` (and `kgrow bench probe ...`) on its own."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["probe"]:
+        return run_probe_command(build_probe_parser().parse_args(argv[1:]))
     return run(build_parser().parse_args(argv))

@@ -2,9 +2,18 @@
 
 - `quick`: a smoke-scale comparison on this project's 2-core CPU machines
   (baseline + one method in at most ~10 minutes on Fashion-MNIST).
-- `standard`: CPU-sized but statistically useful (baseline + one method in at
-  most ~30 minutes): full Fashion-MNIST, full 10k test set, so the binomial
-  standard error of an accuracy near 92% is about 0.27 percentage points.
+- `standard`: the papers' full-width ResNet-20 (16-32-64 filters) on all 60k
+  Fashion-MNIST images, full 10k test set (binomial standard error of an
+  accuracy near 92% about 0.27 percentage points), 12 epochs, 2 seeds. Full
+  width is where step time follows FLOPs on this CPU (measured with
+  `kgrow bench probe`, README "Benchmark"): at half width (the old setting,
+  `--model-arg width=0.5 --epochs 5 --seeds 1`) a third of the step is
+  fixed overhead and a FLOPs saving barely shows.
+- `standard-vit`: a small DeiT-style ViT (patch 4, dim 128, 4 heads, depth 6,
+  class token) on the same data, 6 epochs, for depth growth and AutoProg;
+  its step time follows FLOPs (measurements at the profile).
+- `standard-sparse`: SpFDE's widened ResNet-32 (widen 2: 32-64-128 filters)
+  sized to the same time budget (20k images, 6 epochs).
 - `paper`, `paper-resnet56`, `paper-deit-s`: the papers' GPU settings,
   documented for reproduction on accelerators; not meant for a CPU.
 
@@ -45,6 +54,8 @@ class Profile:
         label_smoothing: Cross-entropy label smoothing.
         augment: `kgrow.data` augmentation preset (None: none).
         budget: Human-readable time budget of baseline + one method.
+        seeds: Default number of seeds (`--seeds`); the runs alternate
+            baseline, methods, baseline, methods, ... so drift hits all alike.
     """
 
     name: str
@@ -65,6 +76,39 @@ class Profile:
     label_smoothing: float = 0.0
     augment: str | None = None
     budget: str = ""
+    seeds: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (tuples become lists).
+
+        Example:
+            >>> p = get_profile("standard")
+            >>> Profile.from_dict(p.to_dict()) == p
+            True
+        """
+        out = dataclasses.asdict(self)
+        out["model_kwargs"] = dict(self.model_kwargs)
+        out["no_decay"] = list(self.no_decay)
+        out["image_size"] = None if self.image_size is None else list(self.image_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Profile":
+        """Inverse of `to_dict`.
+
+        Raises:
+            TypeError: Unknown keys (the message lists the allowed ones).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise TypeError(f"Unknown profile field(s) {sorted(unknown)}; allowed: "
+                            f"{sorted(names)}.")
+        values = dict(d)
+        values["no_decay"] = tuple(values.get("no_decay", ()))
+        if values.get("image_size") is not None:
+            values["image_size"] = tuple(values["image_size"])
+        return cls(**values)
 
 
 _PROFILES: dict[str, Profile] = {}
@@ -84,13 +128,53 @@ _add(Profile(
     subset=10_000, epochs=5, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=0.5,
     weight_decay=5e-4, budget="baseline + one method <= 10 min on 2 CPU cores",
 ))
+# 12 epochs (4 per growth stage): a full-width training step of 128 took
+# 191 ms on the 2 cores when quiet (`kgrow bench probe --profile standard`)
+# and 230-300 ms inside a bench run while shared (`kgrow bench --profile
+# standard --epochs 3 --subset 20000`): 1.5-2.3 min per 60k epoch + ~5 s
+# evaluation, so baseline (18-28 min) plus width growth (1.37x faster,
+# 13-20 min) is ~31-48 min per seed.
 _add(Profile(
     name="standard",
-    description="ResNet-20 at width 0.5 (8-16-32 filters) on all 60k Fashion-MNIST "
-                "training images, full 10k test set, 5 epochs; accuracy std err ~0.3 pp.",
-    model="resnet20", model_kwargs={"width": 0.5}, dataset="fashion_mnist",
-    subset=None, epochs=5, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=1,
-    weight_decay=5e-4, budget="baseline + one method <= 30 min on 2 CPU cores",
+    description="ResNet-20 at full width (16-32-64 filters) on all 60k Fashion-MNIST "
+                "training images, full 10k test set, 12 epochs, 2 alternating seeds; "
+                "accuracy std err ~0.27 pp.",
+    model="resnet20", model_kwargs={}, dataset="fashion_mnist",
+    subset=None, epochs=12, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=1,
+    weight_decay=5e-4, seeds=2,
+    budget="baseline + one method ~45 min per seed on 2 CPU cores",
+))
+# The ViT's step time follows FLOPs on this CPU (`kgrow bench probe --profile
+# standard-vit`, shared 2-core machine, batch 128; time / FLOPs relative to
+# the full model): width 0.25 0.17/0.07, 0.5 0.37/0.26, 0.75 0.66/0.57; depth
+# 2 blocks 0.39/0.33, 4 blocks 0.75/0.67; resolution 16x16 0.38/0.33, 20x20
+# 0.53/0.51; fit 50 ms + FLOPs / 118 GFLOP/s, 5.7% rms error; full step 460
+# ms. So an epoch is ~3.6 min and 6 epochs keep baseline (~22 min) plus depth
+# growth (predicted 1.35x faster, ~16 min) within ~45 min per seed.
+_add(Profile(
+    name="standard-vit",
+    description="DeiT-style ViT (patch 4 -> 7x7 tokens + class token, dim 128, 4 heads, "
+                "depth 6) on all 60k Fashion-MNIST images, 6 epochs, AdamW 1e-3 with "
+                "1 warm-up epoch, 2 alternating seeds; for depth growth and AutoProg.",
+    model="vit", model_kwargs={"patch_size": 4, "dim": 128, "heads": 4, "depth": 6},
+    dataset="fashion_mnist", subset=None, epochs=6, batch_size=128, optimizer="adamw",
+    lr=1e-3, warmup_epochs=1, final_lr=1e-5, weight_decay=0.05,
+    no_decay=("bias", "gamma", "beta", "token", "embeddings"), label_smoothing=0.1,
+    seeds=2, budget="baseline + one method ~45 min per seed on 2 CPU cores",
+))
+# One training step of the widened ResNet-32 (1.27 GFLOPs per sample, 6.7x
+# ResNet-20) took a median 1.06 s at batch 128 on the shared machine: 2.8 min
+# per 20k epoch, so 6 epochs of baseline (~17 min) plus a method of at most
+# the same cost stay within ~45 min per seed with evaluation.
+_add(Profile(
+    name="standard-sparse",
+    description="SpFDE's widened ResNet-32 (widen 2: 32-64-128 filters) on 20k Fashion-MNIST "
+                "images, full test set, 6 epochs, 2 alternating seeds; for sparse training, "
+                "freezing and sieving.",
+    model="resnet32", model_kwargs={"widen": 2}, dataset="fashion_mnist",
+    subset=20_000, epochs=6, batch_size=128, optimizer="sgd", lr=0.1, warmup_epochs=1,
+    weight_decay=5e-4, seeds=2,
+    budget="baseline + one method ~40 min per seed on 2 CPU cores",
 ))
 # The papers' settings (GPU). The CIFAR papers use PyTorch SGD with coupled
 # weight decay 5e-4 (added to the gradient, inside the momentum); the CIFAR

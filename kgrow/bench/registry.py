@@ -232,3 +232,10 @@ register_method(BASELINE, baseline_factory)
 # kgrow's own methods, imported only when used.
 register_method("grow_width", "kgrow.callbacks.growth:bench_width_growth")
 register_method("grow_depth", "kgrow.callbacks.growth:bench_depth_growth")
+register_method("network_expansion", "kgrow.methods.network_expansion.bench:bench_cnn")
+register_method("network_expansion_vit", "kgrow.methods.network_expansion.bench:bench_vit")
+# Methods of kgrow.methods packages: each lists its lazy factories.
+from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa: E402
+
+for _name, _target in _VT_METHODS.items():
+    register_method(_name, _target)

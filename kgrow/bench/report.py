@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from kgrow.bench import realization as rz
+
 SUMMED_KEYS = ("train_wall_s", "train_flops", "test_acc", "peak_mem_mb", "eval_wall_s")
 
 
@@ -93,32 +95,92 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline") -> dict[str, dict]:
+def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
+            fit: Any = None, batch_size: int | None = None,
+            fits: Mapping[str, Any] | None = None) -> dict[str, dict]:
     """Each non-baseline run against the baseline.
 
     `speedup_wall` and `speedup_flops` are baseline / method (above 1 means
     the method is cheaper); `acc_delta_pp` is method minus baseline accuracy in
-    percentage points. With several seeds (matching `per_seed` records),
-    `acc_delta_pp_std` is the sample std of the per-seed paired differences.
+    percentage points; `realization` is the fraction of the FLOPs saving seen
+    in wall-clock (`kgrow.bench.realization.realization`).
+
+    With `per_seed` records the ratios are paired by seed (a method's run
+    against the baseline run of the same seed, which ran next to it) and
+    each value is the median over seeds, with `<key>_range` = [min, max];
+    `acc_delta_pp_std` and `acc_delta_pp_stderr` are the sample std and the
+    standard error of the per-seed paired accuracy differences. Without them
+    the ratios are those of the means.
+
+    Args:
+        runs: Method name -> `aggregate` summary.
+        baseline: Name of the reference run.
+        fit: A `StepTimeFit` (or its dict); adds `predicted_speedup_wall`,
+            the speedup the step-time model predicts from the runs' measured
+            per-epoch FLOPs and samples, and `predicted_realization`.
+        batch_size: Samples per step, required with `fit` or `fits`.
+        fits: Method name -> its own fit (e.g. `kgrow.bench.probe.method_fit`),
+            used instead of `fit` for that method.
 
     Raises:
         KeyError: No run named `baseline`.
+
+    Example:
+        >>> def rec(seed, wall, flops, acc):
+        ...     return {"seed": seed, "train_wall_s": wall, "train_flops": flops,
+        ...             "test_acc": acc}
+        >>> runs = {"baseline": {"train_wall_s": 11.0, "train_flops": 4.0, "test_acc": 0.905,
+        ...                      "per_seed": [rec(0, 10.0, 4.0, 0.90), rec(1, 12.0, 4.0, 0.91)]},
+        ...         "m": {"train_wall_s": 7.0, "train_flops": 2.0, "test_acc": 0.9,
+        ...               "per_seed": [rec(0, 5.0, 2.0, 0.89), rec(1, 8.0, 2.0, 0.91)]}}
+        >>> c = compare(runs)["m"]
+        >>> c["speedup_wall"], c["speedup_wall_range"], round(c["realization"], 3)
+        (1.75, [1.5, 2.0], 0.833)
+        >>> round(c["acc_delta_pp"], 2), round(c["acc_delta_pp_stderr"], 2)
+        (-0.5, 0.5)
     """
     if baseline not in runs:
         raise KeyError(f"No {baseline!r} run to compare against; runs: {', '.join(runs)}.")
+    def as_fit(f):
+        return f if f is None or isinstance(f, rz.StepTimeFit) else rz.StepTimeFit.from_dict(f)
+    if (fit is not None or fits) and batch_size is None:
+        raise ValueError("compare(..., fit=...) needs batch_size to predict step times.")
     base = runs[baseline]
     out = {}
     for name, run in runs.items():
         if name == baseline:
             continue
-        entry = {
-            "speedup_wall": _ratio(base["train_wall_s"], run["train_wall_s"]),
-            "speedup_flops": _ratio(base["train_flops"], run["train_flops"]),
-            "acc_delta_pp": 100.0 * (run["test_acc"] - base["test_acc"]),
+        run_fit = as_fit((fits or {}).get(name, fit))
+        pairs = _pairs(base.get("per_seed"), run.get("per_seed"))
+        if not pairs:
+            pairs = [(base, run)]
+        per_seed = {
+            "speedup_wall": [_ratio(b["train_wall_s"], m["train_wall_s"]) for b, m in pairs],
+            "speedup_flops": [_ratio(b["train_flops"], m["train_flops"]) for b, m in pairs],
+            "acc_delta_pp": [100.0 * (m["test_acc"] - b["test_acc"]) for b, m in pairs],
         }
-        paired = _paired_deltas_pp(base.get("per_seed"), run.get("per_seed"))
-        if paired is not None:
-            entry["acc_delta_pp_std"] = _std(paired)
+        per_seed["realization"] = [rz.realization(w, f) for w, f in
+                                   zip(per_seed["speedup_wall"], per_seed["speedup_flops"])]
+        if run_fit is not None and all(b.get("curve") and m.get("curve") for b, m in pairs):
+            per_seed["predicted_speedup_wall"] = [
+                rz.predicted_speedup(run_fit, b["curve"], m["curve"], batch_size)
+                for b, m in pairs]
+            per_seed["predicted_realization"] = [
+                rz.realization(p, f) for p, f in zip(per_seed["predicted_speedup_wall"],
+                                                     per_seed["speedup_flops"])]
+        entry: dict[str, Any] = {}
+        for key, values in per_seed.items():
+            if key == "acc_delta_pp":
+                continue
+            entry[key] = _median(values)
+            if len(pairs) > 1:
+                entry[f"{key}_range"] = _range(values)
+        # The accuracy difference of the means equals the mean paired difference.
+        entry["acc_delta_pp"] = 100.0 * (run["test_acc"] - base["test_acc"])
+        if len(pairs) > 1:
+            entry["acc_delta_pp_std"] = _std(per_seed["acc_delta_pp"])
+            entry["acc_delta_pp_stderr"] = entry["acc_delta_pp_std"] / math.sqrt(len(pairs))
+        entry["n_pairs"] = len(pairs)
         out[name] = entry
     return out
 
@@ -127,18 +189,37 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return float(numerator) / float(denominator) if denominator else None
 
 
-def _paired_deltas_pp(base_runs, runs) -> list[float] | None:
+def _median(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.median(values))
+
+
+def _range(values: Sequence[float | None]) -> list[float] | None:
+    return None if any(v is None for v in values) else [float(min(values)),
+                                                        float(max(values))]
+
+
+def _pairs(base_runs, runs) -> list[tuple[Mapping, Mapping]]:
+    # A method's run and the baseline run of the same seed.
     if not base_runs or not runs:
-        return None
-    base_by_seed = {r["seed"]: r["test_acc"] for r in base_runs}
-    deltas = [100.0 * (r["test_acc"] - base_by_seed[r["seed"]])
-              for r in runs if r["seed"] in base_by_seed]
-    return deltas or None
+        return []
+    base_by_seed = {r["seed"]: r for r in base_runs}
+    return [(base_by_seed[r["seed"]], r) for r in runs if r["seed"] in base_by_seed]
 
 
 def _fmt_pm(value: float, std: float | None, fmt: str) -> str:
     text = format(value, fmt)
     return text if std is None else f"{text} ± {format(std, fmt)}"
+
+
+def _fmt_ratio(comp: Mapping[str, Any], key: str, fmt: str, unit: str) -> str:
+    value = comp.get(key)
+    if value is None:
+        return "—"
+    text = format(value, fmt) + unit
+    spread = comp.get(f"{key}_range")
+    if spread:
+        text += f" [{format(spread[0], fmt)}-{format(spread[1], fmt)}]"
+    return text
 
 
 def to_markdown(results: Mapping[str, Any]) -> str:
@@ -161,8 +242,8 @@ def to_markdown(results: Mapping[str, Any]) -> str:
            if results.get("n_seeds", 1) > 1 else "") + ".",
         "",
         "| run | test acc % | train wall s | train FLOPs | peak RSS MB | speedup wall |"
-        " speedup FLOPs | Δ acc pp |",
-        "|---|---|---|---|---|---|---|---|",
+        " speedup FLOPs | realization | predicted speedup wall | Δ acc pp |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     comparisons = results.get("comparisons", {})
     for name, run in results["runs"].items():
@@ -170,22 +251,28 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         acc_std = std.get("test_acc")
         comp = comparisons.get(name)
         if comp is None:
-            speed_w = speed_f = delta = "—"
+            speed_w = speed_f = real = predicted = delta = "—"
         else:
-            speed_w = "—" if comp["speedup_wall"] is None else f"{comp['speedup_wall']:.2f}x"
-            speed_f = "—" if comp["speedup_flops"] is None else f"{comp['speedup_flops']:.2f}x"
-            delta = _fmt_pm(comp["acc_delta_pp"], comp.get("acc_delta_pp_std"), "+.2f")
+            speed_w = _fmt_ratio(comp, "speedup_wall", ".2f", "x")
+            speed_f = _fmt_ratio(comp, "speedup_flops", ".2f", "x")
+            real = _fmt_ratio(comp, "realization", ".0%", "")
+            predicted = _fmt_ratio(comp, "predicted_speedup_wall", ".2f", "x")
+            delta = _fmt_pm(comp["acc_delta_pp"], comp.get("acc_delta_pp_stderr"), "+.2f")
         acc = _fmt_pm(100 * run["test_acc"], None if acc_std is None else 100 * acc_std, ".2f")
         lines.append(
             f"| {name} | {acc}"
             f" | {_fmt_pm(run['train_wall_s'], std.get('train_wall_s'), '.1f')}"
             f" | {run['train_flops']:.3g} | {run['peak_mem_mb']:.0f}"
-            f" | {speed_w} | {speed_f} | {delta} |")
+            f" | {speed_w} | {speed_f} | {real} | {predicted} | {delta} |")
     stderr = [f"{name} ±{run['test_acc_stderr_pp']:.2f} pp"
               for name, run in results["runs"].items() if "test_acc_stderr_pp" in run]
     lines += [
         "",
-        "Speedups are baseline / method; Δ acc is method minus baseline.",
+        "Speedups are baseline / method, paired by seed (median [min-max] over seeds); "
+        "realization = (1 - 1/speedup_wall) / (1 - 1/speedup_FLOPs), the fraction of the "
+        "FLOPs saving seen in wall-clock; the predicted speedup comes from the step-time "
+        "probe (`kgrow bench probe`) applied to the runs' per-epoch FLOPs; Δ acc is method "
+        "minus baseline ± the standard error of the paired per-seed differences.",
         "Binomial standard error of each test accuracy (test-set size): " + ", ".join(stderr)
         + ".",
     ]

@@ -87,14 +87,16 @@ class BenchSpec:
 
     @classmethod
     def from_profile(cls, name: str, *, methods: Sequence[str] = (registry.BASELINE,),
-                     seed: int = 0, num_seeds: int = 1, **overrides) -> "BenchSpec":
+                     seed: int = 0, num_seeds: int | None = None,
+                     **overrides) -> "BenchSpec":
         """A spec from a profile, with overrides.
 
         Args:
             name: Profile name (`kgrow.bench.profiles`).
             methods: Method names.
             seed: First seed; `num_seeds` consecutive seeds are used.
-            num_seeds: How many seeds to repeat each method with.
+            num_seeds: How many seeds to repeat each method with (None: the
+                profile's `seeds`).
             **overrides: Any `Profile` field (`model`, `dataset`, `epochs`,
                 `batch_size`, `subset`, `lr`, ...) or `data_dir`. None values
                 are ignored so unset command-line flags keep the profile's.
@@ -113,34 +115,90 @@ class BenchSpec:
         if unknown:
             raise TypeError(f"Unknown override(s) {sorted(unknown)}; allowed: "
                             f"{sorted(fields | {'data_dir'})}.")
+        if num_seeds is None:
+            num_seeds = profile.seeds
         if int(num_seeds) != num_seeds or num_seeds < 1:
             raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}.")
         values = {f: getattr(profile, f) for f in fields}
         values.update({k: v for k, v in overrides.items() if v is not None and k != "data_dir"})
-        warmup = values["warmup_epochs"]
         if overrides.get("warmup_epochs") is None and values["epochs"] >= 1:
             # The profile's warm-up belongs to its epoch count; a shorter run
             # keeps at most half of its epochs for warm-up.
-            warmup = min(warmup, 0.5 * values["epochs"])
+            values["warmup_epochs"] = min(values["warmup_epochs"], 0.5 * values["epochs"])
+        values["seeds"] = int(num_seeds)
+        return cls.from_settings(dataclasses.replace(profile, **values), methods=methods,
+                                 seed=seed, data_dir=overrides.get("data_dir"))
+
+    @classmethod
+    def from_settings(cls, settings: "profiles.Profile | Mapping[str, Any]", *,
+                      methods: Sequence[str] = (registry.BASELINE,), seed: int = 0,
+                      data_dir: str | None = None) -> "BenchSpec":
+        """The spec of a profile's settings as they are, e.g. `results.json["settings"]`.
+
+        Args:
+            settings: A `Profile` or its `to_dict` form (the effective settings
+                of a run: `settings()` of its spec).
+            methods: Method names.
+            seed: First seed; `settings.seeds` consecutive seeds are used.
+            data_dir: Directory `kgrow.data` reads datasets from.
+
+        Example:
+            >>> spec = BenchSpec.from_profile("quick", epochs=2, subset=1000, seed=3)
+            >>> BenchSpec.from_settings(spec.settings(), seed=3) == spec
+            True
+        """
+        p = settings if isinstance(settings, profiles.Profile) else \
+            profiles.Profile.from_dict(settings)
         train = training.TrainConfig(
-            optimizer=values["optimizer"], lr=values["lr"], batch_size=values["batch_size"],
-            epochs=values["epochs"], warmup_epochs=warmup,
-            final_lr=values["final_lr"], weight_decay=values["weight_decay"],
-            no_decay=values["no_decay"], label_smoothing=values["label_smoothing"],
-            augment=values["augment"], seed=seed)
-        return cls(model=values["model"], dataset=values["dataset"], train=train,
-                   model_kwargs=dict(values["model_kwargs"]), subset=values["subset"],
-                   image_size=values["image_size"], data_dir=overrides.get("data_dir"),
-                   methods=methods, seeds=range(seed, seed + int(num_seeds)), profile=name)
+            optimizer=p.optimizer, lr=p.lr, batch_size=p.batch_size, epochs=p.epochs,
+            warmup_epochs=p.warmup_epochs, final_lr=p.final_lr, weight_decay=p.weight_decay,
+            no_decay=p.no_decay, label_smoothing=p.label_smoothing, augment=p.augment,
+            seed=seed)
+        return cls(model=p.model, dataset=p.dataset, train=train,
+                   model_kwargs=dict(p.model_kwargs), subset=p.subset,
+                   image_size=p.image_size, data_dir=data_dir, methods=methods,
+                   seeds=range(seed, seed + int(p.seeds)), profile=p.name)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON description of the spec."""
+        """Plain-JSON description of the spec (`from_dict` reads it back)."""
         return {"model": self.model, "model_kwargs": dict(self.model_kwargs),
                 "dataset": self.dataset, "subset": self.subset,
                 "image_size": None if self.image_size is None else list(self.image_size),
                 "data_dir": self.data_dir, "methods": list(self.methods),
                 "seeds": list(self.seeds), "profile": self.profile,
                 "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BenchSpec":
+        """The spec a `to_dict` (e.g. `results.json["spec"]`) describes.
+
+        Example:
+            >>> spec = BenchSpec.from_profile("standard", epochs=2, subset=1000)
+            >>> BenchSpec.from_dict(spec.to_dict()) == spec
+            True
+        """
+        values = dict(d)
+        values["train"] = training.TrainConfig(**values["train"])
+        return cls(**values)
+
+    def settings(self) -> dict[str, Any]:
+        """The effective profile settings of this spec (`Profile.to_dict` form).
+
+        A profile with every override applied: `Profile.from_dict` of it
+        with `BenchSpec.from_profile` reproduces the run's settings.
+        """
+        train = self.train
+        base = profiles.get_profile(self.profile) if self.profile in \
+            profiles.available_profiles() else None
+        return profiles.Profile(
+            name=self.profile, description="" if base is None else base.description,
+            model=self.model, dataset=self.dataset, epochs=train.epochs,
+            batch_size=train.batch_size, model_kwargs=dict(self.model_kwargs),
+            subset=self.subset, image_size=self.image_size, optimizer=train.optimizer,
+            lr=train.lr, warmup_epochs=train.warmup_epochs, final_lr=train.final_lr,
+            weight_decay=train.weight_decay, no_decay=train.no_decay,
+            label_smoothing=train.label_smoothing, augment=train.augment,
+            budget="" if base is None else base.budget, seeds=len(self.seeds)).to_dict()
 
 
 def load_data(spec: BenchSpec, seed: int):
@@ -261,17 +319,29 @@ def _environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
+            "gpus": len(tf.config.list_physical_devices("GPU")),
+            # 0 means TensorFlow's choice; see benchmarks/cpu_settings.py.
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "jit_compile": False}
 
 
-def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]]) -> dict[str, Any]:
+def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]],
+                  probe: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`results.json` content from the run records of every method.
 
     Args:
         spec: The benchmark setting.
         records: Method name -> its run records (one per seed).
+        probe: Optional step-time probe result with a `"fit"`
+            (`kgrow.bench.probe`); comparisons then carry the wall-clock
+            speedup it predicts from each run's per-epoch FLOPs.
     """
     runs = {name: report.aggregate(recs) for name, recs in records.items()}
+    fits = {}
+    if probe is not None:
+        from kgrow.bench.probe import method_fit
+        fits = {name: method_fit(probe, name) for name in records}
     sources = sorted({r["peak_mem_source"] for recs in records.values() for r in recs})
     notes = [WALL_NOTE, FLOPS_NOTE, MEMORY_NOTE.format(source=", ".join(sources))]
     notes += [f"{name} seed {r['seed']}: {n}" for name, recs in records.items()
@@ -280,8 +350,13 @@ def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]]) -> 
         "model": spec.model, "dataset": spec.dataset, "epochs": spec.train.epochs,
         "seed": spec.seeds[0], "seeds": list(spec.seeds), "n_seeds": len(spec.seeds),
         "profile": spec.profile, "runs": runs,
-        "comparisons": report.compare(runs, registry.BASELINE),
-        "spec": spec.to_dict(), "environment": _environment(), "notes": notes,
+        "comparisons": report.compare(runs, registry.BASELINE, fits=fits,
+                                      batch_size=spec.train.batch_size),
+        "settings": spec.settings(), "spec": spec.to_dict(),
+        "probe": None if probe is None else {
+            k: probe[k] for k in ("fit", "family_fits", "method_families", "png")
+            if k in probe},
+        "environment": _environment(), "notes": notes,
     }
 
 
@@ -299,32 +374,52 @@ def write_results(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
     return paths
 
 
+def run_order(methods: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
+    """The order of the runs: every method for the first seed, then the next seed.
+
+    Runs alternate baseline, methods, baseline, methods, ... so slow drift of
+    a shared machine (other jobs, thermal state) hits every method alike, and
+    each method's run sits next to the baseline run it is paired with.
+
+    Example:
+        >>> run_order(["baseline", "grow_width"], [0, 1])
+        [('baseline', 0), ('grow_width', 0), ('baseline', 1), ('grow_width', 1)]
+    """
+    return [(name, seed) for seed in seeds for name in methods]
+
+
 def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print,
+              probe: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Runs every method of `spec` for every seed and writes the reports.
 
-    Methods run one after the other (baseline first) for each seed; results
-    are rewritten after every run, so an interrupted benchmark keeps what
-    finished.
+    Runs go in `run_order` (baseline first, then the methods, for each seed
+    in turn); results are rewritten after every run, so an interrupted
+    benchmark keeps what finished.
+
+    Args:
+        spec: The benchmark setting.
+        out_dir: Where results.json, results.md and the plots go.
+        verbose: Keras `fit` verbosity.
+        log: Where progress lines go.
+        probe: A step-time probe result (`kgrow.bench.probe.run_probe`, or
+            its `probe.json`): adds predicted wall-clock speedups.
 
     Returns:
         The `results.json` content.
     """
     records: dict[str, list] = {name: [] for name in spec.methods}
-    total = len(spec.methods) * len(spec.seeds)
+    order = run_order(spec.methods, spec.seeds)
     started = time.perf_counter()
     results = None
-    done = 0
-    for seed in spec.seeds:
-        for name in spec.methods:
-            done += 1
-            log(f"[kgrow bench] run {done}/{total}: {name} (seed {seed}) - {spec.model} on "
-                f"{spec.dataset}, {spec.train.epochs} epochs, profile {spec.profile}")
-            records[name].append(run_method(name, spec, seed, verbose=verbose, log=log))
-            finished = {k: v for k, v in records.items() if v}
-            if registry.BASELINE in finished:
-                results = build_results(spec, finished)
-                write_results(results, out_dir)
+    for done, (name, seed) in enumerate(order, 1):
+        log(f"[kgrow bench] run {done}/{len(order)}: {name} (seed {seed}) - {spec.model} on "
+            f"{spec.dataset}, {spec.train.epochs} epochs, profile {spec.profile}")
+        records[name].append(run_method(name, spec, seed, verbose=verbose, log=log))
+        finished = {k: v for k, v in records.items() if v}
+        if registry.BASELINE in finished:
+            results = build_results(spec, finished, probe=probe)
+            write_results(results, out_dir)
     log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; wrote "
         f"{os.path.join(out_dir, 'results.json')}, results.md, curves.png, schedule.png")
     return results

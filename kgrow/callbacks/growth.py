@@ -241,7 +241,10 @@ def _depth_mapping(spec):
         return interpolation_mapping
     if spec in ("expansion", "interleave", "stack"):
         mode = "stack" if spec == "stack" else "interleave"
-        return lambda old, new: expansion_mapping(old, new, mode=mode)
+        # Expansion only grows; the shrink to the first stage (a sub-network
+        # trained from its initial weights) keeps the first blocks.
+        return lambda old, new: (list(range(new)) if new < old
+                                 else expansion_mapping(old, new, mode=mode))
     raise ValueError(f"depth_mapping must be 'interpolation', 'expansion', 'stack' or a "
                      f"callable (old_depth, new_depth) -> list; got {spec!r}")
 
@@ -293,6 +296,9 @@ class Growth(ControlledCallback):
             either way).
         reset_ema: restart the EMA as a copy of the grown model.
         block_spec: explicit block spec for irregular models.
+        reset_drop_path: after a depth change, set stochastic-depth rates to
+            linspace(0, max rate, depth): True takes the largest rate in the
+            model, a float sets it, False keeps the rates.
         seed: seed of new channels' random values.
         full_resolution: `(height, width)` of the full input, for resolution
             stages on a model that takes any input size (default: the
@@ -317,7 +323,8 @@ class Growth(ControlledCallback):
                  importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
                  depth_source: str = "neighbour", ema_decay: Optional[float] = None,
                  reset_optimizer: bool = False, reset_ema: bool = True, block_spec=None,
-                 seed: int = 0, full_resolution=None, interpolation: str = "bicubic",
+                 reset_drop_path: Union[bool, float] = True, seed: int = 0,
+                 full_resolution=None, interpolation: str = "bicubic",
                  stage_chooser: Optional[Callable] = None, verbose: int = 1):
         super().__init__()
         if not isinstance(schedule, GrowthSchedule):
@@ -344,6 +351,7 @@ class Growth(ControlledCallback):
         self.reset_optimizer = reset_optimizer
         self.reset_ema = reset_ema
         self.block_spec = block_spec
+        self.reset_drop_path = reset_drop_path
         self.seed = seed
         self.full_resolution = full_resolution
         self.interpolation = interpolation
@@ -469,6 +477,13 @@ class Growth(ControlledCallback):
                 return self._check_stage(chosen), index, True
         return stage, index, False
 
+    def after_growth(self, result: GrowthResult, stage: int, initial: bool) -> None:
+        """Subclass hook: called after the model took `result` (its plan maps old to new).
+
+        `stage` is the schedule index now reached; `initial` is True for the
+        shrink to the first stage.
+        """
+
     def controlled_epoch_begin(self, epoch: int) -> None:
         target = self._target(epoch)
         if target is None:
@@ -484,11 +499,13 @@ class Growth(ControlledCallback):
                              depth_mapping=self.depth_mapping, depth_source=self.depth_source,
                              donor=donor, block_spec=self.block_spec,
                              seed=self.seed + (len(self.events) if chosen else index),
+                             reset_drop_path=self.reset_drop_path,
                              interpolation=self.interpolation)
         if result is not None:
             initial = current is None
             ctrl.replace_model(result, reset_optimizer=self.reset_optimizer and not initial,
                                reset_ema=self.reset_ema or initial)
+            self.after_growth(result, index, initial)
         image_size = None
         if stage.resolution is not None:
             image_size = self.full.resolution_at(stage.resolution)

@@ -7,15 +7,68 @@
   position in the `callbacks` list.
 * `ControllerCheckpoint`: crash-safe checkpoints of the whole controller
   state at epoch ends, and resume (like `keras.callbacks.BackupAndRestore`).
+
+Both attach the `kgrow.data.LiveSelection` of the kgrow dataset `fit` was
+given to the controller when `fit` starts (`attach_fit_selection`), so no
+`attach_selection` call is needed on the usual path.
 """
 from __future__ import annotations
 
+import sys
+import warnings
+
 import keras
 
+from kgrow import data as data_lib
 from kgrow.controller import checkpoint as ckpt
 from kgrow.controller.controller import Phase, TrainingController
 
-__all__ = ["ControlledCallback", "ControllerCheckpoint"]
+__all__ = ["ControlledCallback", "ControllerCheckpoint", "attach_fit_selection"]
+
+_NO_FIT = object()
+
+
+def _fit_argument(model):
+    """The ``x`` that the running ``model.fit`` was called with, or `_NO_FIT`.
+
+    Keras hands callbacks the model but not the data, so this reads the
+    argument from the ``fit`` frame on the call stack.
+    """
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+                return frame.f_locals.get("x")
+            frame = frame.f_back
+        return _NO_FIT
+    finally:
+        del frame
+
+
+def attach_fit_selection(model):
+    """Attaches the selection of the kgrow dataset ``model.fit`` trains on.
+
+    Called by kgrow's callbacks at ``on_train_begin``. Returns a sentence
+    saying why the data cannot be replayed on resume, or None when it can
+    (a kgrow bundle's ``train``, or a selection attached by hand).
+    """
+    controller = TrainingController.of(model)
+    x = _fit_argument(model)
+    selection = None if x is _NO_FIT else data_lib.selection_of(x)
+    if selection is not None:
+        if controller.selection is not selection:
+            controller.attach_selection(selection)
+        return None
+    if controller.selection is not None:
+        return None
+    what = ("the training data" if x is _NO_FIT else
+            f"the training data (a {type(x).__module__}.{type(x).__name__})")
+    return (f"{what} is not a kgrow bundle's `train` dataset, so the checkpoint cannot "
+            "replay its order: a resumed run restores the model, optimizer and callbacks "
+            "exactly but sees different batches than an uninterrupted run from the resumed "
+            "epoch on. For an exact resume train on `kgrow.data.from_arrays(...).train` or "
+            "`kgrow.data.from_datasets(...).train`, or call "
+            "`TrainingController.of(model).attach_selection(selection)` before `fit`.")
 
 
 class ControlledCallback(keras.callbacks.Callback):
@@ -46,6 +99,7 @@ class ControlledCallback(keras.callbacks.Callback):
         TrainingController.of(model)
 
     def on_train_begin(self, logs=None):
+        attach_fit_selection(self.model)
         self.controller.attach_callback(self)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -68,6 +122,13 @@ class ControllerCheckpoint(keras.callbacks.Callback):
     `every_epochs`-th epoch the state is written atomically (see
     `kgrow.controller.checkpoint`). Put this callback last in `callbacks`,
     so that it saves after the other callbacks' `on_epoch_end`.
+
+    The data order is part of the state when `fit` trains on a kgrow
+    bundle's ``train`` dataset: its `LiveSelection` is attached when `fit`
+    starts, and a resumed run sees the same batches as an uninterrupted one.
+    Other data (arrays, a plain ``tf.data`` pipeline, a dataset mapped from
+    ``bundle.train``) cannot be replayed; the callback then warns once, at
+    the first save or at the restore, saying what will differ.
 
     Args:
         directory: checkpoint directory (one run per directory).
@@ -99,11 +160,20 @@ class ControllerCheckpoint(keras.callbacks.Callback):
         self.custom_objects = custom_objects
         self.restored_epoch = None
         self._set_initial_epoch = False
+        self._unreplayable = None
+
+    def _warn_unreplayable(self, when):
+        if self._unreplayable:
+            warnings.warn(f"ControllerCheckpoint({self.directory!r}) {when}: "
+                          f"{self._unreplayable}", UserWarning, stacklevel=3)
+            self._unreplayable = None  # once per fit
 
     def on_train_begin(self, logs=None):
         self.restored_epoch = None
+        self._unreplayable = attach_fit_selection(self.model)
         if ckpt.latest_checkpoint(self.directory) is None:
             return
+        self._warn_unreplayable("restores a checkpoint")
         controller = TrainingController.restore(self.model, self.directory,
                                                 custom_objects=self.custom_objects)
         self.restored_epoch = controller.epoch
@@ -112,6 +182,7 @@ class ControllerCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_epochs == 0:
+            self._warn_unreplayable("saves a checkpoint")
             TrainingController.of(self.model).save(self.directory, epoch=epoch + 1,
                                                    keep=self.keep)
 

@@ -21,20 +21,24 @@ Example:
     >>> bundle.steps_per_epoch
     234
 
-Note on ``model.fit``: Keras 3 counts the batches of the first epoch of a
-dataset without known length and stops later epochs at that count. Shrinking
-the selection works (Keras warns "Your input ran out of data" and goes on to
-the next epoch); growing it past the first epoch's size truncates epochs.
+Note on ``model.fit``: ``bundle.train`` tells Keras its length (the
+selection's batch count when ``fit`` starts), and Keras stops every epoch at
+that count. Shrinking the selection during ``fit`` works (Keras warns "Your
+input ran out of data" and goes on to the next epoch); growing it past the
+count at ``fit`` start truncates epochs. ``bundle.train`` shuffles itself:
+pass ``shuffle=False`` to ``fit`` (Keras ignores ``shuffle`` for datasets and
+warns about its default ``True``).
 """
 from kgrow.data.api import from_arrays, from_datasets, load
 from kgrow.data.augment import PRESETS, AugmentConfig, get_preset
 from kgrow.data.idx import parse_idx, read_idx
-from kgrow.data.pipeline import DataBundle, DatasetInfo
+from kgrow.data.pipeline import DataBundle, DatasetInfo, LiveTrainDataset, selection_of
 from kgrow.data.randaugment import rand_augment
 from kgrow.data.selection import LiveSelection
 from kgrow.data.sources import BUILTIN_DATASETS
 
 __all__ = [
-    "AugmentConfig", "BUILTIN_DATASETS", "DataBundle", "DatasetInfo", "LiveSelection", "PRESETS",
-    "from_arrays", "from_datasets", "get_preset", "load", "parse_idx", "rand_augment", "read_idx",
+    "AugmentConfig", "BUILTIN_DATASETS", "DataBundle", "DatasetInfo", "LiveSelection",
+    "LiveTrainDataset", "PRESETS", "from_arrays", "from_datasets", "get_preset", "load",
+    "parse_idx", "rand_augment", "read_idx", "selection_of",
 ]

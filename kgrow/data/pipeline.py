@@ -33,6 +33,7 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.data.ops import dataset_ops
 
 from kgrow.data import augment as augment_lib
 from kgrow.data import randaugment
@@ -62,6 +63,45 @@ def _without_autotuning(ds):
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
+
+
+class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset):
+    """A bundle's training dataset: carries its `LiveSelection` and knows its length.
+
+    ``cardinality()`` is the number of batches the selection gives now, so
+    Keras knows the epoch length when ``fit`` starts instead of running the
+    first epoch until the data ends (and then warning "Your input ran out of
+    data"). ``selection`` lets `kgrow.controller.ControllerCheckpoint` attach
+    the selection to the controller when ``fit`` starts, so that a resumed
+    run restores the data order. Datasets derived from it (``.map``,
+    ``.take``, ...) are plain ``tf.data`` datasets again.
+    """
+
+    def __init__(self, dataset, selection, batch_size):
+        self.selection = selection
+        self._batch_size = int(batch_size)
+        super().__init__(dataset, dataset._variant_tensor)
+
+    def cardinality(self):
+        return tf.constant(len(self), tf.int64)
+
+    def __len__(self):
+        return self.selection.num_active // self._batch_size
+
+
+def selection_of(dataset):
+    """The `LiveSelection` a kgrow training dataset reads, or None for other data.
+
+    Example:
+        >>> import numpy as np, kgrow
+        >>> x, y = np.zeros((32, 4, 4, 1), np.uint8), np.arange(32) % 2
+        >>> bundle = kgrow.data.from_arrays((x, y), batch_size=8)
+        >>> kgrow.data.selection_of(bundle.train) is bundle.selection
+        True
+        >>> kgrow.data.selection_of(bundle.train.take(2)) is None
+        True
+    """
+    return getattr(dataset, "selection", None) if isinstance(dataset, LiveTrainDataset) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +387,7 @@ class DataBundle:
         self.seed = builder.s.seed
         self.normalization = normalization
         self.subset_indices = subset_indices
-        self.train = builder.dataset()
+        self.train = LiveTrainDataset(builder.dataset(), builder.selection, self.batch_size)
         self.test = test
 
     @property

@@ -141,6 +141,14 @@ class GrowthInitializer:
     """
 
     name = "base"
+    #: Optional ``final_filters(request) -> list`` of ``[n_new, fan]`` arrays,
+    #: one per producer. `scale_width` calls it after every group has grown,
+    #: with the producers read from the finished weights (``consumers`` and
+    #: ``carriers`` empty), and writes its rows over the new channels' fan-in.
+    #: For initializers whose new filters depend on the kept filters'
+    #: entries for other groups' new channels (orthogonality over the whole
+    #: flattened filter); None skips the pass.
+    final_filters = None
 
     def grow(self, request: GrowthRequest) -> GrowthValues:
         raise NotImplementedError

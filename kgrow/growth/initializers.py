@@ -237,23 +237,64 @@ def orthogonal_filters(existing: np.ndarray, count: int, rng: np.random.Generato
 
 
 class Orthogonal(Zeros):
-    """Network Expansion: new filters orthogonal to the existing ones, zero fan-out.
+    """Network Expansion: new filters orthogonal to the existing ones.
 
-    For every producer each filter is flattened (``k*k*C_in`` for a conv);
-    the new filters are orthogonal to the existing filters and to each other
-    (see `orthogonal_filters`), rescaled to the existing filters' mean norm.
-    The fan-out is zero, so it is exact under the same condition as `Zeros`.
+    For every producer each filter is flattened (``k*k*C_in`` for a conv,
+    over the *grown* input, so a filter of a layer whose input also grew
+    includes its weights for the new input channels); the new filters are
+    orthogonal to the existing filters and to each other (see
+    `orthogonal_filters`), rescaled to the existing filters' mean norm. They
+    are computed again after every group has grown (`final_filters`), so
+    the property holds whatever order the groups of a model are grown in.
+
+    The weights that read the new channels (fan-out) are zero by default,
+    which keeps the function exactly as `Zeros` does. ``fan_out > 0`` starts
+    them as rows orthogonal to the consumers' existing rows with
+    ``fan_out`` times their mean norm instead: the new channels then reach
+    the loss from the first step, at the price of a small change of the
+    function.
+
+    Args:
+        fan_out: norm of the new fan-out rows relative to the existing rows'
+            mean norm (0: zero fan-out, function-preserving).
 
     Example:
-        >>> Orthogonal().name
-        'orthogonal'
+        >>> Orthogonal().name, Orthogonal(fan_out=0.01).fan_out
+        ('orthogonal', 0.01)
     """
 
     name = "orthogonal"
 
+    def __init__(self, fan_out: float = 0.0):
+        if not isinstance(fan_out, (int, float)) or not 0.0 <= fan_out <= 1.0:
+            raise ValueError(f"Orthogonal(fan_out=...) must be a number in [0, 1] (a norm "
+                             f"relative to the existing fan-out rows), got {fan_out!r}")
+        self.fan_out = float(fan_out)
+
     def new_filters(self, request: GrowthRequest) -> list:
         return [orthogonal_filters(s.old, request.n_new, request.rng)
                 for s in request.producers]
+
+    final_filters = new_filters
+
+    def grow(self, request: GrowthRequest) -> GrowthValues:
+        if not self.fan_out:
+            return super().grow(request)
+        consumers = []
+        for s in request.consumers:
+            norms = np.linalg.norm(s.old, axis=1)
+            scale = float(norms.mean()) if norms.size and norms.mean() > 0 else he_std(s.fan_in)
+            consumers.append(orthogonal_filters(s.old, request.n_new, request.rng,
+                                                norm=self.fan_out * scale))
+        return GrowthValues(self.new_filters(request), consumers, self.carrier_values(request))
+
+    def check(self, group, old_size=None, new_size=None) -> Optional[str]:
+        if self.fan_out:
+            return f"new channels start with non-zero fan-out (fan_out={self.fan_out})"
+        return super().check(group, old_size, new_size)
+
+    def __repr__(self):
+        return f"Orthogonal(fan_out={self.fan_out})"
 
 
 class VarianceTransfer(GrowthInitializer):
@@ -328,23 +369,40 @@ class VarianceTransfer(GrowthInitializer):
         ratio = n_old / n_total
         return ratio if self.rescale == "linear" else float(np.sqrt(ratio))
 
+    # The scales below are the hooks subclasses change; `grow` keeps the pairing.
+    def fan_out_scale(self, request: GrowthRequest) -> float:
+        """The factor s applied to the group's old fan-out."""
+        return self.factor(request.n_old, request.n_old + request.n_new)
+
+    def producer_std(self, request: GrowthRequest, index: int) -> float:
+        """Std of ``V`` for producer ``index``: ``1 / fan_in``."""
+        return 1.0 / max(request.producers[index].fan_in, 1)
+
+    def consumer_std(self, request: GrowthRequest, index: int, scale: float) -> float:
+        """Std of ``Z`` for consumer ``index``: ``1 / fan_in`` after growth."""
+        return 1.0 / max(request.consumers[index].fan_in, 1)
+
+    def new_carriers(self, request: GrowthRequest, prototype: np.ndarray) -> list:
+        """Values of the new channels of carried variables (BatchNorm, biases)."""
+        return self.carrier_values(request, prototype=prototype)
+
     def grow(self, request: GrowthRequest) -> GrowthValues:
         rng = request.rng
         proto, sign = self.pairing(request)
         count = int(proto.max()) + 1 if proto.size else 0
         second = np.zeros(len(proto), dtype=bool)
         second[1:] = proto[1:] == proto[:-1]
+        s = self.fan_out_scale(request)
         producers = []
-        for s in request.producers:
-            std = 1.0 / max(s.fan_in, 1)
-            new = rng.normal(0.0, std, (count, s.fan))[proto]
+        for i, sl in enumerate(request.producers):
+            std = self.producer_std(request, i)
+            new = rng.normal(0.0, std, (count, sl.fan))[proto]
             if self.noise:
-                new[second] += self.noise * std * rng.standard_normal((int(second.sum()), s.fan))
+                new[second] += self.noise * std * rng.standard_normal((int(second.sum()), sl.fan))
             producers.append(new)
-        consumers = [rng.normal(0.0, 1.0 / max(s.fan_in, 1), (count, s.fan))[proto]
-                     * sign[:, None] for s in request.consumers]
-        carriers = self.carrier_values(request, prototype=proto)
-        s = self.factor(request.n_old, request.n_old + request.n_new)
+        consumers = [rng.normal(0.0, self.consumer_std(request, i, s), (count, sl.fan))[proto]
+                     * sign[:, None] for i, sl in enumerate(request.consumers)]
+        carriers = self.new_carriers(request, proto)
         if s == 1.0:
             return GrowthValues(producers, consumers, carriers)
         return GrowthValues(producers, consumers, carriers,

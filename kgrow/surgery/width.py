@@ -490,6 +490,14 @@ def scale_width(model, multiplier: Union[float, Mapping[str, Union[float, int]]]
     for name, m in maps.items():
         if (m == NEW).any():
             _grow(cg, cg[name], m, init_for(name), arrays, new_sizes, seed)
+    # A weight that both produces one grown group and consumes another has a
+    # corner (new outputs x new inputs) that the later group's write
+    # overwrites. Initializers whose filters depend on the finished kept
+    # filters (orthogonal) write theirs again once every group is in place.
+    for name, m in maps.items():
+        init = init_for(name)
+        if (m == NEW).any() and getattr(init, "final_filters", None) is not None:
+            _refine(cg[name], m, init, arrays, new_sizes, seed)
     ctx = _AdjustContext(cg, arrays, old_sizes, new_sizes)
     for rec in cg.records.values():
         for fn in rec.adjust:
@@ -594,6 +602,20 @@ def _grow(cg: ChannelGroups, group: ChannelGroup, m, init: GrowthInitializer, ar
             _write(array, b, name, kept, sizes, rows)
     if values.compensate is not None and group.bn_compensable:
         _compensate_batchnorm(cg, group, float(values.compensate), arrays)
+
+
+def _refine(group: ChannelGroup, m, init: GrowthInitializer, arrays, sizes, seed) -> None:
+    name = group.name
+    kept, new = np.flatnonzero(m >= 0), np.flatnonzero(m == NEW)
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode()), 1])
+    request = GrowthRequest(
+        group=group, n_old=len(kept), n_new=len(new), blocks=group.divisor,
+        producers=_slices(group.producers, arrays, name, kept, sizes),
+        consumers=[], carriers=[], rng=rng)
+    rows = init.final_filters(request)
+    _check_values(init, request, GrowthValues(rows, [], []))
+    for b, r in zip(group.producers, rows):
+        _write(arrays[id(b.variable)], b, name, new, sizes, r)
 
 
 def _check_values(init, request: GrowthRequest, values: GrowthValues) -> None:

@@ -86,3 +86,22 @@ def test_every_profile_is_consistent(name):
     assert profile.augment is None or profile.augment in data.PRESETS
     spec = BenchSpec.from_profile(name)
     assert spec.train.epochs == profile.epochs and spec.model == profile.model
+
+
+def test_probe_command_parses_and_checks_flags():
+    args = cli.build_parser().parse_args(["probe", "--profile", "standard", "--methods",
+                                          "grow_width,grow_depth", "--rounds", "2"])
+    spec = bench_cli.spec_from_args(args)
+    assert (args.command, args.rounds, args.steps) == ("probe", 2, 3)
+    assert spec.methods == ["baseline", "grow_width", "grow_depth"] and spec.seeds == [0]
+    with pytest.raises(SystemExit, match="--rounds and --steps must be >= 1"):
+        cli.main(["bench", "probe", "--rounds", "0"])
+    with pytest.raises(SystemExit, match="Unknown method"):
+        cli.main(["bench", "probe", "--methods", "warp_drive"])
+
+
+def test_bench_rejects_a_probe_json_without_fit(tmp_path):
+    bad = tmp_path / "probe.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="has no 'fit'"):
+        cli.main(["bench", "--out", str(tmp_path), "--probe-json", str(bad)])

@@ -51,20 +51,60 @@ def test_mean_curve_truncates_to_common_epochs():
     assert len(curve) == 1 and curve[0]["wall_s"] == 2.0 and curve[0]["test_acc"] == 0.6
 
 
-def test_compare_ratios_and_paired_std():
+def test_compare_pairs_runs_by_seed():
     base = report.aggregate([_record(0, 10.0, 8.0, 0.80, [0.8]),
-                             _record(1, 10.0, 8.0, 0.90, [0.9])])
-    fast = report.aggregate([_record(0, 4.0, 2.0, 0.79, [0.79]),
-                             _record(1, 6.0, 2.0, 0.87, [0.87])])
+                             _record(1, 12.0, 8.0, 0.90, [0.9])])
+    # Seed order reversed on purpose: pairing goes by seed, not by position.
+    fast = report.aggregate([_record(1, 4.0, 2.0, 0.87, [0.87]),
+                             _record(0, 8.0, 2.0, 0.79, [0.79])])
     comp = report.compare({"baseline": base, "fast": fast})
     assert set(comp) == {"fast"}
-    assert comp["fast"]["speedup_wall"] == pytest.approx(10.0 / 5.0)
-    assert comp["fast"]["speedup_flops"] == pytest.approx(4.0)
-    assert comp["fast"]["acc_delta_pp"] == pytest.approx(-2.0)
-    # paired deltas -1 pp and -3 pp: sample std sqrt(2)
-    assert comp["fast"]["acc_delta_pp_std"] == pytest.approx(math.sqrt(2))
+    c = comp["fast"]
+    # Paired ratios 10/8 = 1.25 (seed 0) and 12/4 = 3 (seed 1), not 11/6 of the means.
+    assert c["speedup_wall"] == pytest.approx((1.25 + 3.0) / 2)
+    assert c["speedup_wall_range"] == pytest.approx([1.25, 3.0])
+    assert c["speedup_flops"] == pytest.approx(4.0)
+    real = [(1 - 1 / 1.25) / 0.75, (1 - 1 / 3.0) / 0.75]
+    assert c["realization"] == pytest.approx(sum(real) / 2)
+    assert c["realization_range"] == pytest.approx(sorted(real))
+    assert c["acc_delta_pp"] == pytest.approx(-2.0)
+    # paired deltas -1 pp and -3 pp: sample std sqrt(2), standard error 1
+    assert c["acc_delta_pp_std"] == pytest.approx(math.sqrt(2))
+    assert c["acc_delta_pp_stderr"] == pytest.approx(1.0)
+    assert c["n_pairs"] == 2
     with pytest.raises(KeyError, match="No 'baseline' run"):
         report.compare({"fast": fast})
+
+
+def test_compare_single_seed_has_no_spread():
+    base = report.aggregate([_record(0, 10.0, 8.0, 0.80, [0.8])])
+    fast = report.aggregate([_record(0, 5.0, 2.0, 0.79, [0.79])])
+    c = report.compare({"baseline": base, "fast": fast})["fast"]
+    assert c["speedup_wall"] == 2.0 and c["realization"] == pytest.approx(0.5 / 0.75)
+    assert "speedup_wall_range" not in c and "acc_delta_pp_stderr" not in c
+
+
+def test_compare_predicts_from_curves_with_a_fit():
+    def rec(seed, wall, fps):
+        r = _record(seed, wall, fps * 2560, 0.8, [0.8, 0.8])
+        for point in r["curve"]:
+            point.update(samples=1280, flops_per_sample=fps)
+        return r
+    base = report.aggregate([rec(0, 10.0, 1e9)])
+    half = report.aggregate([rec(0, 6.0, 5e8)])
+    fit = {"overhead_s": 0.5, "flops_per_s": 1.28e11}
+    c = report.compare({"baseline": base, "half": half}, fit=fit, batch_size=128)["half"]
+    # steps: 0.5 + 1.0 s at full size, 0.5 + 0.5 s at half: predicted 1.5x.
+    assert c["predicted_speedup_wall"] == pytest.approx(1.5)
+    assert c["predicted_realization"] == pytest.approx((1 - 1 / 1.5) / 0.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        report.compare({"baseline": base, "half": half}, fit=fit)
+    # A method's own fit wins over the shared one: no overhead, so time follows FLOPs.
+    own = {"overhead_s": 0.0, "flops_per_s": 1e11}
+    c = report.compare({"baseline": base, "half": half}, fit=fit, fits={"half": own},
+                       batch_size=128)["half"]
+    assert c["predicted_speedup_wall"] == pytest.approx(2.0)
+    assert c["predicted_realization"] == pytest.approx(1.0)
 
 
 def test_markdown_and_plot(tmp_path):
@@ -76,7 +116,7 @@ def test_markdown_and_plot(tmp_path):
     results["comparisons"] = report.compare(results["runs"])
     md = report.to_markdown(results)
     assert "| baseline | 90.00 | 10.0 | 8e+12 |" in md
-    assert "| other | 88.00 | 5.0 | 2e+12 | 100 | 2.00x | 4.00x | -2.00 |" in md
+    assert "| other | 88.00 | 5.0 | 2e+12 | 100 | 2.00x | 4.00x | 67% | — | -2.00 |" in md
     assert "- a note" in md
     path = tmp_path / "curves.png"
     report.plot_curves(results, str(path))

@@ -307,3 +307,73 @@ def test_net2net_is_exact_for_layer_norm_groups_only_for_whole_multiples():
     zeros = scale_width(model, {"d1": 8}, initializer="zeros")
     assert not zeros.info["exact"]
     assert np.abs(np.asarray(zeros.model(xs)) - np.asarray(model(xs))).max() > 1e-4
+
+
+def _flat_filters(model, name):
+    k = model.get_layer(name).kernel.numpy()
+    return k.reshape(-1, k.shape[-1]).T  # one flattened k*k*C_in filter per row
+
+
+@pytest.mark.parametrize("fan_out", [0.0, 0.1])
+def test_orthogonal_filters_span_the_grown_input_in_a_resnet(fan_out):
+    # Every conv's new filters are orthogonal to its kept filters and to each
+    # other over the whole grown k*k*C_in (including the columns of input
+    # channels that grew in another group, which fan_out > 0 fills), with the
+    # kept filters' mean norm.
+    from kgrow.models import resnet_cifar
+    narrow = scale_width(resnet_cifar(8, (8, 8, 1), 3, width=0.5), 0.5).model
+    _randomize(narrow, seed=3)
+    r = scale_width(narrow, 2.0, initializer=Orthogonal(fan_out=fan_out), seed=5)
+    checked = 0
+    for layer in r.model.layers:
+        if not isinstance(layer, L.Conv2D):
+            continue
+        filters = _flat_filters(r.model, layer.name)
+        new = r.plan[layer.kernel.path].index[-1] < 0
+        if not new.any():
+            continue
+        kept, fresh = filters[~new], filters[new]
+        scale = np.linalg.norm(kept, axis=1).mean()
+        np.testing.assert_allclose(np.linalg.norm(fresh, axis=1), scale, rtol=1e-5)
+        # The 1x1 shortcut has more filters than dimensions: only the first
+        # (dims - kept) new filters can be orthogonal.
+        free = min(len(fresh), filters.shape[1] - len(kept))
+        fresh = fresh[:free]
+        np.testing.assert_allclose(fresh @ kept.T / scale ** 2, 0, atol=1e-5, err_msg=layer.name)
+        np.testing.assert_allclose(fresh @ fresh.T / scale ** 2, np.eye(free), atol=1e-5,
+                                   err_msg=layer.name)
+        checked += free > 0
+    assert checked == 7  # stem + 2 convs in each of 3 blocks (not the 1x1 shortcuts)
+
+
+def test_orthogonal_more_filters_than_dimensions_in_a_model():
+    x = keras.Input((5, 5, 3))
+    h = L.Conv2D(8, 1, name="c1")(x)  # 1*1*3 = 3 dimensions for 8 filters
+    model = keras.Model(x, L.Dense(2, name="head")(L.Flatten()(L.ReLU()(h))))
+    _randomize(model)
+    narrow = scale_width(model, {"c1": 2}).model
+    grown = scale_width(narrow, {"c1": 8}, initializer="orthogonal").model
+    filters, old = _flat_filters(grown, "c1"), _flat_filters(narrow, "c1")
+    # Only 3 - 2 = 1 direction is orthogonal to the kept two; the other new
+    # filters are random directions, all at the kept filters' mean norm.
+    np.testing.assert_allclose(filters[2] @ filters[:2].T, 0, atol=1e-5)
+    assert np.abs(filters[3:] @ filters[:2].T).max() > 1e-3
+    np.testing.assert_allclose(np.linalg.norm(filters[2:], axis=1),
+                               np.linalg.norm(old, axis=1).mean(), rtol=1e-5)
+
+
+def test_orthogonal_small_fan_out_is_orthogonal_scaled_and_not_exact():
+    init = Orthogonal(fan_out=0.1)
+    req = _request(n_old=4, n_new=3, fan_c=(9,))
+    values = init.grow(req)
+    rows, old = values.consumers[0], req.consumers[0].old
+    np.testing.assert_allclose(rows @ old.T, 0, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1),
+                               0.1 * np.linalg.norm(old, axis=1).mean(), rtol=1e-9)
+    assert "fan-out" in init.check(req.group)
+    assert Orthogonal().check(req.group) is None
+    model = _conv_net()
+    r = scale_width(model, {"c1": 8}, initializer=init)
+    assert not r.info["exact"]
+    with pytest.raises(ValueError, match="fan_out"):
+        Orthogonal(fan_out=-1)

@@ -1,0 +1,189 @@
+"""How much of a FLOPs saving shows in wall-clock time: the step-time model.
+
+On a real machine a training step costs a fixed overhead (Python, kernel
+launches, the input pipeline) plus its FLOPs over the throughput the
+hardware sustains:
+
+    step_s = overhead_s + flops_per_step / flops_per_s
+
+`fit_step_times` fits that line by least squares to measured steps (see
+`kgrow bench probe`); `predicted_train_s` and `predicted_speedup` apply it to
+a schedule given as per-epoch `flops_per_sample` and `samples` (the `curve`
+of a bench run record has exactly these keys), so a method's wall-clock
+speedup can be predicted before a long run, and `realization` says which
+fraction of the FLOPs saving a measured (or predicted) speedup realizes.
+
+Pure functions of plain numbers; no TensorFlow.
+
+Example:
+    >>> fit = StepTimeFit(overhead_s=0.5, flops_per_s=1.28e11)
+    >>> base = [{"flops_per_sample": 1e9, "samples": 1280}] * 2
+    >>> half = [{"flops_per_sample": 5e8, "samples": 1280}] * 2
+    >>> round(predicted_speedup(fit, base, half, batch_size=128), 3)
+    1.5
+    >>> round(realization(1.5, flops_speedup(base, half)), 3)
+    0.667
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+def realization(speedup_wall: float | None, speedup_flops: float | None) -> float | None:
+    """Fraction of the FLOPs saving that shows in wall-clock time.
+
+    `(1 - 1/speedup_wall) / (1 - 1/speedup_flops)`: 1 when time falls as
+    much as FLOPs, 0 when it does not fall at all, negative when the method
+    is slower. None when there is no FLOPs saving to realize (speedup_flops
+    <= 1 or a missing value).
+
+    Example:
+        >>> realization(2.0, 2.0), realization(1.0, 2.0), realization(1.5, 1.0)
+        (1.0, 0.0, None)
+    """
+    if speedup_wall is None or speedup_flops is None or not speedup_wall > 0:
+        return None
+    if not speedup_flops > 1:
+        return None
+    return (1.0 - 1.0 / speedup_wall) / (1.0 - 1.0 / speedup_flops)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTimeFit:
+    """`step_s = overhead_s + flops_per_step / flops_per_s`.
+
+    Attributes:
+        overhead_s: Fixed cost of one training step, seconds (>= 0).
+        flops_per_s: Training FLOPs per second the hardware sustains.
+        rms_rel_error: Root-mean-square relative error of the fit on the
+            points it was fitted to (None when not fitted).
+        num_points: Number of points fitted.
+    """
+
+    overhead_s: float
+    flops_per_s: float
+    rms_rel_error: float | None = None
+    num_points: int = 0
+
+    def __post_init__(self):
+        if not self.overhead_s >= 0:
+            raise ValueError(f"overhead_s must be >= 0, got {self.overhead_s!r}.")
+        if not (self.flops_per_s > 0 and math.isfinite(self.flops_per_s)):
+            raise ValueError(f"flops_per_s must be a positive finite number, got "
+                             f"{self.flops_per_s!r}.")
+
+    def step_s(self, flops_per_step):
+        """Predicted seconds of a step (array-friendly)."""
+        return self.overhead_s + np.asarray(flops_per_step, dtype=float) / self.flops_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StepTimeFit":
+        """Inverse of `to_dict`."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def fit_step_times(flops_per_step: Sequence[float], seconds: Sequence[float]) -> StepTimeFit:
+    """Least-squares fit of step time as overhead plus FLOPs over throughput.
+
+    The residuals are relative (each point weighted by 1/seconds), so small
+    models count as much as large ones. A negative intercept is not a
+    physical overhead: the line is then refitted through the origin.
+
+    Args:
+        flops_per_step: Training FLOPs of each measured step.
+        seconds: Its measured duration.
+
+    Raises:
+        ValueError: Fewer than two points, mismatched lengths, non-positive
+            values, or all points with the same FLOPs.
+
+    Example:
+        >>> flops = [1e9, 2e9, 4e9]
+        >>> fit = fit_step_times(flops, [0.02 + f / 1e11 for f in flops])
+        >>> round(fit.overhead_s, 6), round(fit.flops_per_s / 1e11, 6)
+        (0.02, 1.0)
+    """
+    x = np.asarray(flops_per_step, dtype=float)
+    y = np.asarray(seconds, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"flops_per_step and seconds must be two equally long lists, got "
+                         f"shapes {x.shape} and {y.shape}.")
+    if len(x) < 2:
+        raise ValueError(f"fit_step_times needs at least 2 points, got {len(x)}.")
+    if not (np.all(x > 0) and np.all(y > 0) and np.all(np.isfinite(x + y))):
+        raise ValueError("fit_step_times needs positive finite FLOPs and seconds.")
+    if np.ptp(x) == 0:
+        raise ValueError("fit_step_times needs points with different FLOPs; all have "
+                         f"{x[0]:.3g}.")
+    w = 1.0 / y
+    design = np.stack([np.ones_like(x), x], axis=1) * w[:, None]
+    (overhead, slope), *_ = np.linalg.lstsq(design, y * w, rcond=None)
+    if overhead < 0 or slope <= 0:
+        overhead = 0.0
+        slope = float(np.sum(w * w * x * y) / np.sum(w * w * x * x))
+    predicted = overhead + slope * x
+    rms = float(np.sqrt(np.mean(((predicted - y) / y) ** 2)))
+    return StepTimeFit(overhead_s=float(overhead), flops_per_s=float(1.0 / slope),
+                       rms_rel_error=rms, num_points=int(len(x)))
+
+
+def predicted_train_s(fit: StepTimeFit, epochs: Sequence[Mapping[str, float]],
+                      batch_size: int) -> float:
+    """Predicted training seconds of a schedule.
+
+    Args:
+        fit: The step-time model.
+        epochs: Per epoch `{"flops_per_sample": ..., "samples": ...}` (a
+            bench run's `curve` works as it is).
+        batch_size: Samples per step.
+
+    Example:
+        >>> fit = StepTimeFit(overhead_s=0.1, flops_per_s=1e9)
+        >>> predicted_train_s(fit, [{"flops_per_sample": 1e6, "samples": 1000}], 100)
+        2.0
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    total = 0.0
+    for i, epoch in enumerate(epochs):
+        missing = {"flops_per_sample", "samples"} - set(epoch)
+        if missing or epoch["flops_per_sample"] is None:
+            lacking = sorted(missing) or ["flops_per_sample"]
+            raise ValueError(f"epoch {i} of the schedule lacks {lacking}; each epoch needs "
+                             f"flops_per_sample and samples.")
+        steps = float(epoch["samples"]) / batch_size
+        total += steps * float(fit.step_s(float(epoch["flops_per_sample"]) * batch_size))
+    return total
+
+
+def predicted_speedup(fit: StepTimeFit, baseline_epochs: Sequence[Mapping[str, float]],
+                      method_epochs: Sequence[Mapping[str, float]], batch_size: int) -> float:
+    """Predicted wall-clock speedup (baseline / method) of a method's schedule.
+
+    See `predicted_train_s` for the epoch format; the module docstring has an
+    example.
+    """
+    return (predicted_train_s(fit, baseline_epochs, batch_size)
+            / predicted_train_s(fit, method_epochs, batch_size))
+
+
+def flops_speedup(baseline_epochs: Sequence[Mapping[str, float]],
+                  method_epochs: Sequence[Mapping[str, float]]) -> float:
+    """Training-FLOPs speedup (baseline / method) of two schedules.
+
+    Example:
+        >>> flops_speedup([{"flops_per_sample": 4.0, "samples": 10}],
+        ...               [{"flops_per_sample": 1.0, "samples": 10}])
+        4.0
+    """
+    def total(epochs):
+        return sum(float(e["flops_per_sample"]) * float(e["samples"]) for e in epochs)
+    return total(baseline_epochs) / total(method_epochs)

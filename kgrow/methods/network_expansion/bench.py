@@ -1,0 +1,50 @@
+"""Bench methods of Network Expansion (registered lazily in `kgrow.bench.registry`).
+
+Example:
+    >>> from kgrow import bench
+    >>> {"network_expansion", "network_expansion_vit"} <= set(bench.available_methods())
+    True
+"""
+from __future__ import annotations
+
+from kgrow.methods.network_expansion.callback import NetworkExpansion
+
+__all__ = ["bench_cnn", "bench_vit", "factory"]
+
+
+def factory(mode: str, **options):
+    """A bench factory running `NetworkExpansion(mode, **options)` on the bench model.
+
+    Stage counts are capped by the run's epochs (at least one epoch per stage).
+    """
+    def make(build_model, context):
+        del build_model
+        epochs = int(context.train.epochs)
+        kwargs = dict(options)
+        if mode == "cnn" and "stage_epochs" not in kwargs:
+            kwargs["num_stages"] = min(kwargs.get("num_stages", 3), epochs)
+        if mode == "vit":
+            # kgrow bundles have no static length; the EMA decay needs it.
+            kwargs.setdefault("steps_per_epoch", int(context.steps_per_epoch))
+        return context.build_model(), [NetworkExpansion(mode, epochs=epochs, **kwargs)]
+    make.__name__ = f"network_expansion_{mode}"
+    return make
+
+
+def bench_cnn(build_model, context):
+    """Bench method `network_expansion`: the CNN recipe with the card's defaults.
+
+    Width 0.5 -> 1.0 of every channel group in 3 equal stages, new filters
+    orthogonal to the kept ones (norm-matched), zero fan-out, optimizer
+    state carried.
+    """
+    return factory("cnn")(build_model, context)
+
+
+def bench_vit(build_model, context):
+    """Bench method `network_expansion_vit`: half the blocks -> all, in 2 stages.
+
+    EMA blocks interleaved after the last online blocks, EMA half-life the
+    paper's 4.6% of the run, drop-path rates reset, optimizer moments reset.
+    """
+    return factory("vit")(build_model, context)

@@ -1,0 +1,515 @@
+"""Pure forms of variance-transfer growth (Yuan, Savarese, Maire, NeurIPS 2023).
+
+Four pieces, each a function of plain data:
+
+* Parameterization: `fan_in_initialize(model)` re-initializes kernels with
+  variance ``1 / fan_in`` (hidden and input layers) and ``1 / fan_in^2``
+  (output layers); `fan_in_lr_factors(model, reference)` gives per-layer LR
+  factors ``{layer name: float}`` for `TrainingController.set_lr_multipliers`.
+* Growth: `PairedVarianceTransfer`, a growth initializer: pairs ``[V; V]`` /
+  ``[Z, -Z]`` whose scales are transferred from the existing weights, and
+  the old fan-out rescaled by ``sqrt(C_t / C_{t+1})`` wherever a BatchNorm
+  makes that exact (see docs/methods/variance_transfer.md for the derivation).
+* Partitions: `initial_partitions` / `carry_partitions` label every entry of
+  every trainable variable with the growth stage that added it, carried
+  through each growth's `TransferPlan`.
+* LR adaptation: `partition_lr_scales` turns partitions and weights into
+  element-wise scales ``{path: array}`` with
+  ``lr_t = lr_0 * ||W_dt||_F / ||W_0||_F``; `apply_lr_scales` hands them to the
+  controller (the one adapter to the per-entry LR-scales component).
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Mapping, Optional
+
+import keras
+import numpy as np
+
+from kgrow.growth import VarianceTransfer
+from kgrow.growth.base import GrowthRequest, GrowthValues
+
+__all__ = ["layer_fans", "kernel_layer_roles", "fan_in_initialize", "fan_in_lr_factors",
+           "PairedVarianceTransfer", "initial_partitions", "carry_partitions",
+           "partition_lr_scales", "apply_lr_scales", "check_batch_schedule", "OPTIMIZER_RULES"]
+
+#: Optimizer families of `fan_in_lr_factors` (muP's tables for SGD and Adam).
+OPTIMIZER_RULES = ("sgd", "adam")
+
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+          keras.layers.GroupNormalization)
+
+
+# -- parameterization ----------------------------------------------------------
+
+def _kernels(layer) -> list:
+    """``[(variable, fan_in, fan_out)]`` of a layer's kernels; None if unsupported."""
+    if isinstance(layer, keras.layers.Dense):
+        k = layer.kernel
+        return [(k, int(k.shape[0]), int(k.shape[1]))]
+    if isinstance(layer, _SEPARABLE):
+        d, p = layer.depthwise_kernel, layer.pointwise_kernel
+        # The depthwise part reads one channel per output: fan-in is the window.
+        return [(d, int(np.prod(d.shape[:-2])), int(np.prod(d.shape[-2:]))),
+                (p, int(np.prod(p.shape[:-1])), int(p.shape[-1]))]
+    if isinstance(layer, _DEPTHWISE):
+        k = layer.kernel
+        return [(k, int(np.prod(k.shape[:-2])), int(np.prod(k.shape[-2:])))]
+    if isinstance(layer, _CONV):
+        k = layer.kernel  # [*window, C_in / groups, C_out]: fan-in counts the group only
+        return [(k, int(np.prod(k.shape[:-1])), int(k.shape[-1]))]
+    return None
+
+
+def layer_fans(model) -> dict:
+    """``{layer name: (fan_in, fan_out)}`` of every kernel layer (last kernel of separable convs).
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, name="h")])
+        >>> layer_fans(m)
+        {'h': (3, 5)}
+    """
+    out = {}
+    for layer in model.layers:
+        ks = _kernels(layer)
+        if ks:
+            out[layer.name] = ks[-1][1:]
+    return out
+
+
+def kernel_layer_roles(model) -> dict:
+    """``{layer name: "input" | "hidden" | "output"}`` for kernel layers of a Functional model.
+
+    A kernel layer is an *output* layer when a model output depends on it
+    through kernel-free operations only (activations, pooling, BatchNorm,
+    adds, ...), an *input* layer when it reads a model input that way, and
+    hidden otherwise (output wins over input for a one-layer model).
+
+    Example:
+        >>> inp = keras.Input((4,))
+        >>> h = keras.layers.Dense(8, activation="relu", name="a")(inp)
+        >>> m = keras.Model(inp, keras.layers.Dense(2, name="b")(keras.layers.Dense(8, name="c")(h)))
+        >>> kernel_layer_roles(m)
+        {'a': 'input', 'c': 'hidden', 'b': 'output'}
+    """
+    from kgrow.surgery.graph import nodes, tensor_key
+    producer = {}
+    order = []
+    for node in nodes(model):
+        for t in node.outputs:
+            producer[tensor_key(t)] = node
+        if _kernels(node.operation):
+            order.append(node.operation.name)
+
+    def sources(tensor, seen) -> set:
+        """Kernel layers (names) or "<input>" reached backwards through kernel-free ops."""
+        node = producer.get(tensor_key(tensor))
+        if node is None:
+            return {"<input>"}
+        if _kernels(node.operation):
+            return {node.operation.name}
+        if id(node) in seen:
+            return set()
+        seen.add(id(node))
+        found = set()
+        for t in node.inputs:
+            found |= sources(t, seen)
+        return found
+
+    outputs = set()
+    for t in keras.tree.flatten(model.outputs):
+        outputs |= sources(t, set())
+    inputs = set()
+    for node in nodes(model):
+        if _kernels(node.operation):
+            if any("<input>" in sources(t, set()) for t in node.inputs):
+                inputs.add(node.operation.name)
+    roles = {}
+    for name in order:
+        roles[name] = "output" if name in outputs else ("input" if name in inputs else "hidden")
+    return roles
+
+
+def fan_in_initialize(model, *, seed: int = 0, strict: bool = True) -> dict:
+    """Re-initializes `model` in place: fan-in-aware kernels, zero biases, fresh norms.
+
+    Kernels of input and hidden layers get ``N(0, 1 / fan_in)``, those of
+    output layers ``N(0, 1 / fan_in^2)`` (so the logits start near zero and
+    shrink like ``1 / width``, muP's output rule). Fan-in is ``k*k*C_in /
+    groups`` for a convolution, the window ``k*k`` for a depthwise kernel
+    (each output reads one channel), and ``C_in * multiplier`` for the
+    pointwise half of a separable conv. Biases are zero; BatchNorm,
+    LayerNorm and GroupNorm get gamma 1, beta 0 (and BatchNorm moving mean 0,
+    variance 1): their scale is not a function of width.
+
+    Args:
+        model: a Functional model (`kernel_layer_roles` decides the output layers).
+        seed: seed of the new kernels.
+        strict: raise on layers with weights that are none of the above
+            (False: leave them as they are, with a warning naming them).
+
+    Returns:
+        ``{layer name: std used}`` of every re-initialized kernel layer.
+
+    Raises:
+        ValueError: (strict) layers with weights this function does not know.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((100,)), keras.layers.Dense(50, name="h"),
+        ...                       keras.layers.Dense(10, name="out")])
+        >>> stds = fan_in_initialize(m)
+        >>> round(stds["h"], 3), round(stds["out"], 3)
+        (0.1, 0.02)
+    """
+    roles = kernel_layer_roles(model)
+    rng = np.random.default_rng(seed)
+    unknown = [layer.name for layer in model.layers if layer.weights
+               and _kernels(layer) is None and not isinstance(layer, _NORMS)]
+    if unknown:
+        message = (f"fan_in_initialize: layers {unknown} have weights but are not Dense, Conv, "
+                   "DepthwiseConv, SeparableConv or a normalization layer")
+        if strict:
+            raise ValueError(message + "; pass strict=False to leave them unchanged.")
+        warnings.warn(message + "; left unchanged.", stacklevel=2)
+    stds = {}
+    for layer in model.layers:
+        ks = _kernels(layer)
+        if ks:
+            output = roles.get(layer.name) == "output"
+            for var, fan_in, _ in ks:
+                std = 1.0 / fan_in if output else 1.0 / math.sqrt(fan_in)
+                var.assign(rng.normal(0.0, std, tuple(var.shape)).astype(var.dtype))
+            stds[layer.name] = std
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.assign(np.zeros(layer.bias.shape, layer.bias.dtype))
+        elif isinstance(layer, _NORMS):
+            for w in layer.weights:
+                kind = w.path.rsplit("/", 1)[-1]
+                value = 1.0 if kind in ("gamma", "moving_variance") else 0.0
+                w.assign(np.full(w.shape, value, w.dtype))
+    return stds
+
+
+def fan_in_lr_factors(model, reference: Optional[Mapping] = None, *,
+                      optimizer: str = "sgd") -> dict:
+    """Per-layer LR factors so that each layer's relative update does not depend on width.
+
+    muP's rules (Yang et al., 2021), as ratios to a `reference` model whose
+    learning rate you tuned (factor 1 at the reference widths):
+
+    ========  ===============================  =======================
+    layer     SGD                              Adam / AdamW
+    ========  ===============================  =======================
+    input     ``fan_out / ref_fan_out``        1
+    hidden    1                                ``ref_fan_in / fan_in``
+    output    ``ref_fan_in / fan_in``          ``ref_fan_in / fan_in``
+    ========  ===============================  =======================
+
+    Biases share their layer's factor; normalization layers and other
+    vector-like weights keep 1 (they are not listed).
+
+    Args:
+        model: the model now (e.g. a narrow stage of a growing model).
+        reference: ``layer_fans(reference_model)``, e.g. of the full model;
+            default: `model` itself (all factors 1).
+        optimizer: "sgd" or "adam" (Adam, AdamW and other sign-like rules).
+
+    Returns:
+        ``{layer name: factor}`` for `TrainingController.set_lr_multipliers`.
+
+    Raises:
+        ValueError: unknown optimizer family.
+
+    Example:
+        >>> big = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, name="a"),
+        ...                         keras.layers.Dense(16, name="b"), keras.layers.Dense(2, name="c")])
+        >>> small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="a"),
+        ...                           keras.layers.Dense(4, name="b"), keras.layers.Dense(2, name="c")])
+        >>> fan_in_lr_factors(small, layer_fans(big), optimizer="adam")
+        {'a': 1.0, 'b': 4.0, 'c': 4.0}
+    """
+    if optimizer not in OPTIMIZER_RULES:
+        raise ValueError(f"optimizer must be one of {OPTIMIZER_RULES} (use 'adam' for AdamW), "
+                         f"got {optimizer!r}")
+    fans = layer_fans(model)
+    reference = fans if reference is None else dict(reference)
+    roles = kernel_layer_roles(model)
+    out = {}
+    for name, (fan_in, fan_out) in fans.items():
+        ref_in, ref_out = reference.get(name, (fan_in, fan_out))
+        role = roles.get(name, "hidden")
+        if role == "input":
+            f = fan_out / ref_out if optimizer == "sgd" else 1.0
+        elif role == "hidden" and optimizer == "sgd":
+            f = 1.0
+        else:
+            f = ref_in / fan_in
+        out[name] = float(f)
+    return out
+
+
+# -- growth --------------------------------------------------------------------
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a)))) if a.size else 0.0
+
+
+def _transferred_std(binding, slices) -> float:
+    """Std of new entries so a new unit's pre-activation matches the old units' on average.
+
+    An old unit sums ``fan_in_old`` inputs with weights of RMS ``r`` (its new
+    inputs come in cancelling pairs and add nothing); a new unit sums all
+    ``fan_in_new`` inputs, the new ones included (a pair's two equal inputs
+    with independent weights do not cancel), so its weights get
+    ``r * sqrt(fan_in_old / fan_in_new)``. ``r`` is the RMS of the whole
+    variable before growth (the binding's variable is the old model's).
+    """
+    old = np.asarray(binding.variable.numpy(), np.float64)
+    r = _rms(old)
+    if r == 0.0:
+        return 1.0 / math.sqrt(max(slices.fan_in, 1))
+    old_fan_in = binding.fan_in(old.shape)
+    return r * math.sqrt(old_fan_in / max(slices.fan_in, 1))
+
+
+class PairedVarianceTransfer(VarianceTransfer):
+    """Pairs with transferred variance; old fan-out rescaled where a BatchNorm makes it exact.
+
+    New channels come in pairs with equal fan-in ``[V; V]`` and opposite
+    fan-out ``[Z, -Z]`` (see `kgrow.growth.VarianceTransfer`), so the pair
+    cancels and the function is kept. Unlike the engine's initializer, whose
+    ``V, Z`` follow the init rule ``N(0, 1/fan_in^2)`` and are tiny next to
+    trained weights, the scales are *transferred*: ``V`` has the RMS of the
+    producer's existing filters and ``Z`` the RMS of the (rescaled) existing
+    fan-out, so new channels carry activations of the size the old ones do;
+    new BatchNorm channels take the mean gamma and moving variance of the
+    old ones. The old fan-out is multiplied by ``s = sqrt(C_t / C_{t+1})``
+    ("sqrt") or ``C_t / C_{t+1}`` ("linear") only in groups whose consumers
+    feed a BatchNorm (``ChannelGroup.bn_compensable``: the BatchNorm undoes
+    ``s`` exactly); elsewhere ``s = 1``, so growth stays exact everywhere.
+
+    Args:
+        rescale: "sqrt" (default: keeps the consumer's pre-activation variance
+            once the new channels are as active as the old), "linear" or None.
+        noise: symmetry-breaking noise on the second pair member, relative to
+            ``V``'s std (0: exact; the opposite signs already make the pair's
+            fan-in gradients opposite, so the members drift apart anyway).
+
+    Example:
+        >>> PairedVarianceTransfer().rescale
+        'sqrt'
+    """
+
+    name = "paired_variance_transfer"
+
+    def __init__(self, rescale: Optional[str] = "sqrt", noise: float = 0.0):
+        super().__init__(rescale=rescale, noise=noise)
+
+    def fan_out_scale(self, request: GrowthRequest) -> float:
+        if not getattr(request.group, "bn_compensable", False):
+            return 1.0
+        return super().fan_out_scale(request)
+
+    def producer_std(self, request: GrowthRequest, index: int) -> float:
+        return _transferred_std(request.group.producers[index], request.producers[index])
+
+    def consumer_std(self, request: GrowthRequest, index: int, scale: float) -> float:
+        return scale * _transferred_std(request.group.consumers[index], request.consumers[index])
+
+    def new_carriers(self, request: GrowthRequest, prototype: np.ndarray) -> list:
+        carriers = super().new_carriers(request, prototype)
+        for i, (b, sl) in enumerate(zip(request.group.carriers, request.carriers)):
+            if sl.kind in ("gamma", "moving_variance") and request.n_old:
+                # The old model's values: another group's BatchNorm compensation may
+                # already have rescaled the current ones, which `V` does not follow.
+                before = np.asarray(b.variable.numpy(), np.float64)
+                mean = before.mean() if before.ndim == 1 else sl.old.mean(axis=0)
+                carriers[i] = np.broadcast_to(mean, carriers[i].shape).copy()
+        return carriers
+
+    def check(self, group, old_size=None, new_size=None) -> Optional[str]:
+        mixing = self.mixing(group)
+        if mixing:
+            return (f"the group is normalized over its channels by {mixing}; new channels "
+                    "change those statistics")
+        if self.noise:
+            return "noise makes the two members of a pair differ, so they no longer cancel"
+        return None
+
+
+# -- partitions ----------------------------------------------------------------
+
+def initial_partitions(shapes: Mapping[str, tuple]) -> dict:
+    """Every entry in subnetwork 0: ``{path: int32 zeros of the shape}``.
+
+    Example:
+        >>> initial_partitions({"d/kernel": (2, 3)})["d/kernel"].tolist()
+        [[0, 0, 0], [0, 0, 0]]
+    """
+    return {p: np.zeros(tuple(s), np.int32) for p, s in shapes.items()}
+
+
+def carry_partitions(partitions: Mapping[str, np.ndarray], plan, shapes: Mapping[str, tuple],
+                     stage: int) -> dict:
+    """Partitions after a growth: old entries keep their stage, new ones get `stage`.
+
+    Each new variable's labels are gathered from its source's labels along
+    the plan's per-axis index (`VariableTransfer.gather`); an entry with -1
+    on any axis (a new row or a new column) belongs to `stage`, and so does
+    every entry of a variable without a source. Variables of `shapes`
+    (normally the trainable ones) not in the plan are an error.
+
+    Args:
+        partitions: ``{old path: int array}``.
+        plan: the growth's `kgrow.surgery.TransferPlan` (new path -> source).
+        shapes: ``{new path: shape}`` of the variables to label.
+        stage: the index of the stage this growth starts.
+
+    Returns:
+        ``{new path: int32 array of the new shape}``.
+
+    Example:
+        >>> from kgrow.surgery import TransferPlan, VariableTransfer
+        >>> plan = TransferPlan({"d/kernel": VariableTransfer("d/kernel", ([0, 1, -1], [0, -1]))})
+        >>> carry_partitions({"d/kernel": np.zeros((2, 1), np.int32)}, plan,
+        ...                  {"d/kernel": (3, 2)}, stage=1)["d/kernel"].tolist()
+        [[0, 1], [0, 1], [1, 1]]
+    """
+    out = {}
+    for path, shape in shapes.items():
+        if path not in plan:
+            raise KeyError(f"carry_partitions: the plan does not cover {path!r}")
+        t = plan[path]
+        old = partitions.get(t.source) if t.source is not None else None
+        if old is None:
+            out[path] = np.full(tuple(shape), stage, np.int32)
+        else:
+            out[path] = t.gather(np.asarray(old, np.int32), tuple(shape), fill=stage
+                                 ).astype(np.int32)
+    return out
+
+
+def partition_lr_scales(partitions: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
+                        *, scope: str = "variable", min_ndim: int = 2,
+                        base: Optional[Mapping[str, float]] = None) -> dict:
+    """Element-wise LR scales ``lr_t / lr_0 = ||W_dt||_F / ||W_0||_F`` per entry.
+
+    Args:
+        partitions: ``{path: int array}`` (`carry_partitions`).
+        weights: ``{path: array}`` of the same shapes (current values).
+        scope: "variable" (norms of each variable's own partitions: every
+            layer rebalances its subnetworks) or "global" (norms over all
+            scaled variables together, the paper's W = {W_0, W_d1, ...}).
+        min_ndim: variables with fewer dimensions (biases, norms) get 1.
+        base: optional ``{path: factor}`` multiplied in (per-layer factors).
+
+    Returns:
+        ``{path: float32 array of the variable's shape}`` (1 where stage 0;
+        a partition whose ``W_0`` part has zero norm gets 1).
+
+    Raises:
+        ValueError: unknown scope, or shapes that differ.
+
+    Example:
+        >>> w = {"k": np.array([[3.0, 0.0], [0.0, 4.0]])}
+        >>> p = {"k": np.array([[0, 1], [1, 1]])}
+        >>> [[round(float(v), 4) for v in row] for row in partition_lr_scales(p, w)["k"]]
+        [[1.0, 1.3333], [1.3333, 1.3333]]
+    """
+    if scope not in ("variable", "global"):
+        raise ValueError(f"scope must be 'variable' or 'global', got {scope!r}")
+    base = dict(base or {})
+    sq = {}
+    for path, part in partitions.items():
+        w = np.asarray(weights[path], np.float64)
+        if w.shape != np.shape(part):
+            raise ValueError(f"partition of {path!r} has shape {np.shape(part)}, the weight "
+                             f"{w.shape}")
+        if w.ndim >= min_ndim:
+            sq[path] = np.bincount(np.ravel(part), weights=np.ravel(w * w))
+    total = np.zeros(max((len(v) for v in sq.values()), default=0))
+    for v in sq.values():
+        total[:len(v)] += v
+    out = {}
+    for path, part in partitions.items():
+        part = np.asarray(part)
+        if path not in sq:
+            out[path] = np.full(part.shape, base.get(path, 1.0), np.float32)
+            continue
+        norms = np.sqrt(sq[path] if scope == "variable" else total)
+        factors = np.where(norms[0] > 0, norms / (norms[0] if norms[0] > 0 else 1.0), 1.0)
+        factors = np.where(norms > 0, factors, 1.0)
+        factors[0] = 1.0
+        out[path] = (factors[part] * base.get(path, 1.0)).astype(np.float32)
+    return out
+
+
+# -- applying element-wise scales ----------------------------------------------
+
+_FALLBACK_WARNED = False
+
+
+def apply_lr_scales(controller, scales: Mapping[str, np.ndarray]) -> str:
+    """Hands element-wise LR scales to the controller; returns the route taken.
+
+    With the controller's per-entry LR-scales component
+    (`kgrow.controller.lr_scales.LRScales`) the scales apply entry by entry:
+    "per_entry". Without it, each variable gets the mean of its scales as a
+    per-variable LR multiplier (replacing any other multipliers): "per_variable",
+    announced once with a warning, since the partitions' LRs then no longer
+    differ inside a variable.
+
+    Args:
+        controller: the `TrainingController`.
+        scales: ``{variable path: array of its shape}``.
+    """
+    try:
+        from kgrow.controller.lr_scales import LRScales
+    except ImportError:
+        LRScales = None
+    if LRScales is not None:
+        LRScales.of(controller).set({p: np.asarray(a, np.float32) for p, a in scales.items()})
+        return "per_entry"
+    global _FALLBACK_WARNED
+    if not _FALLBACK_WARNED:
+        warnings.warn("kgrow.controller has no per-entry LR scales yet (issue 14): variance "
+                      "transfer's LR adaptation falls back to one multiplier per variable (the "
+                      "mean of its element-wise scales), so new rows/columns of a variable "
+                      "train at the same rate as its old ones.", RuntimeWarning, stacklevel=2)
+        _FALLBACK_WARNED = True
+    controller.set_lr_multipliers({f"^{re.escape(p)}$": float(np.mean(a))
+                                   for p, a in scales.items()})
+    return "per_variable"
+
+
+# -- batch-size adaptation ------------------------------------------------------
+
+def check_batch_schedule(batch_sizes, num_train: int, base_batch: int) -> list:
+    """Validates per-stage batch sizes; returns the linear-scaling LR factors ``b / base``.
+
+    Larger batches as the model grows keep the per-sample LR with the linear
+    scaling rule (Goyal et al., 2017): ``lr = lr_0 * b / b_0``.
+
+    Raises:
+        ValueError: a size that is not a positive int, or that does not divide
+            the training set (the last batch of every epoch would be partial
+            and the step count per epoch would depend on the stage's rounding).
+
+    Example:
+        >>> check_batch_schedule([64, 128], 1024, 128)
+        [0.5, 1.0]
+    """
+    out = []
+    for b in batch_sizes:
+        if not isinstance(b, (int, np.integer)) or b <= 0:
+            raise ValueError(f"batch sizes must be positive ints, got {b!r}")
+        if num_train % b:
+            raise ValueError(f"batch size {b} does not divide the {num_train} training samples; "
+                             f"use a divisor of {num_train} or a subset that {b} divides.")
+        out.append(b / base_batch)
+    return out

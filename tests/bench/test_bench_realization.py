@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from kgrow.bench import realization as rz
+
+
+def test_realization_formula():
+    assert rz.realization(2.0, 2.0) == pytest.approx(1.0)
+    assert rz.realization(1.0, 3.0) == pytest.approx(0.0)
+    # 1.5x of a 2x FLOPs saving: time fell by 1/3 where FLOPs fell by 1/2.
+    assert rz.realization(1.5, 2.0) == pytest.approx((1 / 3) / (1 / 2))
+    assert rz.realization(0.8, 2.0) < 0  # slower than the baseline
+    assert rz.realization(1.2, 1.0) is None and rz.realization(None, 2.0) is None
+
+
+def test_fit_recovers_constructed_timings():
+    flops = np.array([1e9, 3e9, 6e9, 1.2e10, 2.4e10])
+    rng = np.random.default_rng(0)
+    noise = 1.0 + 0.01 * rng.standard_normal(len(flops))
+    fit = rz.fit_step_times(flops, (0.03 + flops / 5e10) * noise)
+    assert fit.overhead_s == pytest.approx(0.03, rel=0.1)
+    assert fit.flops_per_s == pytest.approx(5e10, rel=0.03)
+    assert fit.rms_rel_error < 0.02 and fit.num_points == 5
+    assert rz.StepTimeFit.from_dict(fit.to_dict()) == fit
+
+
+def test_fit_without_overhead_goes_through_origin():
+    flops = [1e9, 2e9, 4e9]
+    # Time grows faster than FLOPs: a free line would need a negative overhead.
+    fit = rz.fit_step_times(flops, [0.01, 0.03, 0.07])
+    assert fit.overhead_s == 0.0 and fit.flops_per_s > 0
+
+
+@pytest.mark.parametrize("flops, seconds, message", [
+    ([1e9], [0.1], "at least 2"),
+    ([1e9, 2e9], [0.1], "equally long"),
+    ([1e9, 1e9], [0.1, 0.2], "different FLOPs"),
+    ([1e9, -2e9], [0.1, 0.2], "positive"),
+])
+def test_fit_rejects_bad_input(flops, seconds, message):
+    with pytest.raises(ValueError, match=message):
+        rz.fit_step_times(flops, seconds)
+
+
+def test_predicted_speedup_of_a_schedule():
+    fit = rz.StepTimeFit(overhead_s=0.1, flops_per_s=1e10)
+    base = [{"flops_per_sample": 1e7, "samples": 1000}] * 4
+    # Half the FLOPs for two of four epochs.
+    grown = [{"flops_per_sample": 5e6, "samples": 1000}] * 2 + base[:2]
+    # 10 steps per epoch; steps cost 0.1 + 0.1 s (full) or 0.1 + 0.05 s (half).
+    assert rz.predicted_train_s(fit, base, 100) == pytest.approx(8.0)
+    assert rz.predicted_train_s(fit, grown, 100) == pytest.approx(7.0)
+    assert rz.predicted_speedup(fit, base, grown, 100) == pytest.approx(8 / 7)
+    assert rz.flops_speedup(base, grown) == pytest.approx(4 / 3)
+    with pytest.raises(ValueError, match="lacks"):
+        rz.predicted_train_s(fit, [{"samples": 10}], 100)
+    with pytest.raises(ValueError, match="batch_size"):
+        rz.predicted_train_s(fit, base, 0)

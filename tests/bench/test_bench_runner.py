@@ -1,0 +1,79 @@
+"""Run order, paired statistics and settings round-trip of `kgrow bench`, without training."""
+import json
+
+import pytest
+
+from kgrow import bench
+from kgrow.bench import profiles, runner
+from kgrow.bench.runner import BenchSpec
+
+
+def _fake_record(method, seed, wall):
+    curve = [{"epoch": 1, "wall_s": wall, "train_loss": 1.0, "test_acc": 0.8,
+              "samples": 1280, "flops_per_sample": 1e9 if method == "baseline" else 5e8,
+              "train_flops": 1.0}]
+    return {"method": method, "seed": seed, "train_wall_s": wall, "eval_wall_s": 1.0,
+            "train_flops": 1280 * curve[0]["flops_per_sample"],
+            "test_acc": 0.8 + 0.01 * seed - (0.002 if method != "baseline" else 0.0),
+            "num_test": 10_000, "peak_mem_mb": 100.0, "peak_mem_source": "test",
+            "flops_notes": [], "curve": curve}
+
+
+@pytest.fixture
+def two_methods():
+    bench.register_method("zz_other", bench.get_method("baseline"), overwrite=True)
+    yield
+    bench.unregister_method("zz_other")
+
+
+def test_runs_alternate_baseline_and_methods(two_methods, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(method, spec, seed, verbose=2, log=print):
+        calls.append((method, seed))
+        # The machine slows down over time: pairing by seed cancels the drift.
+        return _fake_record(method, seed, wall=(10.0 if method == "baseline" else 5.0)
+                            * (1 + len(calls)))
+    monkeypatch.setattr(runner, "run_method", fake_run)
+    spec = BenchSpec.from_profile("quick", methods=["zz_other"], num_seeds=3, seed=5)
+    results = runner.run_bench(spec, str(tmp_path), verbose=0, log=lambda line: None)
+    assert calls == [("baseline", 5), ("zz_other", 5), ("baseline", 6), ("zz_other", 6),
+                     ("baseline", 7), ("zz_other", 7)]
+    assert calls == runner.run_order(spec.methods, spec.seeds)
+    comp = results["comparisons"]["zz_other"]
+    # Paired ratios 10*2/(5*3), 10*4/(5*5), 10*6/(5*7); median 1.6.
+    assert comp["speedup_wall"] == pytest.approx(1.6)
+    assert comp["speedup_wall_range"] == pytest.approx([4 / 3, 12 / 7])
+    assert comp["acc_delta_pp"] == pytest.approx(-0.2)
+    assert comp["acc_delta_pp_stderr"] == pytest.approx(0.0, abs=1e-9)
+    assert comp["n_pairs"] == 3
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["comparisons"]["zz_other"]["speedup_wall"] == pytest.approx(1.6)
+    assert "realization" in (tmp_path / "results.md").read_text()
+
+
+def test_standard_profiles_default_to_two_seeds():
+    for name in ("standard", "standard-vit", "standard-sparse"):
+        assert profiles.get_profile(name).seeds == 2
+        assert BenchSpec.from_profile(name).seeds == [0, 1]
+    assert BenchSpec.from_profile("standard", num_seeds=1).seeds == [0]
+    assert BenchSpec.from_profile("quick").seeds == [0]
+
+
+def test_settings_round_trip_through_results_json(tmp_path):
+    spec = BenchSpec.from_profile("standard", methods=["baseline"], seed=2, epochs=3,
+                                  subset=2000, model_kwargs={"width": 0.5}, lr=0.05)
+    records = {"baseline": [_fake_record("baseline", 2, 10.0),
+                            _fake_record("baseline", 3, 11.0)]}
+    runner.write_results(runner.build_results(spec, records), str(tmp_path))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    settings = saved["settings"]
+    assert (settings["name"], settings["epochs"], settings["subset"], settings["lr"],
+            settings["model_kwargs"], settings["seeds"]) == (
+        "standard", 3, 2000, 0.05, {"width": 0.5}, 2)
+    # Warm-up of the 9-epoch profile capped for the 3-epoch run, and recorded as run.
+    assert settings["warmup_epochs"] == spec.train.warmup_epochs
+    assert BenchSpec.from_settings(settings, seed=2) == spec
+    assert profiles.Profile.from_dict(settings).model == "resnet20"
+    with pytest.raises(TypeError, match="Unknown profile field"):
+        profiles.Profile.from_dict({**settings, "colour": "red"})
