@@ -53,10 +53,18 @@ class FullSize:
     groups: dict
     stage_depths: list
     stage_min_depths: list
+    image_size: Optional[list] = None
+    image_multiple: int = 1
 
     @classmethod
-    def of(cls, model, *, need_width=True, need_depth=True, block_spec=None) -> "FullSize":
+    def of(cls, model, *, need_width=True, need_depth=True, need_resolution=False,
+           block_spec=None, image_size=None) -> "FullSize":
+        """Records `model`'s sizes; `image_size` is the full resolution of a
+        model whose input size is free (None x None), for resolution stages."""
         groups, depths, mins = {}, [], []
+        full_hw, multiple = None, 1
+        if need_resolution:
+            full_hw, multiple = _full_resolution(model, image_size)
         if need_width:
             from kgrow.surgery import channel_groups
             groups = {n: int(g.size) for n, g in channel_groups(model).items()
@@ -72,14 +80,24 @@ class FullSize:
                                  "cannot grow; pass block_spec=... to name blocks explicitly.")
             depths = [int(s.depth) for s in stages]
             mins = [int(s.depth - len(s.body) + (1 if s.body else 0)) for s in stages]
-        return cls(groups, depths, mins)
+        return cls(groups, depths, mins, full_hw, multiple)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d) -> "FullSize":
-        return cls(dict(d["groups"]), list(d["stage_depths"]), list(d["stage_min_depths"]))
+        return cls(dict(d["groups"]), list(d["stage_depths"]), list(d["stage_min_depths"]),
+                   d.get("image_size"), int(d.get("image_multiple", 1)))
+
+    def resolution_at(self, fraction: float) -> list:
+        """`[height, width]` at `fraction` of the full resolution, rounded to
+        the nearest multiple of `image_multiple` (a ViT's patch size), at least one."""
+        if self.image_size is None:
+            raise ValueError("This FullSize has no image size; build it with "
+                             "need_resolution=True.")
+        m = self.image_multiple
+        return [max(m, int(round(s * fraction / m)) * m) for s in self.image_size]
 
     def depths_at(self, fraction: float) -> list:
         """Blocks per stage at `fraction` of the full depth (never below the minimum)."""
@@ -112,16 +130,55 @@ class FullSize:
         return out
 
 
+def _position_embeddings(model) -> list:
+    from kgrow.models import PositionEmbedding
+    return [layer for layer in model.layers if isinstance(layer, PositionEmbedding)]
+
+
+def _full_resolution(model, image_size):
+    """`([h, w], multiple)` of the full model's input for resolution stages."""
+    shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else ()
+    if len(shape) != 3:
+        raise ValueError(f"Resolution stages need a model with one image input (batch, height, "
+                         f"width, channels); {model.name!r} has inputs "
+                         f"{[tuple(t.shape) for t in model.inputs]}.")
+    pos = _position_embeddings(model)
+    if shape[0] is None or shape[1] is None:
+        if image_size is None:
+            raise ValueError(f"{model.name!r} takes any input size, so the full resolution is "
+                             "unknown: pass full_resolution=(height, width) to Growth (or "
+                             "image_size= to FullSize.of).")
+        return [int(v) for v in _pair(image_size)], 1
+    if image_size is not None and tuple(_pair(image_size)) != shape[:2]:
+        raise ValueError(f"full_resolution={image_size} differs from the model's input size "
+                         f"{shape[:2]}.")
+    if not pos:
+        raise ValueError(
+            f"{model.name!r} has a fixed input size {shape[:2]} and no position embedding to "
+            "resample, so its resolution cannot change: build it with input shape "
+            "(None, None, channels) (convolutional models) or use a kgrow ViT.")
+    patch = shape[0] // pos[0].grid[0]
+    return [int(shape[0]), int(shape[1])], int(patch)
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = None,
             initializer="zeros", importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
             depth_source="neighbour", donor=None, block_spec=None, seed: int = 0,
-            reset_drop_path: Union[bool, float] = True) -> Optional[GrowthResult]:
+            reset_drop_path: Union[bool, float] = True,
+            interpolation: str = "bicubic") -> Optional[GrowthResult]:
     """The growth (or initial shrink) that brings `model` to `stage`'s sizes.
 
-    Depth changes first (new blocks copy their neighbours, an EMA `donor`,
-    or start as identities), then width (new channels from `initializer`,
-    shrinking keeps the most important channels); the two transfer plans are
-    composed into one. Returns None when nothing changes.
+    Resolution first (a ViT's position embeddings resampled to the new patch
+    grid, `kgrow.models.resize_vit`; a model taking any input size needs no
+    change: only the data's image size changes, see `Growth`), then depth
+    (new blocks copy their neighbours, an EMA `donor`, or start as
+    identities), then width (new channels from `initializer`, shrinking
+    keeps the most important channels); the transfer plans are composed into
+    one. Returns None when the architecture does not change.
 
     Args:
         model: the current model.
@@ -137,10 +194,17 @@ def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = N
         block_spec: explicit block spec for irregular models.
         seed: seed of random values for new channels.
         reset_drop_path: reset stochastic-depth rates after a depth change.
+        interpolation: how a ViT's position embeddings are resampled.
     """
     from kgrow.surgery import channel_groups, find_stages, scale_width, set_depth
 
     result, plan, infos = None, None, {}
+    if stage.resolution is not None and _position_embeddings(model):
+        from kgrow.models import resize_vit
+        size = full.resolution_at(stage.resolution)
+        if list(model.inputs[0].shape[1:3]) != size:
+            result = resize_vit(model, size, method=interpolation)
+            model, plan, infos["resolution"] = result.model, result.plan, result.info
     if stage.depth is not None and (current is None or current.depth != stage.depth):
         targets = full.depths_at(stage.depth)
         found = find_stages(model, spec=block_spec)
@@ -150,7 +214,8 @@ def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = N
             result = set_depth(model, targets, mapping=mapping, source=source,
                                donor=donor if depth_source == "ema" else None,
                                spec=block_spec, reset_drop_path=reset_drop_path)
-            model, plan, infos["depth"] = result.model, result.plan, result.info
+            plan = result.plan if plan is None else result.plan.compose(plan)
+            model, infos["depth"] = result.model, result.info
     if stage.width is not None and (current is None or current.width != stage.width
                                     or "depth" in infos):
         groups = {n: int(g.size) for n, g in channel_groups(model).items()
@@ -197,6 +262,21 @@ class Growth(ControlledCallback):
     earlier stage, the model ends at that stage's size (give
     `start_from_epoch=<last stage's epoch>` to only consider the full model).
 
+    Resolution stages (`Stage(epoch, resolution=0.5)`, a fraction of the full
+    input size) set the live image size of the training data (the
+    controller's attached `LiveSelection`, `controller.attach_selection(
+    bundle.selection)` of a bundle loaded with `resizable=True`) and, for a
+    kgrow ViT, resample its position embeddings to the new patch grid (a
+    model whose input is `(None, None, channels)` needs no change). Sizes are
+    rounded to multiples of the ViT's patch size.
+
+    The next stage can also be chosen while training runs (AutoProg's
+    search): `set_next_stage(...)` from any callback applies a stage at the
+    next epoch begin, and `stage_chooser(epoch, scheduled_stage, growth)`,
+    called at each of the schedule's boundaries, may return another stage
+    than the scheduled one (or None to keep it). Chosen stages set the same
+    quantities as the schedule; they may grow or shrink.
+
     Args:
         schedule: a `GrowthSchedule` (or a list of `Stage`s/dicts).
         initializer: how new channels start (`kgrow.growth`): "zeros"
@@ -220,12 +300,20 @@ class Growth(ControlledCallback):
             linspace(0, max rate, depth): True takes the largest rate in the
             model, a float sets it, False keeps the rates.
         seed: seed of new channels' random values.
+        full_resolution: `(height, width)` of the full input, for resolution
+            stages on a model that takes any input size (default: the
+            model's input size).
+        interpolation: resampling of a ViT's position embeddings.
+        stage_chooser: optional `fn(epoch, scheduled_stage, growth) ->
+            Stage | None` (see above).
         verbose: 1 prints one line per growth step.
 
     Attributes:
-        events: one dict per growth step: epoch, stage index, seconds spent
-            (surgery + transfer; the retrace happens in the first step of the
-            epoch and is counted by the controller), sizes.
+        events: one dict per growth step: epoch, stage index (None for a
+            chosen stage), the stage's sizes, seconds spent (surgery +
+            transfer; the retrace happens in the first step of the epoch and
+            is counted by the controller), parameters, image size.
+        current: the `Stage` the model is at (None before training).
     """
 
     phase = Phase.ARCHITECTURE
@@ -235,13 +323,19 @@ class Growth(ControlledCallback):
                  importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
                  depth_source: str = "neighbour", ema_decay: Optional[float] = None,
                  reset_optimizer: bool = False, reset_ema: bool = True, block_spec=None,
-                 reset_drop_path: Union[bool, float] = True, seed: int = 0, verbose: int = 1):
+                 reset_drop_path: Union[bool, float] = True, seed: int = 0,
+                 full_resolution=None, interpolation: str = "bicubic",
+                 stage_chooser: Optional[Callable] = None, verbose: int = 1):
         super().__init__()
         if not isinstance(schedule, GrowthSchedule):
             schedule = GrowthSchedule(schedule)
-        if schedule.stages[0].resolution is not None:
-            raise ValueError("Growth changes width and depth; resolution stages belong to a "
-                             "resolution callback. Remove `resolution` from the schedule.")
+        if stage_chooser is not None and not callable(stage_chooser):
+            raise TypeError(f"stage_chooser must be callable (epoch, scheduled_stage, growth) -> "
+                            f"Stage or None, got {type(stage_chooser).__name__}")
+        from kgrow.models import INTERPOLATION_METHODS
+        if interpolation not in INTERPOLATION_METHODS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATION_METHODS}, got "
+                             f"{interpolation!r}")
         if depth_source not in ("neighbour", "identity", "ema"):
             raise ValueError(f"depth_source must be 'neighbour', 'identity' or 'ema', got "
                              f"{depth_source!r}")
@@ -259,10 +353,48 @@ class Growth(ControlledCallback):
         self.block_spec = block_spec
         self.reset_drop_path = reset_drop_path
         self.seed = seed
+        self.full_resolution = full_resolution
+        self.interpolation = interpolation
+        self.stage_chooser = stage_chooser
         self.verbose = verbose
         self.full: Optional[FullSize] = None
         self.stage_index: Optional[int] = None
+        self.current: Optional[Stage] = None
+        self._next: Optional[Stage] = None
         self.events: list = []
+
+    def set_next_stage(self, stage: Union[Stage, Mapping, None] = None, **sizes) -> Stage:
+        """Makes the model take `stage` at the next epoch begin.
+
+        Give a `Stage` (its epoch is ignored), a dict, or the sizes as
+        keywords (`set_next_stage(width=0.75, resolution=0.5)`), with the
+        same quantities as the schedule. The schedule's later boundaries
+        still apply (or go through `stage_chooser`). Returns the stage.
+        """
+        if stage is not None and sizes:
+            raise TypeError("set_next_stage() takes a stage or sizes as keywords, not both")
+        self._next = self._check_stage(sizes if stage is None else stage)
+        return self._next
+
+    def _check_stage(self, stage) -> Stage:
+        """A run-time stage, validated like a schedule's (epoch set to 0)."""
+        if isinstance(stage, Stage):
+            stage = stage.to_dict()
+        if not isinstance(stage, Mapping):
+            raise TypeError(f"A chosen stage is a Stage, a dict or keywords, got "
+                            f"{type(stage).__name__}")
+        chosen = Stage(**{**dict(stage), "epoch": 0})
+        got = GrowthSchedule([chosen], final_full=False).quantities
+        expected = self.schedule.quantities
+        if got != expected:
+            raise ValueError(f"a chosen stage must set the schedule's quantities {expected}, "
+                             f"got {got}")
+        first = self.schedule.stages[0].width
+        if isinstance(first, Mapping) and (not isinstance(chosen.width, Mapping)
+                                           or set(chosen.width) != set(first)):
+            raise ValueError(f"a chosen stage must size the schedule's groups {sorted(first)}, "
+                             f"got {chosen.width}")
+        return chosen
 
     # Validation against the model happens when fit hands it over, before
     # any training step: unsupported layers, models without blocks, stages
@@ -272,7 +404,9 @@ class Growth(ControlledCallback):
         if self.full is None and self.stage_index is None:
             quantities = self.schedule.quantities
             self.full = FullSize.of(model, need_width="width" in quantities,
-                                    need_depth="depth" in quantities, block_spec=self.block_spec)
+                                    need_depth="depth" in quantities,
+                                    need_resolution="resolution" in quantities,
+                                    block_spec=self.block_spec, image_size=self.full_resolution)
             self._check_groups()
 
     def _check_groups(self):
@@ -291,6 +425,12 @@ class Growth(ControlledCallback):
                              f"{self.schedule.stages[-1].epoch}, but fit runs {epochs} epochs")
         super().on_train_begin(logs)
         ctrl = self.controller
+        if "resolution" in self.schedule.quantities and not callable(
+                getattr(ctrl.selection, "set_image_size", None)):
+            raise ValueError(
+                "Resolution stages change the training images' size through the live data "
+                "selection: load the data with resizable=True and call "
+                "TrainingController.of(model).attach_selection(bundle.selection) before fit.")
         ctrl.register_state("growth", self._get_state, self._set_state)
         if self.depth_source == "ema" and self.EMA_NAME not in ctrl.emas:
             steps = (self.params or {}).get("steps") or 100
@@ -305,7 +445,9 @@ class Growth(ControlledCallback):
 
     def _get_state(self):
         return {"stage_index": self.stage_index, "full": self.full.to_dict(),
-                "schedule": self.schedule.to_dict(), "events": self.events}
+                "schedule": self.schedule.to_dict(), "events": self.events,
+                "current": None if self.current is None else self.current.to_dict(),
+                "next": None if self._next is None else self._next.to_dict()}
 
     def _set_state(self, state):
         if GrowthSchedule.from_dict(state["schedule"]) != self.schedule:
@@ -314,6 +456,26 @@ class Growth(ControlledCallback):
         self.stage_index = state["stage_index"]
         self.full = FullSize.from_dict(state["full"])
         self.events = list(state.get("events", []))
+        current = state.get("current")
+        if current is None and self.stage_index is not None:  # written before chosen stages
+            current = self.schedule.stages[self.stage_index].to_dict()
+        self.current = None if current is None else Stage(**current)
+        self._next = None if state.get("next") is None else Stage(**state["next"])
+
+    def _target(self, epoch: int):
+        """`(stage, schedule index, chosen)` to take at `epoch`, or None."""
+        index = self.schedule.stage_index_at(epoch)
+        if self._next is not None:
+            stage, self._next = self._next, None
+            return stage, index, True
+        if index == self.stage_index:
+            return None
+        stage = self.schedule.stages[index]
+        if self.stage_chooser is not None and self.stage_index is not None:
+            chosen = self.stage_chooser(epoch, stage, self)
+            if chosen is not None:
+                return self._check_stage(chosen), index, True
+        return stage, index, False
 
     def after_growth(self, result: GrowthResult, stage: int, initial: bool) -> None:
         """Subclass hook: called after the model took `result` (its plan maps old to new).
@@ -323,34 +485,45 @@ class Growth(ControlledCallback):
         """
 
     def controlled_epoch_begin(self, epoch: int) -> None:
-        target = self.schedule.stage_index_at(epoch)
-        if target == self.stage_index:
+        target = self._target(epoch)
+        if target is None:
             return
+        stage, index, chosen = target
         start = time.perf_counter()
         ctrl = self.controller
-        current = None if self.stage_index is None else self.schedule.stages[self.stage_index]
+        current = self.current
         donor = ctrl.ema(self.EMA_NAME).values() if self.depth_source == "ema" else None
         with ctrl.scope():
-            result = grow_to(self.model, self.full, self.schedule.stages[target], current=current,
+            result = grow_to(self.model, self.full, stage, current=current,
                              initializer=self.initializer, importance=self.importance,
                              depth_mapping=self.depth_mapping, depth_source=self.depth_source,
                              donor=donor, block_spec=self.block_spec,
-                             seed=self.seed + target, reset_drop_path=self.reset_drop_path)
+                             seed=self.seed + (len(self.events) if chosen else index),
+                             reset_drop_path=self.reset_drop_path,
+                             interpolation=self.interpolation)
         if result is not None:
-            initial = self.stage_index is None
+            initial = current is None
             ctrl.replace_model(result, reset_optimizer=self.reset_optimizer and not initial,
                                reset_ema=self.reset_ema or initial)
-            self.after_growth(result, target, initial)
+            self.after_growth(result, index, initial)
+        image_size = None
+        if stage.resolution is not None:
+            image_size = self.full.resolution_at(stage.resolution)
+            ctrl.selection.set_image_size(*image_size)
         seconds = time.perf_counter() - start
-        self.stage_index = target
-        event = {"epoch": int(epoch), "stage": int(target), "seconds": seconds,
+        self.stage_index, self.current = index, stage
+        event = {"epoch": int(epoch), "stage": None if chosen else int(index),
+                 "sizes": stage.to_dict(), "seconds": seconds,
                  "params": int(self.model.count_params()),
-                 "kind": "shrink-to-start" if current is None else "grow"}
+                 "kind": ("shrink-to-start" if current is None
+                          else "chosen" if chosen else "grow")}
+        if image_size is not None:
+            event["image_size"] = image_size
         self.events.append(event)
         if self.verbose:
-            print(f"\nkgrow.Growth: epoch {epoch}: {event['kind']} to stage {target} "
-                  f"({self.schedule.stages[target].to_dict()}), {event['params']:,} parameters, "
-                  f"{seconds:.2f}s")
+            what = "a chosen stage" if chosen else f"stage {index}"
+            print(f"\nkgrow.Growth: epoch {epoch}: {event['kind']} to {what} "
+                  f"({stage.to_dict()}), {event['params']:,} parameters, {seconds:.2f}s")
 
 
 # -- benchmark methods (registered lazily in kgrow.bench.registry) -----------

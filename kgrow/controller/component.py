@@ -22,6 +22,13 @@ four events, and forgetting one of them loses the state silently:
   momentum, Adam and AdamW). Gradient transforms and post-update hooks are
   registered on `controller.hooks` in `attach`.
 
+State that does not follow the architecture (counters, schedule
+positions, queues, per-sample statistics) needs none of this: a callback
+keeps it and hands it to checkpoints with `controller.register_state(name,
+get, set)`. Make it a component when it is indexed by model variables or
+layers, so that growth steps and architectures taken back cannot misalign
+it.
+
 A component never imports the controller. What it may use of it (the
 "host") is `model`, `scope()`, `hooks`, `request_retrace()` and
 `component(name)`. The controller calls components in ascending `order`;

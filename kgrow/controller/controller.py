@@ -18,9 +18,13 @@ What it owns:
 * the train step: installed on the model instance (`model.train_step`), a
   mirror of Keras' with ordered hook points (`kgrow.controller.step`);
 * EMA copies (`add_ema`), freezing (`freeze`/`unfreeze`), per-group LR
-  multipliers (`set_lr_multipliers`), the live data selection
-  (`attach_selection`), and named state of other callbacks
-  (`register_state`);
+  multipliers (`set_lr_multipliers`): each kind of state that follows the
+  architecture is a component (`kgrow.controller.component`; also
+  `Masks`, `LRScales`, or your own via `add_component`), which the
+  controller carries through growth steps, architectures taken back and
+  checkpoints without knowing its kind;
+* the live data selection (`attach_selection`), and named state of other
+  callbacks (`register_state`);
 * checkpoints: `save(dir)` / `TrainingController.restore(model, dir)` (all of
   the above in one atomic checkpoint).
 
@@ -467,10 +471,6 @@ class TrainingController:
                 f"The new model's variables {local[:3]} are not mirrored: build the grown "
                 "model inside `with controller.scope():` (the model trains under a "
                 f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas).")
-
-    def _install_optimizer(self, optimizer, state, plan, reset=False) -> None:
-        """Builds `optimizer` on every variable that may train, loads `state`."""
-        self._components["optimizer"].install(optimizer, state, plan=plan, reset=reset)
 
     # -- freezing -------------------------------------------------------------
     def freeze(self, layers) -> list[str]:

@@ -254,7 +254,9 @@ def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = 
                         continue
                     t = _transfer_for(plan, v.path)
                     old = saved_slot.get(t.source) if t.source is not None else None
-                    if old is None:
+                    if old is None or t.resample is not None:
+                        # Resampled variables restart their slots: interpolated
+                        # second moments could be negative.
                         value = np.zeros(tuple(s.shape), dtype=np.float64)
                         new_mask = np.ones(tuple(s.shape), dtype=bool)
                     else:

@@ -7,7 +7,8 @@ variable (by path), created in the model's strategy scope (mirrored under
 `MirroredStrategy`) and read by the compiled step, so new values need no
 retrace; a new set of paths or shapes does. Through a growth step each array
 is moved by the plan like the weight it belongs to (`VariableTransfer.gather`);
-entries the plan marks new get `new_entry`, a parameter of the component.
+entries the plan marks new get `new_entry`, a parameter of the component,
+and so do all entries of a resampled variable (`kgrow.surgery.Resample`).
 Variables whose source had no array get none (the component's neutral
 value). The arrays are kept with `get_weights()` lists (`snapshot`), so
 `EarlyStopping(restore_best_weights=True)` brings back the arrays of the
@@ -120,7 +121,11 @@ class PerEntryArrays(Component):
         new = {}
         for p, v in weights_by_path(self.host.model).items():
             t = plan[p] if p in plan else None
-            if t is not None and t.source in old:
+            if t is None or t.source not in old:
+                continue
+            if t.resample is not None:  # interpolated 0/1 masks would not be masks
+                new[p] = np.full(tuple(v.shape), self.new_entry)
+            else:
                 new[p] = t.gather(old[t.source], tuple(v.shape), fill=self.new_entry)
         self.set(new)
 

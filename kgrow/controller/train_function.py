@@ -64,7 +64,7 @@ class RetraceOnCall:
         # and tf.function then traces the whole step a second time.
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not getattr(optimizer, "built", True):
-            controller._install_optimizer(optimizer, None, plan=None)
+            controller.component("optimizer").install(optimizer)
         controller.retrace_now()
         return model.train_function(*args, **kwargs)
 

@@ -202,6 +202,12 @@ def vit(input_shape=(224, 224, 3), num_classes=1000, *, depth=12, dim=768, heads
     return keras.Model(inputs, outputs, name=name)
 
 
+def _is_functional(model) -> bool:
+    # Functional models (not Sequential) have a graph of nodes.
+    return isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth") and not \
+        isinstance(model, keras.Sequential)
+
+
 def _image_input(model):
     """The single 4-D input shape ``(H, W, C)`` of ``model``."""
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
@@ -235,6 +241,10 @@ def resize_vit(model, new_image_size, method="bicubic"):
     position embeddings are resampled with ``interpolate_position_embedding``
     (class-token row kept). With an unchanged grid the result computes the
     same function. ``trainable`` flags are kept; the new model is not compiled.
+    Like every architecture change it returns a ``GrowthResult``, whose plan
+    marks the position embeddings as resampled (``kgrow.surgery.Resample``),
+    so ``TrainingController.replace_model`` carries the training state.
+    Build it inside ``controller.scope()`` when training under a strategy.
 
     Args:
         model: A Functional model with one image input of known size and at
@@ -245,16 +255,21 @@ def resize_vit(model, new_image_size, method="bicubic"):
             ``INTERPOLATION_METHODS``.
 
     Returns:
-        A new uncompiled ``keras.Model``.
+        ``GrowthResult(model, plan, info)``: the new uncompiled model, the
+        ``TransferPlan`` from the old variables, and ``info`` with the old
+        and new image sizes.
 
     Example:
         >>> model = vit((32, 32, 3), 10, depth=1, dim=16, heads=2, patch_size=8)
-        >>> resize_vit(model, 48).get_layer("pos_embed").grid
-        (6, 6)
+        >>> result = resize_vit(model, 48)
+        >>> result.model.get_layer("pos_embed").grid, result.info["image_size"]
+        ((6, 6), [[32, 32], [48, 48]])
     """
-    from keras.src.models.functional import Functional
+    # The plan types are plain data (numpy only); surgery's own architecture
+    # changes return the same GrowthResult.
+    from kgrow.surgery.transfer import GrowthResult, Resample, TransferPlan, VariableTransfer
 
-    if not isinstance(model, Functional):
+    if not _is_functional(model):
         raise TypeError("resize_vit needs a Functional keras.Model, got "
                         f"{type(model).__name__}.")
     _checks.choice("method", method, INTERPOLATION_METHODS)
@@ -280,12 +295,24 @@ def resize_vit(model, new_image_size, method="bicubic"):
             layer_config["config"]["grid"] = list(new_grids[layer_config["name"]])
     new_model = keras.Model.from_config(config)
 
+    resampled = {}
     for new_layer in new_model.layers:
         old_layer = model.get_layer(new_layer.name)
         if isinstance(new_layer, PositionEmbedding):
             (embeddings,) = old_layer.get_weights()
             new_layer.set_weights([interpolate_position_embedding(
                 embeddings, old_layer.grid, new_layer.grid, method=method)])
+            resampled[new_layer.embeddings.path] = Resample(old_layer.grid, new_layer.grid,
+                                                            method)
         else:
             new_layer.set_weights(old_layer.get_weights())
-    return new_model
+    old_paths = {v.path for v in model.weights}
+    plan = {}
+    for v in new_model.weights:
+        if v.path not in old_paths:
+            raise ValueError(f"resize_vit: the rebuilt model has a variable {v.path!r} that "
+                             "the original does not; variable paths must survive a rebuild.")
+        plan[v.path] = VariableTransfer(v.path, (), resampled.get(v.path))
+    info = {"image_size": [list(old_shape[:2]), list(new_hw)],
+            "resampled": sorted(resampled)}
+    return GrowthResult(new_model, TransferPlan(plan), info)

@@ -8,21 +8,21 @@
 
 Every architecture change returns a `GrowthResult(model, plan, info)`.
 """
-from kgrow.surgery.blocks import Block, Stage, find_blocks, find_stages
+from kgrow.surgery.blocks import Block, BlockStage, find_blocks, find_stages
 from kgrow.surgery.channels import (ChannelGroup, UnsupportedLayerError, channel_groups,
                                     register_channel_rule, supported_layer_types)
 from kgrow.surgery.depth import (describe_mapping, expansion_mapping, insert_blocks,
                                  interpolation_mapping, remove_blocks, set_depth)
 from kgrow.surgery.graph import (Node, copy_layer, flat_nodes, is_graph_model, nodes, rebind,
                                  rebuild, require_functional)
-from kgrow.surgery.transfer import NEW, GrowthResult, TransferPlan, VariableTransfer
+from kgrow.surgery.transfer import NEW, GrowthResult, Resample, TransferPlan, VariableTransfer
 from kgrow.surgery.width import scale_width
 
 __all__ = [
     "Node", "copy_layer", "flat_nodes", "is_graph_model", "nodes", "rebind", "rebuild",
-    "require_functional", "NEW", "GrowthResult", "TransferPlan", "VariableTransfer",
+    "require_functional", "NEW", "GrowthResult", "Resample", "TransferPlan", "VariableTransfer",
     "ChannelGroup", "UnsupportedLayerError", "channel_groups", "register_channel_rule",
-    "supported_layer_types", "scale_width", "Block", "Stage", "find_blocks", "find_stages",
+    "supported_layer_types", "scale_width", "Block", "BlockStage", "find_blocks", "find_stages",
     "insert_blocks", "remove_blocks", "set_depth", "interpolation_mapping", "expansion_mapping",
     "describe_mapping",
 ]

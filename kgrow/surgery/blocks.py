@@ -54,7 +54,7 @@ from keras.src.ops import numpy as knp
 
 from kgrow.surgery.graph import is_graph_model, nodes, rebuild, require_functional, tensor_key
 
-__all__ = ["Block", "Stage", "find_blocks", "find_stages", "BlockSpec"]
+__all__ = ["Block", "BlockStage", "find_blocks", "find_stages", "BlockSpec"]
 
 #: Longest repeating pattern of residual units grouped into one block.
 MAX_UNITS_PER_BLOCK = 4
@@ -92,7 +92,7 @@ class Block:
 
     Attributes:
         index: position among all blocks of the model, in graph order.
-        stage: index of the `Stage` the block belongs to.
+        stage: index of the `BlockStage` the block belongs to.
         kind: "residual" (additive merge), "dense" (channel concatenation of
             the stream and a branch, DenseNet) or "plain" (a `spec` block
             without a merge).
@@ -139,8 +139,9 @@ class Block:
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage:
-    """A run of consecutive blocks with the same structure.
+class BlockStage:
+    """A run of consecutive blocks with the same structure (a stage of the
+    network; `kgrow.schedules.Stage` is a stage of a growth schedule).
 
     Attributes:
         index: stage number, in graph order.
@@ -892,7 +893,7 @@ def analyze(model, spec: Optional[BlockSpec] = None) -> _Analysis:
         if b.stage == len(stages):
             stages.append([])
         stages[b.stage].append(b)
-    return _Analysis(g, regions, blocks, [Stage(i, tuple(s)) for i, s in enumerate(stages)])
+    return _Analysis(g, regions, blocks, [BlockStage(i, tuple(s)) for i, s in enumerate(stages)])
 
 
 def _check_disjoint(g: _Graph, regions: list) -> None:
@@ -936,7 +937,7 @@ def find_blocks(model, spec: Optional[BlockSpec] = None) -> list:
 
 
 def find_stages(model, spec: Optional[BlockSpec] = None) -> list:
-    """Groups `find_blocks(model, spec)` into `Stage`s (runs of repeated blocks).
+    """Groups `find_blocks(model, spec)` into `BlockStage`s (runs of repeated blocks).
 
     Example:
         >>> inp = keras.Input((8,))

@@ -90,7 +90,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import keras
 import numpy as np
-from keras.src import tree
+from keras import tree
 
 from kgrow.surgery.graph import is_graph_model, nodes, require_functional, tensor_key
 

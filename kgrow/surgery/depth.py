@@ -41,7 +41,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import keras
 import numpy as np
-from keras.src import tree
+from keras import tree
 from keras.src.backend import KerasTensor
 from keras.src.layers.convolutional.base_conv import BaseConv
 

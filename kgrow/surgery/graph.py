@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import keras
-from keras.src import tree
+from keras import tree
 
 __all__ = [
     "Node", "nodes", "rebuild", "rebind", "copy_layer", "require_functional",

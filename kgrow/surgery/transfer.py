@@ -10,6 +10,13 @@ growth initializer (`kgrow.growth`), not of the plan.
 
 Plans are plain data (paths and integer arrays): they serialize into
 checkpoints and compose (`plan_b.compose(plan_a)` maps old -> mid -> new).
+
+A variable can also be *resampled* rather than copied (`Resample`: a ViT's
+position embedding interpolated to another patch grid when the input
+resolution changes). Its values (weights, EMA shadows) are the interpolated
+old values; state that interpolation would corrupt (optimizer slots: a
+bicubic resample of second moments can turn negative; binary masks) treats
+every entry of a resampled variable as new.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["VariableTransfer", "TransferPlan", "NEW"]
+__all__ = ["VariableTransfer", "TransferPlan", "Resample", "NEW"]
 
 NEW = -1  # index value marking an entry that has no source
 
@@ -34,6 +41,43 @@ def _as_index(ix) -> Optional[np.ndarray]:
     return arr
 
 
+def _grid(value) -> tuple:
+    grid = tuple(int(v) for v in value)
+    if len(grid) != 2 or min(grid) < 1:
+        raise ValueError(f"a patch grid is (rows, columns) of positive ints, got {value!r}")
+    return grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Resample:
+    """A variable's token axis (its second-to-last) resampled to another grid.
+
+    The layout of `kgrow.models.PositionEmbedding`: leading rows (class
+    token) kept, then `rows * columns` patch rows resized as an image
+    (`kgrow.models.interpolate_position_embedding`).
+
+    Attributes:
+        old_grid, new_grid: `(rows, columns)` of patches before and after.
+        method: interpolation (`kgrow.models.INTERPOLATION_METHODS`).
+    """
+    old_grid: tuple
+    new_grid: tuple
+    method: str = "bicubic"
+
+    def __post_init__(self):
+        object.__setattr__(self, "old_grid", _grid(self.old_grid))
+        object.__setattr__(self, "new_grid", _grid(self.new_grid))
+
+    def apply(self, old: np.ndarray) -> np.ndarray:
+        from kgrow.models.layers import interpolate_position_embedding
+        return interpolate_position_embedding(old, self.old_grid, self.new_grid,
+                                              method=self.method)
+
+    def to_dict(self) -> dict:
+        return {"old_grid": list(self.old_grid), "new_grid": list(self.new_grid),
+                "method": self.method}
+
+
 @dataclasses.dataclass(frozen=True)
 class VariableTransfer:
     """Source of one new variable.
@@ -44,16 +88,26 @@ class VariableTransfer:
         index: one entry per axis of the new variable: None keeps the old
             axis as is; an int array of the new axis length gives, for each
             new position, the old position it copies or -1 for a new entry.
+        resample: a `Resample` of the token axis, applied before `index`
+            (which must then leave that axis as is), or None.
     """
     source: Optional[str]
     index: tuple = ()
+    resample: Optional[Resample] = None
 
     def __post_init__(self):
         object.__setattr__(self, "index", tuple(_as_index(i) for i in self.index))
+        if isinstance(self.resample, Mapping):
+            object.__setattr__(self, "resample", Resample(**self.resample))
+        if self.resample is not None:
+            if self.source is None:
+                raise ValueError("a resampled variable needs a source")
+            if len(self.index) >= 2 and self.index[-2] is not None:
+                raise ValueError("a resampled variable's token axis cannot also be indexed")
 
     @property
     def is_identity(self) -> bool:
-        return self.source is not None and all(
+        return self.source is not None and self.resample is None and all(
             i is None or (np.array_equal(i, np.arange(len(i)))) for i in self.index)
 
     def new_mask(self, shape) -> np.ndarray:
@@ -71,11 +125,14 @@ class VariableTransfer:
         return mask
 
     def gather(self, old: Optional[np.ndarray], new_shape, fill=0.0) -> np.ndarray:
-        """Builds the new array: copies mapped entries, `fill` elsewhere."""
+        """Builds the new array: copies mapped entries (resampled ones
+        interpolated), `fill` elsewhere."""
         new_shape = tuple(int(s) for s in new_shape)
         if self.source is None or old is None:
             return np.full(new_shape, fill, dtype=getattr(old, "dtype", np.float32))
         old = np.asarray(old)
+        if self.resample is not None:
+            old = self.resample.apply(old)
         if len(self.index) not in (0, old.ndim):
             raise ValueError(f"transfer from {self.source!r}: {len(self.index)} axis maps "
                              f"for a {old.ndim}-D variable")
@@ -98,12 +155,15 @@ class VariableTransfer:
         return np.array(out, copy=True)
 
     def to_dict(self) -> dict:
-        return {"source": self.source,
-                "index": [None if i is None else i.tolist() for i in self.index]}
+        d = {"source": self.source,
+             "index": [None if i is None else i.tolist() for i in self.index]}
+        if self.resample is not None:
+            d["resample"] = self.resample.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d) -> "VariableTransfer":
-        return cls(d["source"], tuple(d["index"]))
+        return cls(d["source"], tuple(d["index"]), d.get("resample"))
 
 
 class TransferPlan(Mapping[str, VariableTransfer]):
@@ -149,6 +209,11 @@ class TransferPlan(Mapping[str, VariableTransfer]):
             if f.source is None:
                 out[path] = VariableTransfer(None, t.index)
                 continue
+            if t.resample is not None and f.resample is not None:
+                raise ValueError(f"compose: {path!r} is resampled by both plans; resample once")
+            if t.resample is not None and len(f.index) >= 2 and f.index[-2] is not None:
+                raise ValueError(f"compose: {path!r} is resampled after its token axis was "
+                                 "indexed; change the resolution first")
             index = []
             ndim = max(len(t.index), len(f.index))
             for a in range(ndim):
@@ -160,7 +225,7 @@ class TransferPlan(Mapping[str, VariableTransfer]):
                     index.append(ti)
                 else:
                     index.append(np.where(ti == NEW, NEW, fi[np.where(ti == NEW, 0, ti)]))
-            out[path] = VariableTransfer(f.source, tuple(index))
+            out[path] = VariableTransfer(f.source, tuple(index), t.resample or f.resample)
         return TransferPlan(out)
 
     def to_dict(self) -> dict:

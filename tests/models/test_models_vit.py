@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from kgrow import models
+from kgrow import models, surgery
 from kgrow.models import ClassToken, DropPath, PositionEmbedding
 
 SMALL = dict(depth=2, dim=32, heads=4, patch_size=4)
@@ -134,7 +134,7 @@ def test_resize_vit_same_grid_same_function():
     model = small_vit(drop_path=0.1)
     _randomize_position_embedding(model)
     model.get_layer("block0_norm1").trainable = False
-    resized = models.resize_vit(model, 16)
+    resized = models.resize_vit(model, 16).model
     assert resized is not model
     x = np.random.rand(2, 16, 16, 3).astype("float32")
     np.testing.assert_allclose(resized(x), model(x), atol=1e-5)
@@ -145,7 +145,8 @@ def test_resize_vit_new_grid():
     model = small_vit()
     _randomize_position_embedding(model)
     old = model.get_layer("pos_embed").embeddings.numpy()
-    resized = models.resize_vit(model, (24, 32))
+    result = models.resize_vit(model, (24, 32))
+    resized = result.model
     pos = resized.get_layer("pos_embed")
     assert pos.grid == (6, 8)
     assert pos.embeddings.shape == (1 + 48, 32)
@@ -159,6 +160,17 @@ def test_resize_vit_new_grid():
             np.testing.assert_array_equal(a, b)
     assert resized.input_shape == (None, 24, 32, 3)
     assert resized(np.zeros((2, 24, 32, 3), "float32")).shape == (2, 5)
+    # The plan: every variable from its namesake, the position embedding resampled.
+    plan = result.plan
+    assert sorted(plan) == sorted(v.path for v in resized.weights)
+    assert result.info["resampled"] == [pos.embeddings.path]
+    t = plan[pos.embeddings.path]
+    assert t.resample.old_grid == (4, 4) and t.resample.new_grid == (6, 8)
+    np.testing.assert_allclose(t.gather(old, pos.embeddings.shape), pos.embeddings.numpy(),
+                               atol=1e-6)
+    assert not t.new_mask(pos.embeddings.shape).any()
+    assert all(plan[p].is_identity for p in plan if p != pos.embeddings.path)
+    assert surgery.TransferPlan.from_dict(plan.to_dict())[pos.embeddings.path] == t
 
 
 def test_resize_vit_errors():
@@ -185,7 +197,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert isinstance(loaded.get_layer("block1_drop_path2"), DropPath)
     assert loaded.get_layer("block1_drop_path2").rate == pytest.approx(0.1)
     # A resized model (new grid) saves and loads too.
-    resized = models.resize_vit(model, 24)
+    resized = models.resize_vit(model, 24).model
     resized.save(path)
     again = keras.models.load_model(path)
     y = np.random.rand(2, 24, 24, 3).astype("float32")
