@@ -317,6 +317,7 @@ class Growth(ControlledCallback):
     """
 
     phase = Phase.ARCHITECTURE
+    drives = ("architecture",)
     EMA_NAME = "growth"
 
     def __init__(self, schedule: Union[GrowthSchedule, Sequence], *, initializer="zeros",

@@ -86,6 +86,10 @@ class ControlledCallback(keras.callbacks.Callback):
     """
 
     phase: Phase = Phase.SCHEDULE
+    #: What this callback alone may change in a run (e.g. "architecture",
+    #: "active data"): two attached callbacks that share an entry are refused
+    #: when `fit` starts, instead of overwriting each other's decisions.
+    drives: tuple = ()
 
     @property
     def controller(self) -> TrainingController:

@@ -616,6 +616,14 @@ class TrainingController:
             self._callbacks, self._fit = [], fit
             if self.freeze_gc:
                 _freeze_heap(self)
+        for other in self._callbacks:
+            shared = set(getattr(other, "drives", ())) & set(getattr(callback, "drives", ()))
+            if other is not callback and shared:
+                raise ValueError(
+                    f"{type(other).__name__} and {type(callback).__name__} both drive the "
+                    f"{', '.join(sorted(shared))} of one model in one fit; kgrow runs one such "
+                    f"callback per model. Give one callback a schedule covering both (e.g. one "
+                    f"Growth with Stage(epoch, width=..., depth=..., resolution=...)).")
         if callback not in self._callbacks:
             self._callbacks.append(callback)
         self._epoch_begun = None
