@@ -109,11 +109,24 @@ class ControlledCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.begin_epoch(epoch)
 
+    def on_epoch_end(self, epoch, logs=None):
+        # History, CSVLogger and TensorBoard read the same dict after us.
+        if logs is not None:
+            logs.update(self.epoch_logs())
+
     def on_train_end(self, logs=None):
         self.controller.detach_callback(self)
 
     def controlled_epoch_begin(self, epoch: int) -> None:
         """The callback's epoch-begin work (called once per epoch, in phase order)."""
+
+    def epoch_logs(self) -> dict:
+        """Numbers added to Keras' epoch logs, named `<namespace>/<quantity>`.
+
+        Called at every epoch end; e.g. `{"grow/width": 0.5}`. Values are
+        plain floats, so History, CSVLogger and TensorBoard record them.
+        """
+        return {}
 
 
 class ControllerCheckpoint(keras.callbacks.Callback):
