@@ -62,6 +62,7 @@ class ProgressiveFreezing(ControlledCallback):
             epochs, scaled to the run; give the sparse-mask update interval
             when composed with dynamic sparse training).
         start: T_frz (default: derived, see `freeze_plan`).
+        blocks_per_event: blocks frozen at each event (paper: 1).
         blocks, unit: which layers freeze together (`find_freeze_blocks`).
         freeze_fraction: share of the layers at most frozen when T_frz is
             derived (paper: 2/3).
@@ -86,7 +87,8 @@ class ProgressiveFreezing(ControlledCallback):
     STATE_NAME = "progressive_freezing"
 
     def __init__(self, target_saving: float = 0.25, *, epochs: Optional[int] = None,
-                 interval: Optional[int] = None, start: Optional[int] = None, blocks=None,
+                 interval: Optional[int] = None, start: Optional[int] = None,
+                 blocks_per_event: int = 1, blocks=None,
                  unit: str = "block", freeze_fraction: float = PAPER_FREEZE_FRACTION,
                  block_lr: bool = True, global_lr: str = "cosine", input_shape=None,
                  sparsity=None, verbose: int = 0):
@@ -102,6 +104,10 @@ class ProgressiveFreezing(ControlledCallback):
             raise ValueError(f"global_lr must be one of {GLOBAL_LR_SHAPES}, got {global_lr!r}.")
         if unit not in ("block", "stage"):
             raise ValueError(f"unit must be 'block' or 'stage', got {unit!r}.")
+        if isinstance(blocks_per_event, bool) or not isinstance(blocks_per_event, int) \
+                or blocks_per_event < 1:
+            raise ValueError(
+                f"blocks_per_event must be an integer >= 1, got {blocks_per_event!r}.")
         if interval is not None or start is not None or epochs is not None:
             _check_run(epochs if epochs is not None else max(int(start or 0) + 1, 1),
                        interval if interval is not None else 1, start)
@@ -109,6 +115,7 @@ class ProgressiveFreezing(ControlledCallback):
         self.epochs = epochs
         self.interval = interval
         self.start = start
+        self.blocks_per_event = blocks_per_event
         self.blocks = blocks
         self.unit = unit
         self.freeze_fraction = float(freeze_fraction)
@@ -139,7 +146,8 @@ class ProgressiveFreezing(ControlledCallback):
         # Planned now, before the first step, so a bad setting fails early; a
         # restored checkpoint then replaces it with the saved plan.
         self.plan = freeze_plan(self.model, self.target_saving, epochs, interval, self.start,
-                                blocks=self.blocks, unit=self.unit,
+                                blocks_per_event=self.blocks_per_event, blocks=self.blocks,
+                                unit=self.unit,
                                 freeze_fraction=self.freeze_fraction,
                                 input_shape=self.input_shape, sparsity=self.sparsity)
         self.frozen_blocks, self.events = 0, []

@@ -11,7 +11,8 @@
   has no weight gradient; a frozen *leading prefix* has no activation
   gradient either, because nothing in front of it trains).
 * `freeze_schedule(num_blocks, start, interval, epochs)`: the epochs at which
-  the blocks freeze (single-shot: `start`, `start + interval`, ...).
+  the blocks freeze (single-shot: `start`, `start + interval`, ...; optionally
+  several blocks per event).
 * `freeze_plan(model, target_saving, epochs, interval, start=None)`: how many
   leading blocks freeze, and when, for a target training-FLOPs saving over
   the run. `start` (T_frz) may be derived; see `freeze_plan`.
@@ -252,19 +253,24 @@ def _check_run(epochs, interval, start=None) -> tuple:
     return epochs, interval, start
 
 
-def freeze_schedule(num_blocks: int, start: int, interval: int, epochs: int) -> list:
-    """Epochs at which blocks 0, 1, ... freeze: `start + b * interval`, those inside the run.
+def freeze_schedule(num_blocks: int, start: int, interval: int, epochs: int,
+                    blocks_per_event: int = 1) -> list:
+    """Epochs at which blocks 0, 1, ... freeze, those inside the run.
 
-    Block b is trained in epochs `[0, freeze_epoch[b])` and frozen from then on
-    (single-shot: never unfrozen).
+    Block b freezes at `start + (b // blocks_per_event) * interval` (the paper:
+    one block per event). It is trained in epochs `[0, freeze_epoch[b])` and
+    frozen from then on (single-shot: never unfrozen).
 
     Example:
         >>> freeze_schedule(4, start=6, interval=2, epochs=10)
         [6, 8]
+        >>> freeze_schedule(4, start=1, interval=1, epochs=10, blocks_per_event=2)
+        [1, 1, 2, 2]
     """
     epochs, interval, start = _check_run(epochs, interval, start)
     num_blocks = _check_int("num_blocks", num_blocks, 0)
-    return [e for e in (start + b * interval for b in range(num_blocks)) if e < epochs]
+    per = _check_int("blocks_per_event", blocks_per_event, 1)
+    return [e for e in (start + (b // per) * interval for b in range(num_blocks)) if e < epochs]
 
 
 def frozen_count(freeze_epochs: Sequence[int], epoch: int) -> int:
@@ -296,6 +302,7 @@ class FreezePlan:
             `len(freeze_epochs)` groups (the others never freeze).
         start: T_frz, the epoch of the first freeze.
         interval: dT, epochs between freezes.
+        blocks_per_event: blocks frozen at each freeze event.
         epochs: length of the run.
         costs: training FLOPs per sample with 0..len(groups) leading groups frozen.
         target: the target saving asked for.
@@ -309,6 +316,7 @@ class FreezePlan:
     costs: tuple
     target: float
     saving: float
+    blocks_per_event: int = 1
 
     @property
     def num_frozen(self) -> int:
@@ -327,13 +335,15 @@ class FreezePlan:
         return {"groups": [list(g) for g in self.groups],
                 "freeze_epochs": list(self.freeze_epochs), "start": self.start,
                 "interval": self.interval, "epochs": self.epochs, "costs": list(self.costs),
-                "target": self.target, "saving": self.saving}
+                "target": self.target, "saving": self.saving,
+                "blocks_per_event": self.blocks_per_event}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FreezePlan":
         return cls(tuple(tuple(g) for g in d["groups"]), tuple(int(e) for e in d["freeze_epochs"]),
                    int(d["start"]), int(d["interval"]), int(d["epochs"]),
-                   tuple(float(c) for c in d["costs"]), float(d["target"]), float(d["saving"]))
+                   tuple(float(c) for c in d["costs"]), float(d["target"]), float(d["saving"]),
+                   int(d.get("blocks_per_event", 1)))
 
 
 def _cap_blocks(model, groups, fraction) -> int:
@@ -352,7 +362,7 @@ def _cap_blocks(model, groups, fraction) -> int:
 
 
 def freeze_plan(model, target_saving: float, epochs: int, interval: int, start: Optional[int] = None,
-                *, blocks: BlocksSpec = None, unit: str = "block",
+                *, blocks_per_event: int = 1, blocks: BlocksSpec = None, unit: str = "block",
                 freeze_fraction: float = PAPER_FREEZE_FRACTION, input_shape=None,
                 sparsity=None, groups: Optional[Sequence[Sequence[str]]] = None) -> FreezePlan:
     """How many leading blocks to freeze, and when, to save `target_saving` of the training FLOPs.
@@ -382,6 +392,8 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int, start: 
         epochs: epochs of the run.
         interval: dT, epochs between two freezes (>= 1).
         start: T_frz (None: derived).
+        blocks_per_event: blocks frozen at each event (the paper: 1; more
+            lets short runs reach a target with fine-grained blocks).
         blocks, unit: see `find_freeze_blocks`.
         freeze_fraction: share of kernel layers at most frozen when `start`
             is derived, in (0, 1].
@@ -412,6 +424,7 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int, start: 
         raise ValueError(f"freeze_fraction must be in (0, 1], got {freeze_fraction}.")
     target = float(target_saving)
     epochs, interval, start = _check_run(epochs, interval, start)
+    per = _check_int("blocks_per_event", blocks_per_event, 1)
     groups = ([list(g) for g in groups] if groups is not None
               else find_freeze_blocks(model, blocks, unit))
     weighted = {layer.name for layer in _weighted_layers(model)}
@@ -425,7 +438,7 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int, start: 
         raise ValueError("The model has no training FLOPs to save.")
 
     def saving(k, t):
-        return schedule_saving(costs, freeze_schedule(k, t, interval, epochs), epochs)
+        return schedule_saving(costs, freeze_schedule(k, t, interval, epochs, per), epochs)
 
     def fewest(t, cap):
         for k in range(1, cap + 1):
@@ -443,23 +456,24 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int, start: 
             best = saving(cap, 0)
             raise ValueError(
                 f"target_saving={target:.3f} is unreachable: freezing the first {cap} of "
-                f"{len(groups)} blocks (freeze_fraction={freeze_fraction:.3f} of the layers) "
-                f"every {interval} epoch(s) from epoch 0 saves at most {best:.3f} of the "
-                f"training FLOPs over {epochs} epochs. Lower the target, shorten the interval "
-                "or raise freeze_fraction.")
+                f"{len(groups)} blocks (freeze_fraction={freeze_fraction:.3f} of the layers), "
+                f"{per} every {interval} epoch(s) from epoch 0 saves at most {best:.3f} of the "
+                f"training FLOPs over {epochs} epochs. Lower the target, shorten the interval, "
+                "raise freeze_fraction or blocks_per_event.")
     else:
         cap = len(groups)
     k = fewest(start, cap)
     if k is None:
         best = saving(cap, start)
         raise ValueError(
-            f"target_saving={target:.3f} is unreachable: freezing all {cap} freezable blocks "
-            f"every {interval} epoch(s) from T_frz={start} saves at most {best:.3f} of the "
+            f"target_saving={target:.3f} is unreachable: freezing all {cap} freezable blocks, "
+            f"{per} every {interval} epoch(s) from T_frz={start} saves at most {best:.3f} of the "
             f"training FLOPs over {epochs} epochs. Lower the target, start earlier "
-            "(or let T_frz be derived: start=None) or shorten the interval.")
+            "(or let T_frz be derived: start=None), shorten the interval or raise "
+            "blocks_per_event.")
     return FreezePlan(tuple(tuple(g) for g in groups),
-                      tuple(freeze_schedule(k, start, interval, epochs)), int(start),
-                      int(interval), int(epochs), tuple(costs), target, saving(k, start))
+                      tuple(freeze_schedule(k, start, interval, epochs, per)), int(start),
+                      int(interval), int(epochs), tuple(costs), target, saving(k, start), per)
 
 
 # --------------------------------------------------------------------------- actions
