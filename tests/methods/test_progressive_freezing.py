@@ -293,6 +293,17 @@ def test_mirrored_strategy_same_frozen_set_and_weights(mirrored_strategy):
     assert_weights_match(mirrored, single, tol=1e-5)
 
 
-def test_bench_methods_registered():
+def test_bench_methods_registered_and_reach_their_target_in_short_runs():
+    import types
     from kgrow import bench
+    from kgrow.methods.progressive_freezing import bench as freeze_bench
     assert {"freeze", "freeze_15"} <= set(bench.available_methods())
+    context = types.SimpleNamespace(train=types.SimpleNamespace(epochs=5),
+                                    build_model=lambda: _resnet(0.5))
+    model, (cb,) = freeze_bench.freeze(None, context)
+    assert isinstance(cb, ProgressiveFreezing) and cb.target_saving == 0.25
+    assert cb.blocks_per_event == 2  # one block per epoch cannot save 25% in 5 epochs
+    plan = freeze_plan(model, 0.25, 5, cb.interval, blocks_per_event=cb.blocks_per_event)
+    assert plan.saving >= 0.25
+    _, (cb15,) = freeze_bench.freeze_15(None, context)
+    assert cb15.blocks_per_event == 1
