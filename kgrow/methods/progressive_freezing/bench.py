@@ -35,7 +35,7 @@ def _blocks_per_event(model, target, epochs, options) -> int:
 
 
 def factory(target_saving: float, **options):
-    """A bench factory running `ProgressiveFreezing(target_saving, **options)` on the bench model."""
+    """A bench factory: `ProgressiveFreezing(target_saving, **options)` on the bench model."""
     def make(build_model, context):
         del build_model
         from kgrow.methods.progressive_freezing.callback import (ProgressiveFreezing,

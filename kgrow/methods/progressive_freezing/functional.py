@@ -361,7 +361,8 @@ def _cap_blocks(model, groups, fraction) -> int:
     return len(groups)
 
 
-def freeze_plan(model, target_saving: float, epochs: int, interval: int, start: Optional[int] = None,
+def freeze_plan(model, target_saving: float, epochs: int, interval: int,
+                start: Optional[int] = None,
                 *, blocks_per_event: int = 1, blocks: BlocksSpec = None, unit: str = "block",
                 freeze_fraction: float = PAPER_FREEZE_FRACTION, input_shape=None,
                 sparsity=None, groups: Optional[Sequence[Sequence[str]]] = None) -> FreezePlan:
