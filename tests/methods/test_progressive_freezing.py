@@ -27,6 +27,23 @@ def _arrays(n=64, seed=0):
             keras.utils.to_categorical(rng.integers(0, 10, n), 10))
 
 
+def _live_op_types(model, x, y):
+    """Op types the compiled train step really runs (ops nothing depends on are pruned)."""
+    step = tf.function(lambda a, b: model.train_step((a, b)))
+    graph = step.get_concrete_function(tf.TensorSpec((None,) + x.shape[1:], tf.float32),
+                                       tf.TensorSpec((None,) + y.shape[1:], tf.float32)).graph
+    stack = [t.op for t in graph.outputs] + list(graph.control_outputs)
+    seen = {}
+    while stack:
+        op = stack.pop()
+        if op.name not in seen:
+            seen[op.name] = op.type
+            stack.extend(t.op for t in op.inputs)
+            stack.extend(op.control_inputs)
+    types = list(seen.values())
+    return types.count("Conv2DBackpropFilter"), types.count("Conv2DBackpropInput")
+
+
 def _weights(model):
     return {v.path: v.numpy().copy() for v in model.weights}
 
@@ -174,6 +191,11 @@ def test_callback_freezes_on_schedule_keeps_weights_and_bn_stats_one_retrace_per
     np.testing.assert_array_equal(masks.get()["stage1_block0_conv1/kernel"], mask)
     assert np.all(model.get_layer("stage1_block0_conv1").kernel.numpy()[mask == 0] == 0.0)
 
+    # backward really skipped: 21 convolutions, 7 of them (stem + 3 blocks) frozen; the two
+    # reading the frozen prefix (stage2_block0 conv1 and shortcut) need no input gradient
+    assert _live_op_types(model, x, y) == (14, 12)
+    controller.unfreeze()
+    assert _live_op_types(model, x, y) == (21, 20)  # the stem's input needs no gradient
     for epoch in range(5):
         expected = {block_pattern(g): (0.0 if epoch >= f else
                                        0.5 * (1 + math.cos(math.pi * epoch / f))
