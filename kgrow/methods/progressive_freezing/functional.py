@@ -149,7 +149,7 @@ def find_freeze_blocks(model, blocks: BlocksSpec = None, unit: str = "block") ->
         units = [list(b.layers) for b in found]
     members = [{n for n in u if n in order} for u in units]
     groups = [[] for _ in units]
-    last = max(order[n] for n in members[-1])
+    last = max(order[n] for m in members for n in m)
     pending = []  # weighted layers between blocks: they join the next block
     for layer in weighted:
         if order[layer.name] > last:
