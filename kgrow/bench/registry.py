@@ -346,3 +346,7 @@ from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa
 
 for _name, _target in _VT_METHODS.items():
     register_method(_name, _target)
+from kgrow.methods.progressive_freezing.bench import METHODS as _FREEZE_METHODS  # noqa: E402
+
+for _name, _target in _FREEZE_METHODS.items():
+    register_method(_name, _target)

@@ -3,6 +3,8 @@
 * `growth`: `Growth` — width/depth growth along a schedule inside `fit`.
 * `NetworkExpansion` (`kgrow.methods.network_expansion`): the paper's CNN
   width and ViT depth expansion, a configuration of `Growth`.
+* `ProgressiveFreezing` (`kgrow.methods.progressive_freezing`): SpFDE's
+  progressive layer freezing with per-block cosine learning rates.
 * Controller plumbing (`ControllerCheckpoint`, `ControlledCallback`) lives in
   `kgrow.controller` and is re-exported here for convenience.
 """
@@ -10,7 +12,7 @@ from kgrow.callbacks.growth import FullSize, Growth, grow_to
 from kgrow.controller import ControlledCallback, ControllerCheckpoint
 
 __all__ = ["Growth", "FullSize", "grow_to", "NetworkExpansion", "ControlledCallback",
-           "ControllerCheckpoint"]
+           "ControllerCheckpoint", "ProgressiveFreezing"]
 
 
 def __getattr__(name):
@@ -19,4 +21,7 @@ def __getattr__(name):
     if name == "NetworkExpansion":
         from kgrow.methods.network_expansion.callback import NetworkExpansion
         return NetworkExpansion
+    if name == "ProgressiveFreezing":
+        from kgrow.methods.progressive_freezing.callback import ProgressiveFreezing
+        return ProgressiveFreezing
     raise AttributeError(f"module 'kgrow.callbacks' has no attribute {name!r}")
