@@ -84,6 +84,7 @@ class ProgressiveFreezing(ControlledCallback):
     """
 
     phase = Phase.FREEZE
+    drives = ("frozen set",)
     STATE_NAME = "progressive_freezing"
 
     def __init__(self, target_saving: float = 0.25, *, epochs: Optional[int] = None,
@@ -173,12 +174,11 @@ class ProgressiveFreezing(ControlledCallback):
             controller = self.controller
             controller.set_lr_multipliers({**controller.lr_multipliers, **rules})
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["freeze/blocks"] = float(self.frozen_blocks)
-        logs["freeze/frozen_fraction"] = self.frozen_fraction()
-        logs["freeze/step_flops_saving"] = float(self.plan.step_saving(self.frozen_blocks))
+    def epoch_logs(self) -> dict:
+        """`freeze/blocks`, `freeze/frozen_fraction`, `freeze/step_flops_saving`."""
+        return {"freeze/blocks": float(self.frozen_blocks),
+                "freeze/frozen_fraction": self.frozen_fraction(),
+                "freeze/step_flops_saving": float(self.plan.step_saving(self.frozen_blocks))}
 
     def frozen_fraction(self) -> float:
         """Share of the model's trainable parameters (all layers unfrozen) now frozen."""
