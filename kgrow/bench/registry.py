@@ -239,3 +239,5 @@ from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa
 
 for _name, _target in _VT_METHODS.items():
     register_method(_name, _target)
+register_method("sparse_mest", "kgrow.methods.sparse_training.bench:bench_mest")
+register_method("sparse_mest_ems", "kgrow.methods.sparse_training.bench:bench_mest_ems")

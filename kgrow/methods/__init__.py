@@ -5,6 +5,8 @@
 * `variance_transfer`: Yuan, Savarese, Maire (NeurIPS 2023): fan-in-aware
   parameterization, paired width growth with variance transfer, and
   per-stage learning-rate adaptation.
+* `sparse_training`: MEST dynamic sparse training (EM, EM&S; the sparse part
+  of SpFDE) and magnitude pruning schedules on the controller's masks.
 
 Each package has a functional form (pure functions returning a
 `kgrow.surgery.GrowthResult` or plain numbers), a Keras callback (re-exported
