@@ -146,6 +146,10 @@ def test_mest_schedule_values_scale_with_the_run():
         0.75, 0.775, 0.775, 0.8]
     assert [u.epoch for u in mest_schedule(20, 0.9, update_every=4, search_end=10).updates] == [
         4, 8, 10]
+    # A short run still ends at the target sparsity, with the last epoch at it.
+    assert [(u.epoch, u.grow_to) for u in mest_schedule(3, 0.9).updates] == [
+        (1, 0.85), (2, 0.9)]
+    assert mest_schedule(1, 0.9).updates == ()
     for bad in (dict(update_every=0), dict(update_every=-1), dict(update_every=1.5),
                 dict(search_end=40), dict(sparsity=1.0), dict(sparsity=-0.1),
                 dict(mode="rigl")):

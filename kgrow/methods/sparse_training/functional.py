@@ -434,7 +434,8 @@ def mest_schedule(total_epochs: int, sparsity: float = 0.9, mode: str = "ems",
     At `search_end` a last update prunes to ``s`` and grows nothing (EM&S:
     the soft bound is given back, the final model is at ``s``); the masks
     are then fixed. ``update_every`` and ``search_end`` are epochs (int) or
-    fractions of the run (float).
+    fractions of the run (float); the search ends at the latest at the start
+    of the last epoch, so the last epoch trains at ``s``.
 
     Example:
         >>> s = mest_schedule(160, 0.9)
@@ -442,6 +443,8 @@ def mest_schedule(total_epochs: int, sparsity: float = 0.9, mode: str = "ems",
         [(90, 0.9, 0.875), (95, 0.9, 0.875), (100, 0.9, 0.875), (105, 0.9, 0.875), (110, 0.9, 0.875), (115, 0.9, 0.875), (120, 0.9, 0.9)]
         >>> [u.epoch for u in mest_schedule(6, 0.9).updates]
         [1, 2, 3, 4, 5]
+        >>> [(u.epoch, u.grow_to) for u in mest_schedule(2, 0.9).updates]
+        [(1, 0.9)]
     """
     total = _check_epochs(total_epochs)
     s = check_sparsity(sparsity)
@@ -452,6 +455,9 @@ def mest_schedule(total_epochs: int, sparsity: float = 0.9, mode: str = "ems",
     end = _epochs_of(search_end, total, "search_end", allow_zero=True)
     if end > total:
         raise ValueError(f"search_end ({end} epochs) is past the end of the run ({total})")
+    # The last update must leave at least one epoch at the final structure
+    # (a short run would otherwise end at the soft bound, not at s).
+    end = min(end, total - 1)
     bounds = tuple((float(f), float(b)) for f, b in ems_bounds)
     if any(not 0 <= b < 1 for _, b in bounds) or [f for f, _ in bounds] != sorted(
             f for f, _ in bounds):
@@ -467,7 +473,7 @@ def mest_schedule(total_epochs: int, sparsity: float = 0.9, mode: str = "ems",
         fraction = epoch / total
         bound = next((b for f, b in bounds if fraction < f - 1e-12), 0.0)
         updates.append(MaskUpdate(epoch, s, max(0.0, s - bound)))
-    if 0 < end < total:
+    if end > 0:
         updates.append(MaskUpdate(end, s, s))
     return SparsitySchedule(s, "random", tuple(updates), total, name=f"mest_{mode}")
 
