@@ -24,7 +24,7 @@ def _cnn(seed=0):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")(x)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c3")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inp, keras.layers.Dense(3, name="fc")(x))
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="fc")(x))
 
 
 def _arrays(n=128, seed=0):
@@ -235,7 +235,7 @@ def test_regrown_entries_start_at_zero_in_training():
                                    {p: self.model.get_layer(p.split("/")[0]).kernel.numpy()
                                     for p in MASKED})
 
-    model.fit(_bundle().train, epochs=2, verbose=0, callbacks=[sparse, Snap()])
+    model.fit(_bundle().train, epochs=3, verbose=0, callbacks=[sparse, Snap()])
     (m0, _), (m1, w1) = seen[0], seen[1]
     for p in MASKED:
         regrown = m1[p] & ~m0[p]
@@ -244,9 +244,36 @@ def test_regrown_entries_start_at_zero_in_training():
         assert np.all(w1[p][m0[p] & m1[p]] != 0.0)
 
 
+def test_gradient_criterion_sums_only_before_updates_and_changes_the_choice():
+    from kgrow.methods.sparse_training.callback import _GRAD_HOOK
+
+    def run(lam):
+        model = _cnn(seed=2)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
+        cb = SparseTraining(0.7, "em", update_every=2, search_end=4, lam=lam)
+        armed = []
+
+        class Armed(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if batch == 0:
+                    armed.append(_GRAD_HOOK in TrainingController.of(self.model).hooks)
+
+        model.fit(_bundle(64).train, epochs=5, verbose=0, callbacks=[cb, Armed()])
+        return Masks.of(TrainingController.of(model)).get(), armed, cb
+
+    by_grad, armed, cb = run(1e3)
+    # Gradients are summed only in the epoch before each update (2, 4).
+    assert armed == [False, True, False, True, False]
+    assert _GRAD_HOOK not in TrainingController.of(cb.model).hooks
+    by_weight, armed0, _ = run(0.0)
+    assert not any(armed0)
+    assert any(not np.array_equal(by_grad[p], by_weight[p]) for p in MASKED)
+    assert all(int(by_grad[p].sum()) == int(by_weight[p].sum()) for p in MASKED)
+
+
 def test_bad_settings_fail_before_training():
     for kwargs in (dict(sparsity=1.0), dict(sparsity=-0.1), dict(update_every=0),
-                   dict(update_every=-2), dict(mode="rigl"), dict(lam=0.5),
+                   dict(update_every=-2), dict(mode="rigl"), dict(lam=-0.5),
                    dict(distribution="random")):
         with pytest.raises(ValueError):
             SparseTraining(**{"sparsity": 0.9, **kwargs})
@@ -327,10 +354,10 @@ class _Crash(keras.callbacks.Callback):
             raise RuntimeError("simulated kill")
 
 
-def _resume_run(directory=None, crash=False):
+def _resume_run(directory=None, crash=False, lam=0.0):
     model = _cnn(seed=3)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
-    sparse = SparseTraining(0.7, "ems", update_every=1, search_end=3, seed=5)
+    sparse = SparseTraining(0.7, "ems", update_every=1, search_end=3, seed=5, lam=lam)
     callbacks = [sparse]
     if directory is not None:
         callbacks.append(ControllerCheckpoint(directory))
@@ -339,16 +366,17 @@ def _resume_run(directory=None, crash=False):
     return model, sparse, callbacks
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("lam", [0.0, 50.0], ids=["magnitude", "with-gradients"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, lam):
     tf.config.experimental.enable_op_determinism()
     try:
-        reference, ref_cb, cbs = _resume_run()
+        reference, ref_cb, cbs = _resume_run(lam=lam)
         reference.fit(_bundle().train, epochs=4, verbose=0, callbacks=cbs)
         directory = str(tmp_path / "ckpt")
-        crashed, _, cbs = _resume_run(directory, crash=True)
+        crashed, _, cbs = _resume_run(directory, crash=True, lam=lam)
         with pytest.raises(RuntimeError, match="simulated kill"):
             crashed.fit(_bundle().train, epochs=4, verbose=0, callbacks=cbs)
-        resumed, cb, cbs = _resume_run(directory)
+        resumed, cb, cbs = _resume_run(directory, lam=lam)
         history = resumed.fit(_bundle().train, epochs=4, verbose=0, callbacks=cbs)
         assert len(history.history["loss"]) == 2
         assert cb.events == ref_cb.events
@@ -363,13 +391,14 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         tf_config.disable_op_determinism()
 
 
-def test_mirrored_strategy_matches_single_device():
+@pytest.mark.parametrize("lam", [0.0, 50.0], ids=["magnitude", "with-gradients"])
+def test_mirrored_strategy_matches_single_device(lam):
     def run(strategy):
         x, y = _arrays(64)
         with (strategy or tf.distribute.get_strategy()).scope():
             model = _cnn(seed=4)
             model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
-        sparse = SparseTraining(0.7, "ems", update_every=1, search_end=2)
+        sparse = SparseTraining(0.7, "ems", update_every=1, search_end=2, lam=lam)
         model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[sparse])
         return model, Masks.of(TrainingController.of(model)).get()
 

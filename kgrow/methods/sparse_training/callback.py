@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-import numpy as np
+import warnings
 
-from kgrow.controller import ControlledCallback, Masks, Phase
+import numpy as np
+import tensorflow as tf
+
+from kgrow.controller import ORDER_MASKS, ControlledCallback, Masks, Phase
 from kgrow.controller._variables import weights_by_path
 from kgrow.methods.sparse_training.functional import (PAPER_EM_MUTATION, PAPER_EMS_BOUNDS,
                                                       PAPER_SEARCH_END, PAPER_UPDATE_EVERY,
@@ -27,6 +30,7 @@ from kgrow.methods.sparse_training.functional import (PAPER_EM_MUTATION, PAPER_E
 __all__ = ["SparseTraining"]
 
 MODES = ("ems", "em", "static")
+_GRAD_HOOK = "sparse_training:gradient_sums"
 
 
 class SparseTraining(ControlledCallback):
@@ -65,8 +69,11 @@ class SparseTraining(ControlledCallback):
         distribution: per-layer densities, "uniform" (MEST) or "erk".
         layers, exclude, predicate, keep_first, keep_classifier: which
             kernels are masked (`maskable_variables`).
-        lam: weight of ``|grad|`` in the pruning score. Only 0 (magnitude)
-            is supported by the callback; `prune_and_grow` takes gradients.
+        lam: weight of the gradient in the pruning score ``|w| + lam * |g|``,
+            where ``g`` is the mean gradient of the epoch before the update
+            (summed into one variable per masked kernel by a gradient
+            transform that is installed only for that epoch). 0 (default):
+            magnitude only, no gradient work at all.
         seed: seed of the random masks and regrowth (each update draws from
             ``(seed, epoch)``, so a resumed run draws the same).
         verbose: 1 prints one line per mask update.
@@ -99,12 +106,10 @@ class SparseTraining(ControlledCallback):
             raise ValueError(f"SparseTraining mode must be one of {MODES}, got {mode!r}")
         if distribution not in ("uniform", "erk"):
             raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
-        if lam != 0:
-            raise ValueError(
-                f"SparseTraining(lam={lam!r}): the callback prunes by weight magnitude only "
-                "(lam=0). Gradient-informed scores need a gradient per weight at the update; "
-                "use the functional prune_and_grow(..., grads=..., lam=...) with your own "
-                "gradients.")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
+            raise ValueError(f"lam (weight of |grad| in the pruning score) must be a number "
+                             f">= 0, got {lam!r}")
+        self.lam = float(lam)
         if schedule is not None and not isinstance(schedule, SparsitySchedule):
             raise TypeError(f"schedule must be a SparsitySchedule (mest_schedule, "
                             f"constant_sparsity, polynomial_sparsity), got "
@@ -130,6 +135,9 @@ class SparseTraining(ControlledCallback):
         self.events: list[dict] = []
         self._initialized = False
         self._current = None  # training sparsity between updates
+        self._grad_sums: dict = {}      # path -> tf.Variable (sync on read, summed)
+        self._grad_start = None         # optimizer iteration when the sums started
+        self._restored_grads = None     # sums from a checkpoint, for the next update
 
     def _make_schedule(self, epochs: int) -> SparsitySchedule:
         if self._given_schedule is not None:
@@ -154,6 +162,7 @@ class SparseTraining(ControlledCallback):
         self.controller.register_state(self.STATE_NAME, self._get_state, self._set_state)
 
     def on_train_end(self, logs=None):
+        self._disarm_gradients()
         self.controller.unregister_state(self.STATE_NAME)
         super().on_train_end(logs)
 
@@ -163,13 +172,71 @@ class SparseTraining(ControlledCallback):
 
     # -- state -----------------------------------------------------------------
     def _get_state(self):
+        sums = {p: np.array(v.read_value().numpy()) for p, v in self._grad_sums.items()}
         return {"initialized": self._initialized, "current": self._current,
-                "events": list(self.events)}
+                "events": list(self.events), "grad_sums": sums or None,
+                "grad_start": self._grad_start}
 
     def _set_state(self, state):
         self._initialized = bool(state["initialized"])
         self._current = state["current"]
         self.events = list(state["events"])
+        self._restored_grads = state.get("grad_sums")
+        self._grad_start = state.get("grad_start")
+
+    # -- gradient sums for lam > 0 --------------------------------------------
+    def _iterations(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def _arm_gradients(self, epoch: int, paths, shapes) -> None:
+        """Sums the gradients of the masked kernels during `epoch` if an
+        update follows it; otherwise removes the hook (no per-step cost)."""
+        if not (self.lam > 0 and self.schedule.at(epoch + 1) is not None):
+            self._disarm_gradients()
+            return
+        with self.controller.scope():
+            # Sync on read, summed: each replica adds its own gradient, a read
+            # gives the sum over replicas (= the global batch's gradient).
+            self._grad_sums = {p: tf.Variable(
+                np.zeros(shapes[p], np.float32), trainable=False,
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.SUM, name=f"kgrow_grad_sum_{i}")
+                for i, p in enumerate(paths)}
+        self._grad_start = self._iterations()
+        hooks = self.controller.hooks
+        if _GRAD_HOOK not in hooks:
+            hooks.add_gradient_transform(self._sum_gradients, name=_GRAD_HOOK,
+                                         order=ORDER_MASKS - 1)
+        else:
+            self.controller.request_retrace()  # the step must add into the new sums
+
+    def _disarm_gradients(self) -> None:
+        self._grad_sums = {}
+        if self.model is not None and _GRAD_HOOK in self.controller.hooks:
+            self.controller.hooks.remove(_GRAD_HOOK)
+
+    def _sum_gradients(self, grads, variables):
+        sums = self._grad_sums
+        for g, v in zip(grads, variables):
+            if g is not None and v.path in sums:
+                sums[v.path].assign_add(tf.cast(tf.convert_to_tensor(g), tf.float32))
+        return grads
+
+    def _mean_gradients(self, shapes) -> dict:
+        """`{path: mean gradient of the last epoch}` (zeros where none was summed)."""
+        if self._grad_sums:
+            sums = {p: np.array(v.read_value().numpy()) for p, v in self._grad_sums.items()}
+        else:
+            sums = self._restored_grads or {}
+        self._restored_grads = None
+        steps = max(1, self._iterations() - int(self._grad_start or 0))
+        missing = [p for p in shapes if p not in sums or np.shape(sums[p]) != shapes[p]]
+        if missing:
+            warnings.warn(f"SparseTraining(lam={self.lam}): no gradient sums for {missing[:4]} "
+                          "(new or resized since the last epoch); their score is |w| alone.",
+                          stacklevel=3)
+        return {p: np.zeros(shapes[p]) if p in missing else np.asarray(sums[p]) / steps
+                for p in shapes}
 
     # -- masks -----------------------------------------------------------------
     def masked_paths(self, model=None) -> list:
@@ -195,6 +262,10 @@ class SparseTraining(ControlledCallback):
         weights = weights_by_path(self.model)
         paths = self.masked_paths()
         shapes = {p: tuple(weights[p].shape) for p in paths}
+        self._update_masks(epoch, weights, paths, shapes)
+        self._arm_gradients(epoch, paths, shapes)
+
+    def _update_masks(self, epoch, weights, paths, shapes) -> None:
         masks = Masks.of(self.controller)
         current = masks.get()
         rng = np.random.default_rng([self.seed, int(epoch)])
@@ -231,8 +302,11 @@ class SparseTraining(ControlledCallback):
         values = {p: weights[p].numpy() for p in targets}
         old = {p: current[p] if p in current and current[p].shape == shapes[p]
                else np.ones(shapes[p], bool) for p in targets}
+        grads = (self._mean_gradients(tshapes) if self.lam > 0 and update is not None
+                 else None)
         res = prune_and_grow(values, old, self._densities(tshapes, prune_to),
-                             self._densities(tshapes, grow_to), rng=rng)
+                             self._densities(tshapes, grow_to), grads=grads,
+                             lam=self.lam if grads is not None else 0.0, rng=rng)
         self._current = grow_to
         self._apply(masks, current, res.masks, epoch, kind, prune_to, grow_to, res)
 
