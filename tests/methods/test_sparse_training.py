@@ -413,3 +413,40 @@ def test_mirrored_strategy_matches_single_device(lam):
         values = [t.numpy() for t in getattr(w, "value", w).values]
         np.testing.assert_array_equal(values[0], values[1])
         assert np.all(values[0][~m2[p]] == 0.0)
+
+
+def test_bench_methods_pass_live_mask_densities_to_the_flops_count():
+    import types
+
+    from kgrow import flops
+    from kgrow.bench import registry
+    from kgrow.methods.sparse_training.bench import METHODS, factory
+    assert set(METHODS) <= set(registry.available_methods())
+    context = types.SimpleNamespace(train=types.SimpleNamespace(epochs=3),
+                                    build_model=lambda: _cnn())
+    setup = factory("ems", sparsity=0.8)(None, context)
+    assert isinstance(setup, registry.MethodSetup) and setup.sparsity(setup.model) == {}
+    cb, = setup.callbacks
+    assert cb.schedule.total_epochs == 3 and cb.sparsity == 0.8
+    setup.model.compile(keras.optimizers.SGD(0.05), "categorical_crossentropy")
+    setup.model.fit(_bundle(32).train, epochs=1, verbose=0, callbacks=setup.callbacks)
+    densities = setup.sparsity(setup.model)
+    assert sorted(densities) == MASKED
+    assert all(d == pytest.approx(0.2, abs=0.01) for d in densities.values())
+    dense = flops.count(setup.model, (8, 8, 1)).training
+    sparse = flops.count(setup.model, (8, 8, 1), sparsity=densities).training
+    assert sparse < 0.6 * dense
+
+
+def test_erk_distribution_in_training_holds_per_layer_targets():
+    model = _cnn()
+    model.compile(keras.optimizers.SGD(0.05), "categorical_crossentropy")
+    cb = SparseTraining(0.8, "ems", distribution="erk", update_every=1, search_end=2)
+    model.fit(_bundle(32).train, epochs=3, verbose=0, callbacks=[cb])
+    shapes = {p: tuple(model.get_layer(p.split("/")[0]).kernel.shape) for p in MASKED}
+    want = layer_densities(shapes, 0.8, "erk")
+    masks = Masks.of(TrainingController.of(model)).get()
+    for p in MASKED:
+        assert int(masks[p].sum()) == int(round(want[p] * masks[p].size))
+    assert want["c2/kernel"] != want["c3/kernel"]
+    assert [e["kind"] for e in cb.events] == ["initial", "update", "update"]

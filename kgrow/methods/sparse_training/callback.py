@@ -286,8 +286,9 @@ class SparseTraining(ControlledCallback):
             self._apply(masks, current, new, epoch, "initial", s, s, info)
             current = masks.get()
         update = schedule.at(epoch)
+        want = self._densities(shapes, self._current)
         stale = [p for p in paths if p not in current or current[p].shape != shapes[p]
-                 or self._off_target(current[p], self._current, shapes, p)]
+                 or int(current[p].sum()) != int(round((1 - want[p]) * current[p].size))]
         if update is None and not stale:
             return
         if update is not None:
@@ -304,16 +305,13 @@ class SparseTraining(ControlledCallback):
                else np.ones(shapes[p], bool) for p in targets}
         grads = (self._mean_gradients(tshapes) if self.lam > 0 and update is not None
                  else None)
-        res = prune_and_grow(values, old, self._densities(tshapes, prune_to),
-                             self._densities(tshapes, grow_to), grads=grads,
+        # Per-layer bounds over all masked variables (ERK depends on all shapes).
+        prune_sp, grow_sp = self._densities(shapes, prune_to), self._densities(shapes, grow_to)
+        res = prune_and_grow(values, old, {p: prune_sp[p] for p in targets},
+                             {p: grow_sp[p] for p in targets}, grads=grads,
                              lam=self.lam if grads is not None else 0.0, rng=rng)
         self._current = grow_to
         self._apply(masks, current, res.masks, epoch, kind, prune_to, grow_to, res)
-
-    def _off_target(self, mask, sparsity, shapes, path) -> bool:
-        if self.distribution != "uniform":
-            return False  # ERK densities depend on every shape; updates fix them
-        return abs(int(mask.sum()) - round((1 - sparsity) * mask.size)) > 0
 
     def _apply(self, masks, current, new, epoch, kind, prune_to, grow_to, res):
         merged = dict(current)  # masks of other owners stay as they are
