@@ -450,3 +450,20 @@ def test_erk_distribution_in_training_holds_per_layer_targets():
         assert int(masks[p].sum()) == int(round(want[p] * masks[p].size))
     assert want["c2/kernel"] != want["c3/kernel"]
     assert [e["kind"] for e in cb.events] == ["initial", "update", "update"]
+
+
+def test_frozen_kernels_keep_weights_and_masks():
+    model = _cnn()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
+    ctrl = TrainingController.of(model)
+    ctrl.freeze("c2")
+    before = model.get_layer("c2").kernel.numpy()
+    cb = SparseTraining(0.7, "em", update_every=1, search_end=2, seed=1)
+    model.fit(_bundle(32).train, epochs=3, verbose=0, callbacks=[cb])
+    masks = Masks.of(ctrl).get()
+    first = cb.events[0]["per_layer"]
+    assert cb.events[1]["frozen"] == ["c2/kernel"] and "c2/kernel" not in cb.events[1]["pruned"]
+    assert cb.events[1]["pruned"]["c3/kernel"] > 0
+    np.testing.assert_array_equal(model.get_layer("c2").kernel.numpy(),
+                                  np.where(masks["c2/kernel"], before, 0.0))
+    assert first["c2/kernel"] == pytest.approx(1 - masks["c2/kernel"].mean())

@@ -45,7 +45,10 @@ class SparseTraining(ControlledCallback):
     pruned down to the lower bound and random inactive entries regrown at
     0.0 up to the training sparsity. After a growth step of another
     callback (masks carried by the engine, new entries dense) the next epoch
-    begin brings every grown variable back to the current sparsity.
+    begin brings every grown variable back to the current sparsity. Frozen
+    kernels (``trainable=False``, e.g. progressive freezing) keep their
+    masks: updates skip them, so they stay at the sparsity they had when
+    frozen.
 
     Modes (ignored when `schedule` is given):
 
@@ -287,13 +290,18 @@ class SparseTraining(ControlledCallback):
             current = masks.get()
         update = schedule.at(epoch)
         want = self._densities(shapes, self._current)
+        # Frozen kernels keep their weights and masks (SpFDE); only a variable
+        # without a fitting mask (new or resized by growth) is set up anyway.
+        trainable = {v.path for v in self.model.trainable_weights}
+        frozen = [p for p in paths if p not in trainable]
         stale = [p for p in paths if p not in current or current[p].shape != shapes[p]
-                 or int(current[p].sum()) != int(round((1 - want[p]) * current[p].size))]
+                 or (p in trainable and int(current[p].sum())
+                     != int(round((1 - want[p]) * current[p].size)))]
         if update is None and not stale:
             return
         if update is not None:
             prune_to, grow_to, kind = update.prune_to, update.grow_to, "update"
-            targets = paths
+            targets = [p for p in paths if p not in frozen or p in stale]
         else:
             # Another callback grew the model: its new entries are dense
             # (or pruned); bring those variables back to the training sparsity.
@@ -312,6 +320,9 @@ class SparseTraining(ControlledCallback):
                              lam=self.lam if grads is not None else 0.0, rng=rng)
         self._current = grow_to
         self._apply(masks, current, res.masks, epoch, kind, prune_to, grow_to, res)
+        skipped = [p for p in frozen if p not in targets]
+        if skipped:
+            self.events[-1]["frozen"] = skipped
 
     def _apply(self, masks, current, new, epoch, kind, prune_to, grow_to, res):
         merged = dict(current)  # masks of other owners stay as they are
