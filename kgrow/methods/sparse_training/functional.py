@@ -548,6 +548,10 @@ def strip_sparsity(model) -> keras.Model:
     if ctrl is not None:
         comp = ctrl.component("masks", default=None)
         masks = comp.get() if comp is not None else {}
+    if type(model).__name__ not in ("Functional", "Sequential"):
+        raise ValueError(f"strip_sparsity rebuilds the model from its config and needs a "
+                         f"Functional or Sequential model, got {type(model).__name__}; for a "
+                         "subclassed model, save its weights (masked entries are already 0.0).")
     plain = keras.models.model_from_json(model.to_json())
     source = weights_by_path(model)
     for path, var in weights_by_path(plain).items():
