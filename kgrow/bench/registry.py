@@ -350,3 +350,5 @@ from kgrow.methods.progressive_freezing.bench import METHODS as _FREEZE_METHODS 
 
 for _name, _target in _FREEZE_METHODS.items():
     register_method(_name, _target)
+register_method("sparse_mest", "kgrow.methods.sparse_training.bench:bench_mest")
+register_method("sparse_mest_ems", "kgrow.methods.sparse_training.bench:bench_mest_ems")
