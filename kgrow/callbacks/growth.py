@@ -507,6 +507,24 @@ class Growth(ControlledCallback):
                 return self._check_stage(chosen), index, True
         return stage, index, False
 
+    def stage_logs(self) -> dict:
+        """The current sizes as Keras logs: ``grow/resolution`` (pixels, height),
+        ``grow/depth`` (blocks) and ``grow/width`` (fraction), those the schedule sets."""
+        out, stage, full = {}, self.current, self.full
+        if stage is None or full is None:
+            return out
+        if stage.resolution is not None and full.image_size is not None:
+            out["grow/resolution"] = float(full.resolution_at(stage.resolution)[0])
+        if stage.depth is not None and full.stage_depths:
+            out["grow/depth"] = float(sum(full.depths_at(stage.depth)))
+        if stage.width is not None and not isinstance(stage.width, Mapping):
+            out["grow/width"] = float(stage.width)
+        return out
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.stage_logs())
+
     def after_growth(self, result: GrowthResult, stage: int, initial: bool) -> None:
         """Subclass hook: called after the model took `result` (its plan maps old to new).
 
