@@ -408,6 +408,33 @@ class DataBundle:
         """
         return self.selection.num_active // self.batch_size
 
+    def test_at_live_size(self):
+        """``test`` resized (bilinear) to the selection's live image size, read at each pass.
+
+        For models whose input size follows the training resolution (a kgrow
+        ViT at a progressive-resizing stage): their evaluation between
+        stages runs at the stage's size. With no live size set it is
+        ``test``'s images unchanged (H and W then unknown in the spec).
+        Returns None when the bundle has no test set.
+        """
+        if self.test is None:
+            return None
+        selection, test = self.selection, self.test
+
+        def per_pass(_):
+            live = selection.image_size.read_value()
+
+            def resize(images, labels):
+                images = tf.cond(live[0] > 0,
+                                 lambda: tf.image.resize(images, live, method="bilinear"),
+                                 lambda: images)
+                return images, labels
+
+            return test.map(resize)
+
+        ds = tf.data.Dataset.from_tensors(np.int64(0)).flat_map(per_pass)
+        return _without_autotuning(ds.prefetch(_AUTOTUNE))
+
     def train_with_index(self, augment=False, shuffle=False):
         """A pass over the active training samples with their indices.
 
