@@ -117,9 +117,11 @@ def test_position_embedding_round_trip_through_a_lower_resolution_is_exact():
     assert low.model(x[:, ::2, ::2]).shape == (4, 3)
     back = resize_vit(low.model, 16, keep_table=True).model
     np.testing.assert_allclose(back(x).numpy(), want, atol=1e-5)
+    table = pos.numpy()
+    np.testing.assert_array_equal(back.get_layer("pos_embed").table().numpy(), table)
     # Resampling the weights down and up instead loses part of the table.
     lossy = resize_vit(resize_vit(model, 8).model, 16).model
-    assert np.abs(lossy(x).numpy() - want).max() > 1e-3
+    assert np.abs(lossy.get_layer("pos_embed").table().numpy() - table).max() > 0.1
 
 
 def test_prog_resolution_stage_keeps_the_full_grid_table():
@@ -196,7 +198,7 @@ def test_mogrow_loads_the_grown_model_from_the_momentum_network():
                     continue
                 source = old_layer + path[len(new_layer):]
                 np.testing.assert_array_equal(value, snap.ema[source])
-                if "norm" not in path:  # LayerNorm scales may not have moved yet
+                if path.endswith("kernel"):  # biases such as the key's get no gradient
                     assert not np.allclose(value, snap.online[source], atol=1e-7), path
     np.testing.assert_array_equal(snap.grown["head/kernel"], snap.ema["head/kernel"])
     assert prog.events[-1]["loaded_from"] == "ema"

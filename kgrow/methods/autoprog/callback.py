@@ -11,7 +11,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -244,7 +244,10 @@ class Prog(Growth):
         if scales is not None:
             # Read by set_depth at the growth: new rates linspace(0, rate, depth).
             self.reset_drop_path = self.max_drop_path * scales["drop_path"]
+        self._loaded_from_ema = False
         super().controlled_epoch_begin(epoch)
+        if self._loaded_from_ema:
+            self.events[-1]["loaded_from"] = "ema"
         if scales is not None:
             self.controller.selection.set_augment_scale(randaugment=scales["randaugment"],
                                                         erasing=scales["erasing"])
@@ -272,8 +275,7 @@ class Prog(Growth):
         # MoGrow: the grown model is the (carried) momentum network, so that
         # every block, not only the new ones, continues from the EMA weights.
         self.controller.ema(self.EMA_NAME).assign_to()
-        if self.events:
-            self.events[-1]["loaded_from"] = "ema"
+        self._loaded_from_ema = True  # noted in this growth's event, appended after
 
     def stage_logs(self) -> dict:
         out = super().stage_logs()

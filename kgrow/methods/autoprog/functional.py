@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import numpy as np
 
@@ -268,28 +268,3 @@ def check_vit_like(model) -> None:
         model 'functional' has no kgrow PositionEmbedding layer, so
     """
     vit_sizes(model)
-
-
-def _as_int_list(values: Sequence) -> list:
-    return [int(v) for v in values]
-
-
-def schedule_sizes(schedule: Union[GrowthSchedule, dict], full_resolution=None,
-                   full_depth: Optional[int] = None, patch_size=None) -> list:
-    """Each stage's epoch, resolution (pixels) and depth (blocks), for reports."""
-    from kgrow.callbacks.growth import FullSize
-    if not isinstance(schedule, GrowthSchedule):
-        schedule = GrowthSchedule.from_dict(schedule)
-    full = FullSize({}, [full_depth] if full_depth else [], [1] if full_depth else [],
-                    None if full_resolution is None else list(_pair("full_resolution",
-                                                                    full_resolution)),
-                    _pair("patch_size", patch_size)[0] if patch_size else 1)
-    rows = []
-    for st in schedule.stages:
-        row = {"epoch": st.epoch}
-        if st.resolution is not None and full.image_size is not None:
-            row["resolution"] = _as_int_list(full.resolution_at(st.resolution))
-        if st.depth is not None and full_depth:
-            row["depth"] = int(sum(full.depths_at(st.depth)))
-        rows.append(row)
-    return rows
