@@ -315,3 +315,30 @@ def test_kill_and_resume_across_a_resolution_and_depth_growth(tmp_path):
     finally:
         from tensorflow.python.framework import config as tf_config
         tf_config.disable_op_determinism()
+
+
+# -- bench and recipe -------------------------------------------------------------------------
+def test_bench_methods_ask_for_resizable_data():
+    from kgrow.bench import registry
+    names = ["prog", "prog_randinit", "prog_stacking", "prog_interpolation", "prog_mogrow"]
+    assert set(names) <= set(registry.available_methods())
+    assert all(registry.data_options(n) == {"resizable": True} for n in names)
+    assert registry.data_options("baseline") == {}
+
+
+def test_recipe_reads_a_replay_schedule(tmp_path):
+    import importlib.util
+    import json
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "autoprog.py"
+    spec = importlib.util.spec_from_file_location("autoprog_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    schedule = prog_schedule(6, full_resolution=28, patch_size=4, full_depth=6)
+    (tmp_path / "s.json").write_text(schedule.to_json())
+    (tmp_path / "r.json").write_text(json.dumps({"searched_schedule": schedule.to_dict()}))
+    assert recipe.read_schedule(str(tmp_path / "s.json")) == schedule
+    assert recipe.read_schedule(str(tmp_path / "r.json")) == schedule
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no growth schedule"):
+        recipe.read_schedule(str(tmp_path / "bad.json"))
