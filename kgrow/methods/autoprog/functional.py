@@ -264,7 +264,7 @@ def check_vit_like(model) -> None:
         >>> try:
         ...     check_vit_like(m)
         ... except ValueError as err:
-        ...     print(str(err)[:60])
+        ...     print(str(err)[:59])
         model 'functional' has no kgrow PositionEmbedding layer, so
     """
     vit_sizes(model)
