@@ -237,8 +237,8 @@ def test_adaptive_regularization_reaches_the_pipeline_and_the_layers():
                 seen.append((TrainingController.of(self.model).selection
                              .current_augment_scale(), max(rates), len(rates) // 2))
 
-    model = _compile(_vit(size=16, depth=4, drop_path=0.2))
-    data = _bundle(size=16, n=32)
+    model = _compile(_vit(size=8, depth=4, drop_path=0.2))
+    data = _bundle(size=8, n=32)
     # Stage 2 keeps the depth of stage 1: its stochastic depth still ramps.
     schedule = GrowthSchedule([Stage(0, resolution=0.5, depth=0.5),
                                Stage(1, resolution=0.75, depth=1.0),
@@ -256,8 +256,8 @@ def test_adaptive_regularization_reaches_the_pipeline_and_the_layers():
 
 def test_augment_scale_changes_the_training_images():
     from kgrow.data.augment import AugmentConfig
-    data = _bundle(augment=AugmentConfig(erasing_prob=1.0, randaugment_magnitude=9.0,
-                                         randaugment_prob=1.0))
+    data = _bundle(n=16, augment=AugmentConfig(erasing_prob=1.0, randaugment_magnitude=9.0,
+                                               randaugment_prob=1.0))
 
     def first_batch(**scales):
         data.selection.set_augment_scale(**scales)
