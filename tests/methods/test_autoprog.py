@@ -163,6 +163,22 @@ def test_interpolation_depth_maps_9_to_18_and_through_12_15():
     assert interpolation_mapping(9, 12) == [0, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8]
 
 
+def test_random_depth_source_is_fresh_seeded_and_new_in_the_plan():
+    model = _vit(size=4, depth=2)
+    a = set_depth(model, 3, mapping=interpolation_mapping, source="random", seed=5)
+    b = set_depth(model, 3, mapping=interpolation_mapping, source="random", seed=5)
+    c = set_depth(model, 3, mapping=interpolation_mapping, source="random", seed=6)
+    new = [p for p, t in a.plan.items() if t.source is None]
+    assert new and all("_ins" in p for p in new)
+    wa, wb, wc = ({v.path: v.numpy() for v in r.model.weights} for r in (a, b, c))
+    assert all(np.array_equal(wa[p], wb[p]) for p in wa)
+    assert any(not np.array_equal(wa[p], wc[p]) for p in new)
+    old = _block_mlp(model)
+    assert not any(np.allclose(_block_mlp(a.model)[1], w) for w in old)
+    with pytest.raises(ValueError, match="takes no donor"):
+        set_depth(model, 3, source="random", donor={})
+
+
 class _Snapshot(keras.callbacks.Callback):
     """Records the EMA and the weights at the end of `epoch`, and the weights at
     the start of the next (after the growth, which the controller runs first)."""
