@@ -20,6 +20,7 @@ DOCS = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs/me
 SHRINK = [
     (r"subset=10_000", "subset=256"),                      # 2 steps of 128 per epoch
     (r"validation_data=bundle\.test\b", "validation_data=bundle.test.take(2)"),
+    (r"bundle\.test_at_live_size\(\)", "bundle.test_at_live_size().take(2)"),
 ]
 # Blocks whose epoch counts are free (no stage pinned to an epoch) also get fewer epochs.
 EPOCHS = (r"\b(total_)?epochs=(\d+)", lambda m: f"{m.group(1) or ''}epochs={min(int(m.group(2)), 4)}")

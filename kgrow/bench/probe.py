@@ -82,7 +82,9 @@ class Variant:
 def _grown(model, stage):
     from kgrow.callbacks.growth import FullSize, grow_to
     full = FullSize.of(model, need_width=stage.width is not None,
-                       need_depth=stage.depth is not None)
+                       need_depth=stage.depth is not None,
+                       need_resolution=stage.resolution is not None and None not in
+                       tuple(model.input_shape[1:3]))
     result = grow_to(model, full, stage)
     return model if result is None else result.model
 
@@ -212,8 +214,13 @@ def schedule_epochs(method: str, context: registry.MethodContext) -> list[dict] 
     for epoch in range(epochs):
         index = schedule.stage_index_at(epoch)
         if index not in cache:
-            model = _grown(setup.model, dataclasses.replace(schedule.stages[index], epoch=0))
-            cache[index] = flops.count(model, context.input_shape).training
+            stage = dataclasses.replace(schedule.stages[index], epoch=0)
+            model = _grown(setup.model, stage)
+            shape = context.input_shape
+            if stage.resolution is not None:  # the stage's images, not the full ones
+                shape = (tuple(model.input_shape[1:]) if None not in model.input_shape[1:3]
+                         else _resolution_shape(shape, stage.resolution, 1))
+            cache[index] = flops.count(model, shape).training
         out.append({"flops_per_sample": cache[index], "samples": samples})
     return out
 

@@ -257,6 +257,21 @@ def check_methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def data_options(name: str) -> dict:
+    """Data settings a method needs, from its factory's ``data_options`` attribute.
+
+    ``{"resizable": True}`` makes the runner load the run's bundle with a
+    live image size (`kgrow.data.load(..., resizable=True)`) and evaluate on
+    ``bundle.test_at_live_size()``. Default: ``{}``.
+    """
+    options = dict(getattr(get_method(name), "data_options", None) or {})
+    unknown = sorted(set(options) - {"resizable"})
+    if unknown:
+        raise ValueError(f"Method {name!r} asks for data options {unknown}; supported: "
+                         "['resizable'].")
+    return options
+
+
 def setup_method(name: str, context: MethodContext) -> MethodSetup:
     """Calls the factory of `name` and normalises what it returns.
 
@@ -342,6 +357,10 @@ register_method("grow_depth", "kgrow.callbacks.growth:bench_depth_growth")
 register_method("network_expansion", "kgrow.methods.network_expansion.bench:bench_cnn")
 register_method("network_expansion_vit", "kgrow.methods.network_expansion.bench:bench_vit")
 # Methods of kgrow.methods packages: each lists its lazy factories.
+from kgrow.methods.autoprog.bench import METHODS as _AP_METHODS  # noqa: E402
+
+for _name, _target in _AP_METHODS.items():
+    register_method(_name, _target)
 from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa: E402
 
 for _name, _target in _VT_METHODS.items():

@@ -202,13 +202,16 @@ class BenchSpec:
             budget="" if base is None else base.budget, seeds=len(self.seeds)).to_dict()
 
 
-def load_data(spec: BenchSpec, seed: int):
-    """The `DataBundle` of one run (fresh: methods may change its selection)."""
+def load_data(spec: BenchSpec, seed: int, resizable: bool = False):
+    """The `DataBundle` of one run (fresh: methods may change its selection).
+
+    `resizable`: a live training image size (a method's `data_options`).
+    """
     from kgrow import data
     return data.load(spec.dataset, batch_size=spec.train.batch_size,
                      image_size=spec.image_size, augment=spec.train.augment,
                      subset=spec.subset, seed=seed, data_dir=spec.data_dir,
-                     label_mode="onehot")
+                     label_mode="onehot", resizable=resizable)
 
 
 def live_input_shape(bundle) -> tuple:
@@ -290,7 +293,10 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
     gc.collect()
     keras.utils.set_random_seed(seed)
     train_cfg = dataclasses.replace(spec.train, seed=seed)
-    bundle = load_data(spec, seed)
+    options = registry.data_options(method)
+    bundle = load_data(spec, seed, **options)
+    # A resizable run's model may be at a stage's resolution when it is evaluated.
+    test_data = bundle.test_at_live_size() if options.get("resizable") else bundle.test
     context = registry.MethodContext(
         model_name=spec.model, model_kwargs=dict(spec.model_kwargs),
         input_shape=tuple(bundle.info.image_shape), num_classes=bundle.info.num_classes,
@@ -313,7 +319,7 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         # selection may change it), which Keras reports as running out of data.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         history = model.fit(counter.wrap(bundle.train), epochs=train_cfg.epochs,
-                            validation_data=bundle.test, callbacks=callbacks,
+                            validation_data=test_data, callbacks=callbacks,
                             verbose=verbose, shuffle=False).history
     losses = _history_value(history, "loss", method)
     accs = _history_value(history, "val_accuracy", method)

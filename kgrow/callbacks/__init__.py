@@ -7,6 +7,8 @@
   progressive layer freezing with per-block cosine learning rates.
 * `SparseTraining` (`kgrow.methods.sparse_training`): MEST dynamic sparse
   training and magnitude pruning on the controller's masks.
+* `Prog` (`kgrow.methods.autoprog`): AutoProg's progressive patches and
+  depth for ViTs, a configuration of `Growth`.
 * Controller plumbing (`ControllerCheckpoint`, `ControlledCallback`) lives in
   `kgrow.controller` and is re-exported here for convenience.
 """
@@ -19,6 +21,7 @@ _METHOD_CALLBACKS = {
     "NetworkExpansion": "kgrow.methods.network_expansion.callback",
     "ProgressiveFreezing": "kgrow.methods.progressive_freezing.callback",
     "SparseTraining": "kgrow.methods.sparse_training.callback",
+    "Prog": "kgrow.methods.autoprog.callback",
 }
 
 __all__ = ["Growth", "FullSize", "grow_to", "ControlledCallback", "ControllerCheckpoint",

@@ -37,6 +37,8 @@ from kgrow.surgery import GrowthResult
 __all__ = ["FullSize", "grow_to", "Growth"]
 
 _INSERTED = re.compile(r"ins\d+_")
+#: Where the weights of new blocks come from (`Growth(depth_source=...)`).
+DEPTH_SOURCES = ("neighbour", "identity", "ema", "random")
 
 
 @dataclasses.dataclass
@@ -169,7 +171,8 @@ def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = N
             initializer="zeros", importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
             depth_source="neighbour", donor=None, block_spec=None, seed: int = 0,
             reset_drop_path: Union[bool, float] = True,
-            interpolation: str = "bicubic") -> Optional[GrowthResult]:
+            interpolation: str = "bicubic", position_table: str = "resample",
+            depth_seed: Optional[int] = None) -> Optional[GrowthResult]:
     """The growth (or initial shrink) that brings `model` to `stage`'s sizes.
 
     Resolution first (a ViT's position embeddings resampled to the new patch
@@ -189,12 +192,19 @@ def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = N
         importance: which channels survive a shrink ("l1", "first", callable).
         depth_mapping: "interpolation" (AutoProg), "expansion" (Network
             Expansion interleave), "stack", or a callable `(old, new) -> list`.
-        depth_source: "neighbour", "identity" or "ema" (then give `donor`).
+        depth_source: "neighbour", "identity", "ema" (then give `donor`) or
+            "random" (new blocks freshly initialized by their layers' own
+            initializers, seeded by `depth_seed`).
         donor: {variable path: array} for depth_source="ema".
         block_spec: explicit block spec for irregular models.
         seed: seed of random values for new channels.
         reset_drop_path: reset stochastic-depth rates after a depth change.
         interpolation: how a ViT's position embeddings are resampled.
+        position_table: "resample" (a ViT's position-embedding weights are
+            resampled to the new grid) or "keep" (the tables stay on their
+            grid and the forward pass interpolates them: a lower-resolution
+            stage loses nothing, the authors' AutoProg code).
+        depth_seed: seed of depth_source="random" (None: Keras' own seeding).
     """
     from kgrow.surgery import channel_groups, find_stages, scale_width, set_depth
 
@@ -203,7 +213,8 @@ def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = N
         from kgrow.models import resize_vit
         size = full.resolution_at(stage.resolution)
         if list(model.inputs[0].shape[1:3]) != size:
-            result = resize_vit(model, size, method=interpolation)
+            result = resize_vit(model, size, method=interpolation,
+                                keep_table=_keep_table(position_table))
             model, plan, infos["resolution"] = result.model, result.plan, result.info
     if stage.depth is not None and (current is None or current.depth != stage.depth):
         targets = full.depths_at(stage.depth)
@@ -213,7 +224,8 @@ def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = N
             source = "donor" if depth_source == "ema" else depth_source
             result = set_depth(model, targets, mapping=mapping, source=source,
                                donor=donor if depth_source == "ema" else None,
-                               spec=block_spec, reset_drop_path=reset_drop_path)
+                               spec=block_spec, reset_drop_path=reset_drop_path,
+                               seed=depth_seed)
             plan = result.plan if plan is None else result.plan.compose(plan)
             model, infos["depth"] = result.model, result.info
     if stage.width is not None and (current is None or current.width != stage.width
@@ -231,6 +243,16 @@ def grow_to(model, full: FullSize, stage: Stage, *, current: Optional[Stage] = N
     if plan is None:
         return None
     return GrowthResult(model, plan, infos)
+
+
+POSITION_TABLES = ("resample", "keep")
+
+
+def _keep_table(position_table) -> bool:
+    if position_table not in POSITION_TABLES:
+        raise ValueError(f"position_table must be one of {POSITION_TABLES}, got "
+                         f"{position_table!r}")
+    return position_table == "keep"
 
 
 def _depth_mapping(spec):
@@ -287,8 +309,10 @@ class Growth(ControlledCallback):
             nearest-neighbour copies; "expansion": Network Expansion's
             interleaving of EMA copies; "stack"; or a callable).
         depth_source: "neighbour" (copy the online block), "identity"
-            (zero residual branch: function-preserving) or "ema" (copy an EMA
-            of the online model, Network Expansion / MoGrow).
+            (zero residual branch: function-preserving), "ema" (copy an EMA
+            of the online model, Network Expansion / MoGrow) or "random"
+            (fresh values from the layers' initializers, seeded by `seed`:
+            AutoProg's RandInit).
         ema_decay: decay of the EMA kept for depth_source="ema" (default:
             a half-life of one epoch).
         reset_optimizer: start optimizer moments at zero after each growth
@@ -304,6 +328,9 @@ class Growth(ControlledCallback):
             stages on a model that takes any input size (default: the
             model's input size).
         interpolation: resampling of a ViT's position embeddings.
+        position_table: "resample" (position-embedding weights resampled at
+            each resolution change) or "keep" (tables stay at the full grid,
+            the forward pass interpolates them; see `grow_to`).
         stage_chooser: optional `fn(epoch, scheduled_stage, growth) ->
             Stage | None` (see above).
         verbose: 1 prints one line per growth step.
@@ -326,6 +353,7 @@ class Growth(ControlledCallback):
                  reset_optimizer: bool = False, reset_ema: bool = True, block_spec=None,
                  reset_drop_path: Union[bool, float] = True, seed: int = 0,
                  full_resolution=None, interpolation: str = "bicubic",
+                 position_table: str = "resample",
                  stage_chooser: Optional[Callable] = None, verbose: int = 1):
         super().__init__()
         if not isinstance(schedule, GrowthSchedule):
@@ -337,9 +365,10 @@ class Growth(ControlledCallback):
         if interpolation not in INTERPOLATION_METHODS:
             raise ValueError(f"interpolation must be one of {INTERPOLATION_METHODS}, got "
                              f"{interpolation!r}")
-        if depth_source not in ("neighbour", "identity", "ema"):
-            raise ValueError(f"depth_source must be 'neighbour', 'identity' or 'ema', got "
+        if depth_source not in DEPTH_SOURCES:
+            raise ValueError(f"depth_source must be one of {DEPTH_SOURCES}, got "
                              f"{depth_source!r}")
+        _keep_table(position_table)
         from kgrow.growth import get_initializer
         get_initializer(initializer)  # fail now on an unknown name, not at the first stage
         _depth_mapping(depth_mapping)
@@ -356,6 +385,7 @@ class Growth(ControlledCallback):
         self.seed = seed
         self.full_resolution = full_resolution
         self.interpolation = interpolation
+        self.position_table = position_table
         self.stage_chooser = stage_chooser
         self.verbose = verbose
         self.full: Optional[FullSize] = None
@@ -486,15 +516,22 @@ class Growth(ControlledCallback):
         """
 
     def epoch_logs(self) -> dict:
-        """`grow/width` (the mean over groups for per-group widths), `grow/depth`,
-        `grow/resolution` of the stage trained this epoch, and `grow/params`."""
-        logs = {"grow/params": float(self.model.count_params())}
-        for quantity in ("width", "depth", "resolution"):
-            value = None if self.current is None else self.current.get(quantity)
-            if isinstance(value, Mapping):
-                value = sum(value.values()) / len(value)
-            if value is not None:
-                logs[f"grow/{quantity}"] = float(value)
+        """The sizes trained this epoch, those the schedule sets: ``grow/width``
+        (fraction; the mean over groups for per-group widths), ``grow/depth``
+        (blocks), ``grow/resolution`` (pixels, height); and ``grow/params``."""
+        logs, stage, full = {"grow/params": float(self.model.count_params())}, self.current, self.full
+        if stage is None or full is None:
+            return logs
+        if stage.width is not None:
+            width = stage.width
+            logs["grow/width"] = float(sum(width.values()) / len(width)
+                                       if isinstance(width, Mapping) else width)
+        if stage.depth is not None:
+            logs["grow/depth"] = float(sum(full.depths_at(stage.depth)) if full.stage_depths
+                                       else stage.depth)
+        if stage.resolution is not None:
+            logs["grow/resolution"] = float(full.resolution_at(stage.resolution)[0]
+                                            if full.image_size is not None else stage.resolution)
         return logs
 
     def controlled_epoch_begin(self, epoch: int) -> None:
@@ -513,7 +550,9 @@ class Growth(ControlledCallback):
                              donor=donor, block_spec=self.block_spec,
                              seed=self.seed + (len(self.events) if chosen else index),
                              reset_drop_path=self.reset_drop_path,
-                             interpolation=self.interpolation)
+                             interpolation=self.interpolation,
+                             position_table=self.position_table,
+                             depth_seed=self.seed + len(self.events))
         if result is not None:
             initial = current is None
             ctrl.replace_model(result, reset_optimizer=self.reset_optimizer and not initial,

@@ -215,11 +215,13 @@ class _PassBuilder:
             pass_id = sel.epoch.assign_add(1) - 1
         else:
             pass_id = sel.epoch.read_value()
+        # Augmentation strengths too: a pass uses one setting throughout.
+        scale = sel.augment_scale.read_value()
         if not self.s.resizable:
-            return pass_id, sel.active.read_value(), self.static_size
+            return pass_id, sel.active.read_value(), self.static_size, scale
         live = sel.image_size.read_value()
         size = live if self.static_size is None else tf.where(live > 0, live, self.static_size)
-        return pass_id, sel.active.read_value(), size
+        return pass_id, sel.active.read_value(), size, scale
 
     def dataset(self, *, advance=True, shuffle=True, augment=True, mixing=True,
                 with_index=False, drop_remainder=True):
@@ -227,34 +229,37 @@ class _PassBuilder:
         use_mixing = mixing and augment and cfg.uses_mixing
 
         def per_pass(_):
-            pass_id, active, size = self._start(advance)
+            pass_id, active, size, scale = self._start(advance)
             pass_seed = _fold(self.base_seed, pass_id)
             if isinstance(self.source, ArraySource):
-                ds = self._array_images(active, size, pass_seed, cfg, shuffle, drop_remainder)
+                ds = self._array_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
+                                        scale)
             else:
-                ds = self._stream_images(active, size, pass_seed, cfg, shuffle, drop_remainder)
+                ds = self._stream_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
+                                         scale)
             batch_seed = _fold(pass_seed, 2)
             return ds.enumerate().map(
                 lambda k, b: self._batch_ops(b, _fold(batch_seed, k), size, cfg, use_mixing,
-                                             with_index),
+                                             with_index, scale),
                 num_parallel_calls=_AUTOTUNE)
 
         ds = tf.data.Dataset.from_tensors(np.int64(0)).flat_map(per_pass).prefetch(_AUTOTUNE)
         return _without_autotuning(ds)
 
     # Step 2-4 for in-memory sources.
-    def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder):
+    def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale):
         indices = tf.where(active)[:, 0]
         if shuffle:
             indices = tf.random.experimental.stateless_shuffle(indices, _fold(pass_seed, 0))
-        x, y, scale, b = self.x, self.y, self.s.pixel_scale, self.s.batch_size
+        x, y, pixel_scale, b = self.x, self.y, self.s.pixel_scale, self.s.batch_size
         if cfg.uses_randaugment:
             seeds = tf.random.stateless_uniform(
                 [tf.shape(indices)[0], 2], _fold(pass_seed, 1),
                 minval=None, maxval=None, dtype=tf.int64)
 
             def load_one(i, seed):
-                image = self._rand_augment(to_pixels(tf.gather(x, i), scale), seed, cfg)
+                image = self._rand_augment(to_pixels(tf.gather(x, i), pixel_scale), seed, cfg,
+                                           scale)
                 return image, tf.gather(y, i), i
 
             ds = tf.data.Dataset.from_tensor_slices((indices, seeds))
@@ -262,38 +267,39 @@ class _PassBuilder:
             return ds.batch(b, drop_remainder=drop_remainder)
 
         def load_batch(i):
-            return to_pixels(tf.gather(x, i), scale), tf.gather(y, i), i
+            return to_pixels(tf.gather(x, i), pixel_scale), tf.gather(y, i), i
 
         ds = tf.data.Dataset.from_tensor_slices(indices).batch(b, drop_remainder=drop_remainder)
         return ds.map(load_batch, num_parallel_calls=_AUTOTUNE)
 
     # Step 2-4 for streamed sources (elements (index, image, label)).
-    def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder):
+    def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale):
         ds = self.indexed_train.filter(lambda i, image, label: tf.gather(active, i))
         if shuffle:
             shuffle_seed = tf.random.stateless_uniform(
                 [], _fold(pass_seed, 0), minval=None, maxval=None, dtype=tf.int64)
             ds = ds.shuffle(min(STREAM_SHUFFLE_BUFFER, self.source.num_train), seed=shuffle_seed)
         element_seed = _fold(pass_seed, 1)
-        scale = self.s.pixel_scale
+        pixel_scale = self.s.pixel_scale
 
         def load_one(i, image, label):
-            image = resize_to(to_pixels(image, scale), size)
+            image = resize_to(to_pixels(image, pixel_scale), size)
             if cfg.uses_randaugment:
-                image = self._rand_augment(image, _fold(element_seed, i), cfg)
+                image = self._rand_augment(image, _fold(element_seed, i), cfg, scale)
             return image, label, i
 
         ds = ds.map(load_one, num_parallel_calls=_AUTOTUNE)
         return ds.batch(self.s.batch_size, drop_remainder=drop_remainder)
 
-    def _rand_augment(self, image, seed, cfg):
+    def _rand_augment(self, image, seed, cfg, scale):
+        magnitude = cfg.randaugment_magnitude * scale[0]
         return randaugment.rand_augment(
-            image, seed, magnitude=cfg.randaugment_magnitude, num_ops=cfg.randaugment_num_ops,
+            image, seed, magnitude=magnitude, num_ops=cfg.randaugment_num_ops,
             magnitude_std=cfg.randaugment_magnitude_std, prob=cfg.randaugment_prob,
             fill=self.fill)
 
     # Step 5.
-    def _batch_ops(self, batch, seed, size, cfg, use_mixing, with_index):
+    def _batch_ops(self, batch, seed, size, cfg, use_mixing, with_index, scale):
         images, labels, index = batch
         images = resize_to(images, size)
         images = augment_lib.random_crop_with_padding(images, cfg.crop_padding, _fold(seed, 0))
@@ -301,7 +307,8 @@ class _PassBuilder:
             images = augment_lib.random_horizontal_flip(images, _fold(seed, 1))
         images = normalize(images, self.s.mean, self.s.std)
         if cfg.erasing_prob > 0:
-            images = augment_lib.random_erasing(images, cfg.erasing_prob, _fold(seed, 2))
+            images = augment_lib.random_erasing(images, cfg.erasing_prob * scale[1],
+                                                _fold(seed, 2))
         labels = encode_labels(_assert_range(labels, self.s.num_classes),
                                self.s.label_mode, self.s.num_classes)
         if use_mixing:
@@ -400,6 +407,33 @@ class DataBundle:
         starting a new pass every epoch.
         """
         return self.selection.num_active // self.batch_size
+
+    def test_at_live_size(self):
+        """``test`` resized (bilinear) to the selection's live image size, read at each pass.
+
+        For models whose input size follows the training resolution (a kgrow
+        ViT at a progressive-resizing stage): their evaluation between
+        stages runs at the stage's size. With no live size set it is
+        ``test``'s images unchanged (H and W then unknown in the spec).
+        Returns None when the bundle has no test set.
+        """
+        if self.test is None:
+            return None
+        selection, test = self.selection, self.test
+
+        def per_pass(_):
+            live = selection.image_size.read_value()
+
+            def resize(images, labels):
+                images = tf.cond(live[0] > 0,
+                                 lambda: tf.image.resize(images, live, method="bilinear"),
+                                 lambda: images)
+                return images, labels
+
+            return test.map(resize)
+
+        ds = tf.data.Dataset.from_tensors(np.int64(0)).flat_map(per_pass)
+        return _without_autotuning(ds.prefetch(_AUTOTUNE))
 
     def train_with_index(self, augment=False, shuffle=False):
         """A pass over the active training samples with their indices.

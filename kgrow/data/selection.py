@@ -46,6 +46,10 @@ def _host_variable(initial_value, dtype, name):
         return tf.Variable(initial_value, dtype=dtype, trainable=False, name=name)
 
 
+#: Augmentation strengths a selection scales (`LiveSelection.set_augment_scale`).
+AUGMENT_SCALES = ("randaugment", "erasing")
+
+
 class LiveSelection:
     """Which training samples are active, and the live training image size.
 
@@ -77,6 +81,10 @@ class LiveSelection:
         self.active = _host_variable(tf.ones([num_train], tf.bool), tf.bool, "kgrow_active")
         self.image_size = _host_variable(tf.zeros([2], tf.int32), tf.int32, "kgrow_image_size")
         self.epoch = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_epoch")
+        # Multipliers of the bundle's configured augmentation strengths, in
+        # AUGMENT_SCALES order (adaptive regularization ramps them).
+        self.augment_scale = _host_variable(tf.ones([len(AUGMENT_SCALES)], tf.float32),
+                                            tf.float32, "kgrow_augment_scale")
         #: ``(height, width)`` a fixed-size bundle delivers, or None (see `fix_size`).
         self.fixed_size = None
         if image_size is not None:
@@ -192,6 +200,37 @@ class LiveSelection:
         h, w = (int(v) for v in self.image_size.numpy())
         return (h, w) if h > 0 and w > 0 else None
 
+    # -- augmentation strength ------------------------------------------------
+    def set_augment_scale(self, randaugment=None, erasing=None):
+        """Scales the bundle's augmentation strengths from the next pass on.
+
+        Each value multiplies what the bundle's `AugmentConfig` sets: the
+        RandAugment magnitude (``randaugment``) and the random-erasing
+        probability (``erasing``): 1 is the configured strength, 0 gives
+        magnitude 0 (RandAugment's operations still run, at their weakest)
+        or probability 0; None leaves that scale as it is. Augmentations the
+        config does not use stay off.
+
+        Example:
+            >>> sel = LiveSelection(4)
+            >>> sel.set_augment_scale(randaugment=0.5, erasing=0.0)
+            >>> sel.current_augment_scale()
+            {'randaugment': 0.5, 'erasing': 0.0}
+        """
+        values = self.augment_scale.numpy().copy()
+        for i, (name, value) in enumerate(zip(AUGMENT_SCALES, (randaugment, erasing))):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not np.isfinite(value) or value < 0:
+                raise ValueError(f"the {name} scale must be a number >= 0, got {value!r}.")
+            values[i] = float(value)
+        self.augment_scale.assign(values)
+
+    def current_augment_scale(self):
+        """``{name: multiplier}`` of the augmentation strengths."""
+        return {n: float(v) for n, v in zip(AUGMENT_SCALES, self.augment_scale.numpy())}
+
     # -- pass counter ---------------------------------------------------------
     def set_epoch(self, epoch):
         """Sets the index of the next training pass (e.g. to Keras' epoch).
@@ -213,6 +252,7 @@ class LiveSelection:
             "active": self.active_mask(),
             "image_size": [int(v) for v in self.image_size.numpy()],
             "epoch": int(self.epoch.numpy()),
+            "augment_scale": [float(v) for v in self.augment_scale.numpy()],
         }
 
     def set_state(self, state):
@@ -237,6 +277,9 @@ class LiveSelection:
         self.set_active(np.asarray(state["active"], dtype=bool))
         self.image_size.assign(size)
         self.set_epoch(state["epoch"])
+        # States written before augmentation scales existed: full strength.
+        scale = state.get("augment_scale", [1.0] * len(AUGMENT_SCALES))
+        self.set_augment_scale(*[float(v) for v in scale])
 
     def __repr__(self):
         return (f"LiveSelection(num_train={self.num_train}, num_active={self.num_active}, "

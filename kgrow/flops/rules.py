@@ -690,7 +690,9 @@ def _install_kgrow_model_rules(module) -> None:
 
     def rule_position_embedding(call):
         table = _require_variable(call.layer, "embeddings")
-        _check_dim(call.layer, "tokens", call.inputs[0][1], table.shape[0])
+        # A table kept on another grid is resampled once per batch, not per
+        # sample: nothing to count per sample.
+        _check_dim(call.layer, "tokens", call.inputs[0][1], call.layer.num_tokens)
         return Cost((Term(elements(call.outputs[0]), table),))
 
     def rule_token_pooling(call):

@@ -10,6 +10,9 @@
   per-block cosine learning rates.
 * `sparse_training`: MEST dynamic sparse training (EM, EM&S; the sparse part
   of SpFDE) and magnitude pruning schedules on the controller's masks.
+* `autoprog`: AutoProg (Li et al., CVPR 2022): progressive patches and depth
+  for ViTs (manual schedule Prog, growth operators with MoGrow, adaptive
+  regularization); its search lives in the same package.
 
 Each package has a functional form (pure functions returning a
 `kgrow.surgery.GrowthResult` or plain numbers), a Keras callback (re-exported

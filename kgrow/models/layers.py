@@ -82,11 +82,21 @@ class PositionEmbedding(keras.layers.Layer):
     positions in row-major order, matching a ``Conv2D`` patch embedding reshaped
     to tokens.
 
+    The table may be stored on another grid than the one the inputs have
+    (``table_grid``): the forward pass then resamples it to ``grid`` (the
+    class-token row kept), differentiably, so training at a lower resolution
+    updates the full-resolution table and going back to ``table_grid`` gives
+    exactly the table that was trained (AutoProg's number-of-patches growth).
+
     Args:
-        grid: Patch grid ``(gh, gw)`` (an int means square).
+        grid: Patch grid ``(gh, gw)`` of the inputs (an int means square).
         has_class_token: Whether the sequence starts with a class token whose
             embedding row is kept as is when the grid is resized.
         initializer: Initializer of the embedding (ViT: truncated normal, std 0.02).
+        table_grid: Grid the ``embeddings`` table is laid out on (default:
+            ``grid``).
+        interpolation: How the table is resampled in the forward pass when
+            ``table_grid != grid`` (one of ``INTERPOLATION_METHODS``).
         **kwargs: Standard layer arguments.
 
     Example:
@@ -98,9 +108,14 @@ class PositionEmbedding(keras.layers.Layer):
         (7, 16)
     """
 
-    def __init__(self, grid, has_class_token=True, initializer=None, **kwargs):
+    def __init__(self, grid, has_class_token=True, initializer=None, table_grid=None,
+                 interpolation="bicubic", **kwargs):
         super().__init__(**kwargs)
         self.grid = _checks.pair("grid", grid)
+        self.table_grid = self.grid if table_grid is None else _checks.pair("table_grid",
+                                                                           table_grid)
+        self.interpolation = _checks.choice("interpolation", interpolation,
+                                            INTERPOLATION_METHODS)
         if not isinstance(has_class_token, bool):
             raise TypeError(f"`has_class_token` must be a bool, got {has_class_token!r}.")
         self.has_class_token = has_class_token
@@ -128,12 +143,24 @@ class PositionEmbedding(keras.layers.Layer):
                 f"has_class_token={self.has_class_token}, so it expects "
                 f"{self.num_tokens} tokens, but the input has {input_shape[1]}. "
                 "Check that the image size is patch_size * grid.")
+        rows = self.num_prefix_tokens + self.table_grid[0] * self.table_grid[1]
         self.embeddings = self.add_weight(
-            name="embeddings", shape=(self.num_tokens, input_shape[-1]),
-            initializer=self.initializer)
+            name="embeddings", shape=(rows, input_shape[-1]), initializer=self.initializer)
+
+    def table(self):
+        """The embedding on the input grid: the table, resampled when its grid differs."""
+        table = self.embeddings
+        if self.table_grid == self.grid:
+            return table
+        prefix = self.num_prefix_tokens
+        patches = ops.reshape(table[prefix:], (1, *self.table_grid, -1))
+        resized = ops.image.resize(patches, self.grid, interpolation=self.interpolation,
+                                   antialias=False, data_format="channels_last")
+        resized = ops.reshape(resized, (self.grid[0] * self.grid[1], -1))
+        return ops.concatenate([table[:prefix], resized], axis=0) if prefix else resized
 
     def call(self, inputs):
-        return inputs + ops.cast(self.embeddings, inputs.dtype)[None]
+        return inputs + ops.cast(self.table(), inputs.dtype)[None]
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -142,6 +169,8 @@ class PositionEmbedding(keras.layers.Layer):
         config = super().get_config()
         config.update(grid=list(self.grid), has_class_token=self.has_class_token,
                       initializer=keras.initializers.serialize(self.initializer))
+        if self.table_grid != self.grid:
+            config.update(table_grid=list(self.table_grid), interpolation=self.interpolation)
         return config
 
 

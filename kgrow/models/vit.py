@@ -231,7 +231,7 @@ def _patch_of(layer, image_hw):
     return tuple(patch)
 
 
-def resize_vit(model, new_image_size, method="bicubic"):
+def resize_vit(model, new_image_size, method="bicubic", keep_table=False):
     """Rebuilds a ViT for another input resolution, carrying all weights over.
 
     The model's config is reused with a new input size and new patch grids in
@@ -246,6 +246,12 @@ def resize_vit(model, new_image_size, method="bicubic"):
     so ``TrainingController.replace_model`` carries the training state.
     Build it inside ``controller.scope()`` when training under a strategy.
 
+    With ``keep_table=True`` the position embeddings keep their tables as
+    they are (on the grid they were built for) and resample them in the
+    forward pass instead (``PositionEmbedding(table_grid=...)``, the AutoProg
+    authors' way): nothing is lost by going through a lower resolution, and
+    the plan is the identity.
+
     Args:
         model: A Functional model with one image input of known size and at
             least one ``PositionEmbedding`` layer.
@@ -253,6 +259,8 @@ def resize_vit(model, new_image_size, method="bicubic"):
             must be a multiple of the patch size.
         method: Interpolation of the position embedding, one of
             ``INTERPOLATION_METHODS``.
+        keep_table: Keep the tables and interpolate in the forward pass
+            rather than resampling the weights now.
 
     Returns:
         ``GrowthResult(model, plan, info)``: the new uncompiled model, the
@@ -292,18 +300,24 @@ def resize_vit(model, new_image_size, method="bicubic"):
         if layer_config["class_name"] == "InputLayer":
             layer_config["config"]["batch_shape"] = (None, *new_hw, old_shape[2])
         elif layer_config["name"] in new_grids:
-            layer_config["config"]["grid"] = list(new_grids[layer_config["name"]])
+            name = layer_config["name"]
+            layer_config["config"]["grid"] = list(new_grids[name])
+            table = model.get_layer(name).table_grid
+            layer_config["config"]["table_grid"] = (list(table) if keep_table
+                                                   else list(new_grids[name]))
+            layer_config["config"]["interpolation"] = method
     new_model = keras.Model.from_config(config)
 
     resampled = {}
     for new_layer in new_model.layers:
         old_layer = model.get_layer(new_layer.name)
-        if isinstance(new_layer, PositionEmbedding):
+        if isinstance(new_layer, PositionEmbedding) and \
+                old_layer.table_grid != new_layer.table_grid:
             (embeddings,) = old_layer.get_weights()
             new_layer.set_weights([interpolate_position_embedding(
-                embeddings, old_layer.grid, new_layer.grid, method=method)])
-            resampled[new_layer.embeddings.path] = Resample(old_layer.grid, new_layer.grid,
-                                                            method)
+                embeddings, old_layer.table_grid, new_layer.table_grid, method=method)])
+            resampled[new_layer.embeddings.path] = Resample(old_layer.table_grid,
+                                                            new_layer.table_grid, method)
         else:
             new_layer.set_weights(old_layer.get_weights())
     old_paths = {v.path for v in model.weights}
@@ -314,5 +328,5 @@ def resize_vit(model, new_image_size, method="bicubic"):
                              "the original does not; variable paths must survive a rebuild.")
         plan[v.path] = VariableTransfer(v.path, (), resampled.get(v.path))
     info = {"image_size": [list(old_shape[:2]), list(new_hw)],
-            "resampled": sorted(resampled)}
+            "resampled": sorted(resampled), "kept_tables": bool(keep_table)}
     return GrowthResult(new_model, TransferPlan(plan), info)

@@ -14,6 +14,9 @@ Where the weights of a new block come from (`source`):
   model with the same architecture such as an EMA copy (Network Expansion,
   MoGrow). `donor_blocks` picks other donor blocks (e.g. a removed block of
   the original model).
+* `"random"`: a copy of the template's layers with fresh values from their
+  own initializers (RandInit of AutoProg's ablation); all its weights are
+  new in the transfer plan. `seed` makes the values reproducible.
 * `"identity"`: a copy of the template whose residual branch ends are zeroed
   (BN gamma and beta, conv/dense kernel and bias, attention output
   projection, LayerScale), so the new block computes the identity and the
@@ -35,7 +38,9 @@ not supported (it would need narrowing every later layer).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import random
 import re
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -54,7 +59,7 @@ __all__ = ["insert_blocks", "remove_blocks", "set_depth", "interpolation_mapping
            "expansion_mapping", "describe_mapping", "SOURCES"]
 
 #: Accepted `source` names (a keras.Model or a mapping also works, as a donor).
-SOURCES = ("neighbour", "identity", "donor", "ema")
+SOURCES = ("neighbour", "identity", "donor", "ema", "random")
 EXPANSION_MODES = ("interleave", "stack")
 
 
@@ -207,7 +212,7 @@ def _edit_from_mapping(mapping, block_ids, edit: _Edit):
 
 @dataclasses.dataclass
 class _Source:
-    kind: str                  # "neighbour" | "identity" | "donor"
+    kind: str                  # "neighbour" | "identity" | "donor" | "random"
     donor: object = None       # keras.Model, Mapping path -> array, or None
     donor_analysis: object = None
     donor_layers: dict = None  # name -> layer (donor model)
@@ -225,9 +230,9 @@ def _resolve_source(source, donor) -> _Source:
     if kind == "donor" and donor is None:
         raise ValueError(f"source={source!r} needs `donor=` (a model with the same "
                          "architecture, or a mapping variable path -> array).")
-    if kind == "neighbour" and donor is not None:
-        raise ValueError("source='neighbour' copies the model's own blocks; a donor was given "
-                         "too. Use source='donor' (or 'identity' to zero a donor copy).")
+    if kind in ("neighbour", "random") and donor is not None:
+        raise ValueError(f"source={kind!r} takes no donor; a donor was given too. Use "
+                         "source='donor' (or 'identity' to zero a donor copy).")
     if donor is not None and not isinstance(donor, (keras.Model, Mapping)):
         raise TypeError(f"donor must be a keras.Model or a mapping path -> array, got "
                         f"{type(donor).__name__}.")
@@ -596,6 +601,10 @@ def _assign_and_plan(engine: _Engine, new_model, source: _Source, donor_names, z
                                  "rename one of them.")
             seen_paths[w_new.path] = layer.name
             shape = tuple(w_new.shape)
+            if rec.role == "copy" and source.kind == "random":
+                # Fresh: keeps the value its initializer gave it at the rebuild.
+                plan[w_new.path] = VariableTransfer(None, (None,) * len(shape))
+                continue
             if id(w_new) in zero_ids:
                 plan[w_new.path] = VariableTransfer(None, (None,) * len(shape))
                 w_new.assign(np.zeros(shape, dtype=w_new.dtype))
@@ -893,8 +902,24 @@ def _change_info(an, edit: _Edit, engine: _Engine, new_model, source: _Source) -
     }
 
 
+@contextlib.contextmanager
+def _seeded(seed):
+    """Keras initializers built without a seed draw one from Python's `random`
+    when constructed; seeding it around the rebuild makes fresh values
+    reproducible, and the caller's random state is restored afterwards."""
+    if seed is None:
+        yield
+        return
+    state = random.getstate()
+    random.seed(int(seed))
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def _run(model, an, flat, edit: _Edit, source: _Source, *, operation, donor_blocks=None,
-         reset_drop_path=False, extra_info=None) -> GrowthResult:
+         reset_drop_path=False, extra_info=None, seed=None) -> GrowthResult:
     """Validates an edit, rebuilds the model, sets its weights and builds the plan."""
     n = len(an.blocks)
     copies = [c for b in range(n) for c in edit.copies.get(b, [])]
@@ -906,8 +931,9 @@ def _run(model, an, flat, edit: _Edit, source: _Source, *, operation, donor_bloc
     rates = _resolve_rates(an, edit, reset_drop_path)
     donor_names = _donor_names(an, source, edit)
     engine = _Engine(an, edit, set(an.graph.names))
-    new_model = rebuild(flat, operation_fn=engine.operation_fn, call_fn=engine.call_fn,
-                        name=model.name)
+    with _seeded(seed if source.kind == "random" else None):
+        new_model = rebuild(flat, operation_fn=engine.operation_fn, call_fn=engine.call_fn,
+                            name=model.name)
     plan, zeroed, fallback = _assign_and_plan(engine, new_model, source, donor_names,
                                               _zero_layer_ids(an, engine, zero))
     info = {"operation": operation, **_change_info(an, edit, engine, new_model, source),
@@ -933,7 +959,8 @@ def insert_blocks(model, positions: Optional[Sequence[int]] = None, *,
                   source: Union[str, keras.Model, Mapping] = "neighbour",
                   donor: Union[keras.Model, Mapping, None] = None,
                   donor_blocks: Optional[Sequence] = None,
-                  spec=None, reset_drop_path: Union[bool, float] = False) -> GrowthResult:
+                  spec=None, reset_drop_path: Union[bool, float] = False,
+                  seed: Optional[int] = None) -> GrowthResult:
     """Inserts copies of blocks into a model.
 
     Args:
@@ -960,6 +987,8 @@ def insert_blocks(model, positions: Optional[Sequence[int]] = None, *,
         reset_drop_path: True to set drop-path rates to linspace(0, max rate,
             blocks) over the new block order (max rate: the largest rate in the
             model), or a float to use as the max rate.
+        seed: seed of the fresh values of source="random" (None: Keras'
+            own seeding, different each call).
 
     Returns:
         `GrowthResult` with the new model, the transfer plan, and `info`
@@ -1009,7 +1038,7 @@ def insert_blocks(model, positions: Optional[Sequence[int]] = None, *,
             _require_copyable(an, c.template, "copied")
     return _run(model, an, flat, edit, src, operation="insert_blocks",
                 donor_blocks=donor_blocks, reset_drop_path=reset_drop_path,
-                extra_info={"mapping": None if mapping is None else list(mapping)})
+                extra_info={"mapping": None if mapping is None else list(mapping)}, seed=seed)
 
 
 def remove_blocks(model, indices: Sequence[int], *, spec=None,
@@ -1084,7 +1113,8 @@ def _stage_targets(an, depths) -> dict:
 def set_depth(model, depths, *, mapping: Union[None, Callable, Sequence, Mapping] = None,
               source: Union[str, keras.Model, Mapping] = "neighbour",
               donor: Union[keras.Model, Mapping, None] = None, spec=None,
-              reset_drop_path: Union[bool, float] = True) -> GrowthResult:
+              reset_drop_path: Union[bool, float] = True,
+              seed: Optional[int] = None) -> GrowthResult:
     """Grows or shrinks stages to target depths.
 
     Args:
@@ -1105,6 +1135,7 @@ def set_depth(model, depths, *, mapping: Union[None, Callable, Sequence, Mapping
             over all blocks with drop-path layers (DeiT/Network Expansion);
             True uses the largest rate in the model, a float sets the max rate
             (needed when growing from one block, whose rate is 0).
+        seed: seed of the fresh values of source="random".
 
     Example:
         >>> inp = keras.Input((8,))
@@ -1155,4 +1186,4 @@ def set_depth(model, depths, *, mapping: Union[None, Callable, Sequence, Mapping
         used[s] = m
     return _run(model, an, flat, edit, src, operation="set_depth",
                 reset_drop_path=reset_drop_path,
-                extra_info={"mappings": {str(k): v for k, v in used.items()}})
+                extra_info={"mappings": {str(k): v for k, v in used.items()}}, seed=seed)

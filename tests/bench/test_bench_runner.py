@@ -29,7 +29,7 @@ def two_methods():
 def test_runs_alternate_baseline_and_methods(two_methods, monkeypatch, tmp_path):
     calls = []
 
-    def fake_run(method, spec, seed, verbose=2, log=print):
+    def fake_run(method, spec, seed, verbose=2, log=print, strategy=None):
         calls.append((method, seed))
         # The machine slows down over time: pairing by seed cancels the drift.
         return _fake_record(method, seed, wall=(10.0 if method == "baseline" else 5.0)

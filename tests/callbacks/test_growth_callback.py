@@ -80,7 +80,7 @@ def test_width_and_depth_growth_in_one_fit_is_function_preserving(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     # The growth state is in History and in the CSV log, under grow/.
     assert hist.history["grow/width"] == [0.5, 0.5, 1.0]
-    assert hist.history["grow/depth"] == [0.5, 0.5, 1.0]
+    assert hist.history["grow/depth"] == [6.0, 6.0, 9.0]  # blocks of the 3-stage ResNet-20
     assert [float(r["grow/params"]) for r in rows] == [probe.shapes[0]] * 2 + [full_params]
     loaded = keras.models.load_model(str(ckpt))
     np.testing.assert_allclose(loaded(x[:4], training=False), full(x[:4], training=False),

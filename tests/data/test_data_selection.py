@@ -73,7 +73,8 @@ def test_state_roundtrip_and_mismatch():
     sel.set_image_size(7, 9)
     sel.set_epoch(3)
     state = sel.get_state()
-    assert state == {"num_train": 6, "active": state["active"], "image_size": [7, 9], "epoch": 3}
+    assert state == {"num_train": 6, "active": state["active"], "image_size": [7, 9], "epoch": 3,
+                     "augment_scale": [1.0, 1.0]}
     assert isinstance(state["active"], np.ndarray) and state["active"].tolist() == \
         [False, True, False, False, True, False]
     other = LiveSelection(6)
@@ -90,7 +91,7 @@ def test_variables_live_on_the_cpu_outside_strategies(mirrored_strategy):
     strategy = mirrored_strategy
     with strategy.scope():
         sel = LiveSelection(4)
-    for var in (sel.active, sel.image_size, sel.epoch):
+    for var in (sel.active, sel.image_size, sel.epoch, sel.augment_scale):
         assert not isinstance(var, tf.distribute.DistributedValues)
         assert var.device.endswith("CPU:0")
         assert not var.trainable

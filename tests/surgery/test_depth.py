@@ -323,7 +323,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="repeated indices"):
         remove_blocks(model, [1, 1])
     with pytest.raises(ValueError, match="source must be one of"):
-        insert_blocks(model, [1], source="random")
+        insert_blocks(model, [1], source="zeros")
     with pytest.raises(ValueError, match="needs `donor=`"):
         insert_blocks(model, [1], source="ema")
     with pytest.raises(ValueError, match="exactly one of `positions`"):
