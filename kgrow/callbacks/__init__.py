@@ -3,14 +3,15 @@
 * `growth`: `Growth` — width/depth growth along a schedule inside `fit`.
 * `NetworkExpansion` (`kgrow.methods.network_expansion`): the paper's CNN
   width and ViT depth expansion, a configuration of `Growth`.
+* `DataSieving` (`kgrow.methods.data_sieving`): SpFDE's circular data sieving.
 * Controller plumbing (`ControllerCheckpoint`, `ControlledCallback`) lives in
   `kgrow.controller` and is re-exported here for convenience.
 """
 from kgrow.callbacks.growth import FullSize, Growth, grow_to
 from kgrow.controller import ControlledCallback, ControllerCheckpoint
 
-__all__ = ["Growth", "FullSize", "grow_to", "NetworkExpansion", "ControlledCallback",
-           "ControllerCheckpoint"]
+__all__ = ["Growth", "FullSize", "grow_to", "NetworkExpansion", "DataSieving",
+           "ControlledCallback", "ControllerCheckpoint"]
 
 
 def __getattr__(name):
@@ -19,4 +20,7 @@ def __getattr__(name):
     if name == "NetworkExpansion":
         from kgrow.methods.network_expansion.callback import NetworkExpansion
         return NetworkExpansion
+    if name == "DataSieving":
+        from kgrow.methods.data_sieving.callback import DataSieving
+        return DataSieving
     raise AttributeError(f"module 'kgrow.callbacks' has no attribute {name!r}")
