@@ -54,11 +54,14 @@ class MethodSetup:
         sparsity: Passed to `kgrow.flops.count(..., sparsity=...)` when the
             FLOPs meter counts the model: a value, or a callable
             `sparsity(model)` evaluated at each epoch begin. None: dense.
+        needs_sample_ids: The callbacks use prediction hooks: `fit` trains on
+            `data.train_with_ids()` instead of `data.train`.
     """
 
     model: Any
     callbacks: Sequence[Any] = ()
     sparsity: Any = None
+    needs_sample_ids: bool = False
 
 
 @dataclasses.dataclass
@@ -305,7 +308,10 @@ def _compose(name: str, parts: Sequence[str], context: MethodContext) -> MethodS
         # combination rule kgrow does not guess.
         given = {part: getattr(setup, field.name) for part, setup in setups
                  if getattr(setup, field.name) is not field.default}
-        if len(given) > 1:
+        # Equal flags (two parts that both need sample ids) agree.
+        agree = (all(isinstance(v, bool) for v in given.values())
+                 and len(set(given.values())) == 1)
+        if len(given) > 1 and not agree:
             raise ValueError(f"Methods {sorted(given)} in {name!r} each set MethodSetup."
                              f"{field.name}; kgrow cannot combine them in one run.")
         if given:
@@ -324,3 +330,4 @@ from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa
 
 for _name, _target in _VT_METHODS.items():
     register_method(_name, _target)
+register_method("sieve", "kgrow.methods.data_sieving.bench:bench_sieve")

@@ -1,4 +1,4 @@
-"""Circular data sieving (SpFDE, Ji et al., NeurIPS 2022) as a kgrow method.
+"""Circular data sieving (SpFDE, Yuan et al., NeurIPS 2022) as a kgrow method.
 
 A fixed share of the training set is held out in a queue; every few epochs
 the samples the model found easiest (fewest forgetting events, counted from

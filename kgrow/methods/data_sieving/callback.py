@@ -2,11 +2,12 @@
 
 Example:
     >>> cb = DataSieving(fraction=0.25)
-    >>> cb.fraction, cb.update_ratio, cb.interval_epochs is None
-    (0.25, 0.3, True)
+    >>> cb.fraction, cb.update_ratio, cb.interval_epochs
+    (0.25, None, None)
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -57,7 +58,10 @@ class DataSieving(ControlledCallback):
             (the paper's 25% training-FLOPs saving: 0.25). The active count
             is rounded down to whole batches.
         update_ratio: share of the removed set exchanged per update, in
-            (0, 1] (the paper's best: 0.3).
+            (0, 1]. None: the paper's best, 0.3, raised (with a warning) to
+            the smallest ratio that brings every removed sample back when
+            the run has too few updates for 0.3; a given ratio that cannot
+            is an error.
         interval_epochs: epochs between updates (None: the paper's 5 of 160
             epochs scaled to the run, `functional.default_interval`).
         epochs: run length (default: what `fit` runs).
@@ -84,13 +88,13 @@ class DataSieving(ControlledCallback):
     STATE_NAME = "data_sieving"
     HOOK_NAME = "data_sieving"
 
-    def __init__(self, fraction: float = 0.25, update_ratio: float = 0.3,
+    def __init__(self, fraction: float = 0.25, update_ratio: Optional[float] = None,
                  interval_epochs: Optional[int] = None, *, epochs: Optional[int] = None,
                  selection=None, seed: int = 0, verbose: int = 0):
         super().__init__()
         F.check_settings(fraction, update_ratio, interval_epochs)
         self.fraction = float(fraction)
-        self.update_ratio = float(update_ratio)
+        self.update_ratio = None if update_ratio is None else float(update_ratio)
         self.interval_epochs = None if interval_epochs is None else int(interval_epochs)
         self.epochs = None if epochs is None else int(epochs)
         self.selection = selection
@@ -133,6 +137,13 @@ class DataSieving(ControlledCallback):
                                  self.epochs, self.interval_epochs,
                                  batch_size=_static_batch_size(x) if x is not None else 1,
                                  min_active=getattr(selection, "min_active", 1))
+        if self.update_ratio is None and self.plan.update_ratio > F.PAPER_UPDATE_RATIO:
+            warnings.warn(
+                f"DataSieving: {self.epochs} epochs with an update every {self.plan.interval} "
+                f"give {self.plan.updates} updates, too few to bring all "
+                f"{self.plan.removed} removed samples back at the paper's update ratio "
+                f"{F.PAPER_UPDATE_RATIO}; using {self.plan.update_ratio:.3g} so that every "
+                f"sample is used.", UserWarning, stacklevel=2)
         n = selection.num_train
         if self.tracker is None or self.tracker.num_train != n:
             self.tracker = ForgettingTracker(n)

@@ -45,11 +45,14 @@ import numpy as np
 __all__ = ["SieveState", "SievePlan", "forgetting_events", "count_forgetting",
            "initial_removal", "sieve_update", "update_count", "updates_in_run",
            "updates_to_cycle", "min_update_ratio", "default_interval", "plan_sieve",
-           "removed_count", "is_update_epoch", "PAPER_INTERVAL", "PAPER_EPOCHS"]
+           "removed_count", "is_update_epoch", "PAPER_INTERVAL", "PAPER_EPOCHS",
+           "PAPER_UPDATE_RATIO", "check_settings"]
 
 #: The paper's update interval (epochs) for its run length (CIFAR, 160 epochs).
 PAPER_INTERVAL = 5
 PAPER_EPOCHS = 160
+#: The paper's best update ratio (Tab. A2).
+PAPER_UPDATE_RATIO = 0.3
 
 
 def forgetting_events(prev_correct, correct):
@@ -85,7 +88,7 @@ def count_forgetting(correctness):
         int32 ``[samples]``: number of correct -> wrong transitions.
 
     Example:
-        >>> count_forgetting([[1, 1, 0], [0, 1, 1], [1, 0, 0]]).tolist()
+        >>> count_forgetting([[1, 1, 0], [0, 1, 1], [1, 0, 1]]).tolist()
         [1, 1, 0]
     """
     seq = np.asarray(correctness, dtype=bool)
@@ -242,8 +245,8 @@ def min_update_ratio(removed, epochs, interval) -> float:
     """Smallest update ratio with which the initial queue cycles within the run.
 
     Example:
-        >>> min_update_ratio(250, epochs=160, interval=5)  # 31 updates
-        0.04
+        >>> min_update_ratio(250, epochs=160, interval=5)  # 31 updates of 9
+        0.036
     """
     updates = updates_in_run(epochs, interval)
     if updates == 0:
@@ -260,6 +263,7 @@ class SievePlan:
     k: int
     interval: int
     epochs: int
+    update_ratio: float
 
     @property
     def active(self) -> int:
@@ -276,7 +280,8 @@ def check_settings(fraction, update_ratio, interval=None):
         raise ValueError(f"The removal fraction must lie in (0, 1) (the share of training "
                          f"samples held out at a time, = the training-FLOPs saving), got "
                          f"{fraction!r}.")
-    if isinstance(update_ratio, bool) or not 0.0 < float(update_ratio) <= 1.0:
+    if update_ratio is not None and (isinstance(update_ratio, bool)
+                                     or not 0.0 < float(update_ratio) <= 1.0):
         raise ValueError(f"update_ratio must lie in (0, 1] (the share of the removed set "
                          f"exchanged at each update; the paper's best: 0.3), got "
                          f"{update_ratio!r}.")
@@ -293,7 +298,9 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
     Args:
         num_train: training samples.
         fraction: share of them held out in the queue at any time.
-        update_ratio: share of the removed set exchanged per update.
+        update_ratio: share of the removed set exchanged per update; None:
+            the paper's 0.3, raised to `min_update_ratio` when the run is
+            too short for it to cycle the queue.
         epochs: epochs of the run.
         interval: epochs between updates (None: `default_interval`).
         batch_size: the active count is rounded down to whole batches.
@@ -309,6 +316,8 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
         >>> p = plan_sieve(1000, 0.25, 0.3, epochs=160)
         >>> p.removed, p.k, p.interval, p.updates
         (250, 75, 5, 31)
+        >>> plan_sieve(1000, 0.25, None, epochs=3).update_ratio  # 2 updates must cycle
+        0.5
     """
     check_settings(fraction, update_ratio, interval)
     epochs = int(epochs)
@@ -325,6 +334,9 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
     if removed < 1:
         raise ValueError(f"A fraction {fraction} of {num_train} samples removes no sample; use "
                          f"a larger fraction.")
+    if update_ratio is None:
+        update_ratio = min(1.0, max(PAPER_UPDATE_RATIO,
+                                    min_update_ratio(removed, epochs, interval)))
     k = update_count(removed, update_ratio)
     if k > active:
         raise ValueError(f"update_ratio {update_ratio} exchanges {k} samples per update but "
@@ -339,4 +351,4 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
             f"{min_update_ratio(removed, epochs, interval):.3g}, shorten the interval, or "
             f"train longer.")
     return SievePlan(num_train=int(num_train), removed=removed, k=k, interval=interval,
-                     epochs=epochs)
+                     epochs=epochs, update_ratio=float(update_ratio))
