@@ -208,7 +208,7 @@ def test_plain_train_data_is_a_clear_error_before_training():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(fraction=0.95), "fewer than the minimum"),        # 4 samples left < one batch
+    (dict(fraction=0.97), "fewer than the minimum"),        # 0.36 of a batch left: none
     (dict(fraction=0.25, update_ratio=0.1), "Not every sample would be used"),
     (dict(fraction=0.25, interval_epochs=4), "Not every sample would be used"),
 ])
@@ -279,3 +279,48 @@ def test_mirrored_strategy_counts_and_decisions_match_single_device():
     _, mirrored = _sieve_run(4, strategy=new_mirrored_strategy())
     assert single.forgets.sum() + single.last_correct.sum() > 0
     _assert_same_sieve(mirrored, single)
+
+
+# -- engine pieces the method needed --------------------------------------------------------
+def test_epoch_length_follows_a_growing_selection_inside_one_fit():
+    from kgrow.controller import ControlledCallback, Phase
+    bundle, model = _bundle(), _model()
+    bundle.selection.set_active(np.arange(48))  # fit starts with 6 batches
+
+    class Grow(ControlledCallback):
+        phase = Phase.DATA
+
+        def controlled_epoch_begin(self, epoch):
+            if epoch == 1:
+                bundle.selection.set_active(np.arange(N))  # 12 batches from epoch 1
+
+    seen = SeenPerEpoch()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(bundle.train_with_ids(), epochs=2, verbose=0, shuffle=False,
+                  callbacks=[Grow(), seen])
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    assert seen.steps == [6, 12]
+    np.testing.assert_array_equal(seen.per_epoch[1], np.ones(N))
+
+
+def test_bench_method_trains_on_ids_and_composes():
+    from kgrow import bench
+    from kgrow.bench import registry
+    bundle = _bundle()
+    context = registry.MethodContext(model_name="resnet20", model_kwargs={"width": 4},
+                                     input_shape=(4, 4, 1), num_classes=CLASSES,
+                                     train=kgrow.training.TrainConfig(epochs=10, seed=2),
+                                     data=bundle, steps_per_epoch=12)
+    setup = registry.setup_method("sieve", context)
+    assert setup.needs_sample_ids and isinstance(setup.callbacks[0], DataSieving)
+    assert setup.callbacks[0].selection is bundle.selection
+
+    def also_ids(build_model, ctx):
+        return registry.MethodSetup(build_model(), [], needs_sample_ids=True)
+
+    bench.register_method("ids_demo", also_ids)
+    try:
+        assert registry.setup_method("sieve+ids_demo", context).needs_sample_ids
+    finally:
+        bench.unregister_method("ids_demo")

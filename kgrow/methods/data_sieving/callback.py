@@ -56,7 +56,7 @@ class DataSieving(ControlledCallback):
     Args:
         fraction: share of the training set held out at any time, in (0, 1)
             (the paper's 25% training-FLOPs saving: 0.25). The active count
-            is rounded down to whole batches.
+            is a whole number of batches (`functional.removed_count`).
         update_ratio: share of the removed set exchanged per update, in
             (0, 1]. None: the paper's best, 0.3, raised (with a warning) to
             the smallest ratio that brings every removed sample back when

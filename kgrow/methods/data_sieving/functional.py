@@ -197,17 +197,22 @@ def sieve_update(state: SieveState, forgets, k, seed=0) -> SieveState:
 
 
 def removed_count(num_train, fraction, batch_size=1) -> int:
-    """Samples removed for a fraction, so that the active count is a multiple of ``batch_size``.
+    """Samples held out for a fraction, leaving a whole number of batches active.
 
-    The training pipeline drops incomplete batches: an active count that is a
-    whole number of batches makes every active sample train every epoch.
+    The training pipeline drops incomplete batches, so the full data trains
+    ``num_train // batch_size`` batches per epoch; the active set is the
+    whole number of batches nearest to ``1 - fraction`` of that. Every
+    active sample then trains every epoch, and the saving in steps is as
+    close to ``fraction`` as whole batches allow.
 
     Example:
         >>> removed_count(1000, 0.25), removed_count(1000, 0.25, batch_size=32)
         (250, 264)
+        >>> removed_count(2000, 0.25, batch_size=128)  # 11 of 15 batches stay
+        592
     """
-    keep = int(round(num_train * (1.0 - fraction)))
-    keep -= keep % int(batch_size)
+    batch_size = int(batch_size)
+    keep = int(round((num_train // batch_size) * (1.0 - fraction))) * batch_size
     return int(num_train - keep)
 
 
@@ -303,7 +308,7 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
             too short for it to cycle the queue.
         epochs: epochs of the run.
         interval: epochs between updates (None: `default_interval`).
-        batch_size: the active count is rounded down to whole batches.
+        batch_size: the active count is a whole number of batches.
         min_active: smallest allowed active count (a bundle: its batch size).
 
     Raises:
@@ -329,7 +334,7 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
     if active < max(1, min_active) or removed >= num_train:
         raise ValueError(
             f"Removing a fraction {fraction} of {num_train} training samples (active count "
-            f"rounded down to whole batches of {batch_size}) leaves {active} active samples, "
+            f"in whole batches of {batch_size}) leaves {active} active samples, "
             f"fewer than the minimum {max(1, min_active)}; use a smaller fraction or more data.")
     if removed < 1:
         raise ValueError(f"A fraction {fraction} of {num_train} samples removes no sample; use "
