@@ -78,6 +78,10 @@ def test_every_sample_is_used_at_least_once_over_a_run():
     # the settings check is what makes it hold: too few updates are refused
     with pytest.raises(ValueError, match="Not every sample would be used"):
         plan_sieve(100, 0.25, 0.3, epochs=2)
+    # without a ratio the paper's 0.3 is raised just enough to cycle the queue
+    assert plan_sieve(100, 0.25, None, epochs=3).k == 13  # 25 back in 2 updates
+    with pytest.raises(ValueError, match="removes no whole batch"):
+        plan_sieve(100, 0.1, None, epochs=10, batch_size=32)  # 3 of 3 batches would stay
 
 
 def test_plan_defaults_scale_with_the_run():

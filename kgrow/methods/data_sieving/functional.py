@@ -336,9 +336,10 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
             f"Removing a fraction {fraction} of {num_train} training samples (active count "
             f"in whole batches of {batch_size}) leaves {active} active samples, "
             f"fewer than the minimum {max(1, min_active)}; use a smaller fraction or more data.")
-    if removed < 1:
-        raise ValueError(f"A fraction {fraction} of {num_train} samples removes no sample; use "
-                         f"a larger fraction.")
+    if active >= (num_train // int(batch_size)) * int(batch_size):
+        raise ValueError(f"A fraction {fraction} of {num_train} samples in batches of "
+                         f"{batch_size} removes no whole batch; use a larger fraction or a "
+                         f"smaller batch size.")
     if update_ratio is None:
         update_ratio = min(1.0, max(PAPER_UPDATE_RATIO,
                                     min_update_ratio(removed, epochs, interval)))
