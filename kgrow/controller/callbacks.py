@@ -88,7 +88,23 @@ def sync_epoch_length(model):
     steps = len(x)
     if iterator._num_batches != steps:
         iterator._num_batches = steps
+        _sync_progress_target(_fit_local(model, "callbacks", None), steps)
     return steps
+
+
+def _sync_progress_target(callbacks, steps):
+    # The params dict is shared by every callback of the fit (and identifies
+    # the fit to the controller): update it in place, and the progress bar's
+    # target, which Keras copies from it at fit start.
+    if not isinstance(callbacks, keras.callbacks.CallbackList):
+        return
+    if isinstance(callbacks.params, dict) and "steps" in callbacks.params:
+        callbacks.params["steps"] = steps
+    for callback in callbacks.callbacks:
+        if isinstance(callback, keras.callbacks.ProgbarLogger):
+            callback.target = steps
+            if getattr(callback, "progbar", None) is not None:
+                callback.progbar.target = steps
 
 
 def attach_fit_selection(model):

@@ -305,6 +305,7 @@ def test_epoch_length_follows_a_growing_selection_inside_one_fit():
                   callbacks=[Grow(), seen])
     assert not [w for w in caught if "ran out of data" in str(w.message)]
     assert seen.steps == [6, 12]
+    assert seen.params["steps"] == 12  # what the progress bar and callbacks are told
     np.testing.assert_array_equal(seen.per_epoch[1], np.ones(N))
 
 
