@@ -202,6 +202,20 @@ def test_in_step_counts_match_a_host_recomputation():
     np.testing.assert_array_equal(last, correct[-1])
 
 
+def test_tracker_reads_sparse_labels_and_single_column_outputs():
+    from kgrow.controller.step import PredictionBatch
+    from kgrow.methods.data_sieving import batch_correct
+    ids = tf.constant([3, 0], tf.int64)
+    tracker = ForgettingTracker(4)
+    scores = tf.constant([[0.1, 0.9], [0.8, 0.2]])
+    tracker(PredictionBatch(ids, tf.constant([1, 0]), scores))           # both right
+    tracker(PredictionBatch(ids, tf.constant([0, 0]), scores))           # id 3 forgotten
+    last, forgets = tracker.read()
+    assert forgets.tolist() == [0, 0, 0, 1] and last.tolist() == [True, False, False, False]
+    one_column = batch_correct(tf.constant([[1.0], [0.0]]), tf.constant([[0.7], [0.6]]))
+    assert one_column.numpy().tolist() == [True, False]
+
+
 def test_plain_train_data_is_a_clear_error_before_training():
     bundle, model = _bundle(), _model()
     before = model.get_layer("head").kernel.numpy().copy()
