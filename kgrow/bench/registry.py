@@ -169,6 +169,28 @@ def available_methods() -> list[str]:
     return [BASELINE] + sorted(n for n in _REGISTRY if n != BASELINE)
 
 
+def describe_method(name: str) -> dict:
+    """`{"name", "description", "source"}` of a registered method.
+
+    The description is the first line of the factory's docstring; the
+    source is the first line of the docstring of the `kgrow.methods` package
+    the factory comes from (the paper), else the factory's module.
+
+    Example:
+        >>> describe_method("baseline")["description"]
+        'The reference method: the full model trained with plain `fit`.'
+    """
+    factory = get_method(name)
+    doc = (getattr(factory, "__doc__", None) or "").strip()
+    module = getattr(factory, "__module__", "") or ""
+    source = module
+    if module.startswith("kgrow.methods."):
+        package = importlib.import_module(".".join(module.split(".")[:3]))
+        source = ((package.__doc__ or "").strip().splitlines() or [module])[0]
+    return {"name": name, "description": doc.splitlines()[0] if doc else "(no description)",
+            "source": source}
+
+
 def _unknown_message(name: str) -> str:
     return (f"Unknown method {name!r}. Registered methods: {', '.join(available_methods())}. "
             f"Register more with kgrow.bench.register_method(name, factory) or load a "
@@ -329,5 +351,9 @@ register_method("network_expansion_vit", "kgrow.methods.network_expansion.bench:
 from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa: E402
 
 for _name, _target in _VT_METHODS.items():
+    register_method(_name, _target)
+from kgrow.methods.progressive_freezing.bench import METHODS as _FREEZE_METHODS  # noqa: E402
+
+for _name, _target in _FREEZE_METHODS.items():
     register_method(_name, _target)
 register_method("sieve", "kgrow.methods.data_sieving.bench:bench_sieve")

@@ -290,7 +290,10 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
                       "train_loss": float(loss), "test_acc": float(acc),
                       "samples": flops_meter.epochs[i]["samples"],
                       "flops_per_sample": flops_meter.epochs[i]["flops_per_sample"],
-                      "train_flops": cumulative})
+                      "train_flops": cumulative,
+                      # What the method's callbacks logged (grow/width, freeze/blocks, ...).
+                      **{key: float(values[i]) for key, values in history.items()
+                         if "/" in key and key != "kgrow/train_flops" and i < len(values)}})
     record = {
         "method": method, "seed": seed,
         "train_wall_s": clock.elapsed(), "eval_wall_s": clock.eval_s,
@@ -368,10 +371,21 @@ def write_results(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
              for name in ("results.json", "results.md", "curves.png", "schedule.png")}
     with open(paths["results.json"], "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
-    with open(paths["results.md"], "w", encoding="utf-8") as f:
+    render_results(results, out_dir)
+    return paths
+
+
+def render_results(results: Mapping[str, Any], out_dir: str) -> list[str]:
+    """Writes results.md, curves.png and schedule.png of `results`; returns their paths.
+
+    `kgrow report DIR` calls it on a finished bench's results.json.
+    """
+    paths = [os.path.join(out_dir, name)
+             for name in ("results.md", "curves.png", "schedule.png")]
+    with open(paths[0], "w", encoding="utf-8") as f:
         f.write(report.to_markdown(results))
-    report.plot_curves(results, paths["curves.png"])
-    report.plot_schedule(results, paths["schedule.png"])
+    report.plot_curves(results, paths[1])
+    report.plot_schedule(results, paths[2])
     return paths
 
 

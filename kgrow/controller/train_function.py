@@ -43,7 +43,7 @@ except ImportError:  # another TensorFlow layout
     context = None
 
 __all__ = ["RetraceOnCall", "IteratorTrainFunction", "make_train_function",
-           "lean_call_options"]
+           "lean_call_options", "patch_multi_worker_build"]
 
 
 class RetraceOnCall:
@@ -168,6 +168,14 @@ class IteratorTrainFunction:
                 iterator.get_next())
             with sharing():
                 outputs = strategy.run(step, args=(data,))
+            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                # Keras 3.15 reduces multi-worker logs with axis=0, which a
+                # scalar loss or metric does not have; the mean over replicas
+                # is what it means (and what it computes for one machine).
+                return keras.tree.map_structure(
+                    lambda v: (strategy.reduce("MEAN", v, axis=None)
+                               if isinstance(v, tf.distribute.DistributedValues) else v),
+                    outputs)
             return reduce_per_replica(outputs, strategy, reduction="auto")
 
         self._function = tf.function(one_step_on_iterator, reduce_retracing=True)
@@ -179,6 +187,53 @@ class IteratorTrainFunction:
             with _call_options(self.call_options):
                 return self._function(iterator)
         return self._keras_function(iterator)
+
+
+def _first_replica_build(model, iterator=None, data_batch=None):
+    strategy = model._distribute_strategy
+    if iterator is not None:
+        for _, _, it in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda v: (strategy.experimental_local_results(v)[0]
+                           if isinstance(v, tf.distribute.DistributedValues) else v),
+                next(it))
+            break
+    with strategy.scope():
+        model._symbolic_build(data_batch=data_batch)
+
+
+def patch_multi_worker_build() -> bool:
+    """Lets Keras' `fit`/`evaluate` start under MultiWorkerMirroredStrategy.
+
+    Before the first batch, Keras 3 (3.15) builds the model from a batch it
+    reduces with `strategy.reduce("MEAN", (x, y), axis=None)`. The collective
+    strategy cannot reduce a tuple, so every `fit` under
+    MultiWorkerMirroredStrategy fails with "Attempt to convert a value
+    (PerReplica...)", with or without kgrow. The build needs only shapes and
+    dtypes, which any replica's batch has: under a collective strategy this
+    takes the first local replica's batch instead; every other case runs
+    Keras' own method. Idempotent; returns whether Keras had the method.
+    """
+    try:
+        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+    except ImportError:  # another Keras layout: nothing to patch
+        return False
+    original = TensorFlowTrainer._maybe_symbolic_build
+    if getattr(original, "_kgrow_patched", False):
+        return True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return _first_replica_build(self, iterator=iterator, data_batch=data_batch)
+        return original(self, iterator=iterator, data_batch=data_batch)
+
+    _maybe_symbolic_build._kgrow_patched = True
+    TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    return True
+
+
+patch_multi_worker_build()
 
 
 def make_train_function(model, share_traces: bool = True) -> None:

@@ -190,10 +190,14 @@ class DataSieving(ControlledCallback):
     def on_epoch_end(self, epoch, logs=None):
         self._pull()
         self.used |= self.state.active
-        if logs is not None:
-            logs["sieve/active_samples"] = float(self.state.active.sum())
-            logs["sieve/removed"] = float(len(self.state.queue))
-            logs["sieve/queue_cycled"] = float(self.state.cycled)
+        super().on_epoch_end(epoch, logs)  # adds epoch_logs() to Keras' logs
+
+    def epoch_logs(self) -> dict:
+        if self.state is None:
+            return {}
+        return {"sieve/active_samples": float(self.state.active.sum()),
+                "sieve/removed": float(len(self.state.queue)),
+                "sieve/queue_cycled": float(self.state.cycled)}
 
     def _pull(self):
         """Reads the in-step counters once into the host arrays."""
