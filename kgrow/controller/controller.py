@@ -82,7 +82,7 @@ from kgrow.controller.component import Component, component_class
 from kgrow.controller.ema import EMA, EMAs, resolve_decay
 from kgrow.controller.multipliers import LRGroups
 from kgrow.controller.optimizer import OptimizerState
-from kgrow.controller.step import StepHooks, make_train_step, without_sample_ids
+from kgrow.controller.step import StepHooks, make_train_step
 from kgrow.controller.replicas import MovingStatisticsSync
 from kgrow.controller.train_function import RetraceOnCall, make_train_function
 from kgrow.surgery.graph import rebind
@@ -214,23 +214,6 @@ def _install_weight_io(controller, model) -> None:
         object.__setattr__(model, name, fn)
 
 
-def _install_sample_id_stripping(model) -> None:
-    """Keeps sample ids out of Keras' symbolic build.
-
-    Under a `tf.distribute` strategy `fit` builds the model, loss and metrics
-    from one peeked batch before training, reading a batch's third element
-    as sample weights; a `train_with_ids()` batch carries the ids there.
-    """
-    symbolic_build = model._symbolic_build
-
-    def _symbolic_build(iterator=None, data_batch=None):
-        if data_batch is not None:
-            data_batch = without_sample_ids(data_batch)
-        return symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    object.__setattr__(model, "_symbolic_build", _symbolic_build)
-
-
 def _rebindable(model) -> bool:
     """Functional models can take another graph; Sequential/subclassed cannot."""
     return hasattr(model, "_nodes_by_depth") and not isinstance(model, keras.Sequential)
@@ -324,7 +307,6 @@ class TrainingController:
         # dependency tracking must see the controller or the step function.
         object.__setattr__(model, self._ATTR, self)
         object.__setattr__(model, "train_step", make_train_step(self))
-        _install_sample_id_stripping(model)
         _install_weight_io(self, model)
         for component in (FrozenLayers(), OptimizerState(), EMAs(), LRGroups()):
             self.add_component(component)

@@ -257,10 +257,7 @@ def _sieve_run(epochs, callbacks=(), strategy=None):
         model = _model()
     else:
         with strategy.scope():
-            model = _model()
-        # Before fit: under a strategy Keras peeks at a batch to build the model, and the
-        # controller keeps the sample ids out of that build.
-        TrainingController.of(model)
+            model = _model()  # no controller yet: Keras' symbolic build must not see the ids
     sieve = DataSieving(0.25, update_ratio=0.5, interval_epochs=1, seed=11)
     model.fit(bundle.train_with_ids(), epochs=epochs, verbose=0, shuffle=False,
               callbacks=[sieve, *callbacks])
