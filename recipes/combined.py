@@ -26,12 +26,15 @@ def methods_for(combine: str, parts: bool = True, baseline: bool = True) -> list
 
 def main(argv=None) -> int:
     parser = cli.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--combine", required=True,
-                        help="registered methods joined with '+', e.g. grow_width+freeze+sieve")
+    parser.add_argument("--combine",
+                        help="registered methods joined with '+', e.g. grow_width+freeze+sieve "
+                             "(required; may come from --config)")
     parser.add_argument("--no-parts", action="store_true",
                         help="run only the baseline and the combination")
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args(argv)
+    if not args.combine:
+        parser.error("--combine is required, e.g. --combine sparse_mest_ems+freeze")
     try:
         args.methods = ",".join(methods_for(args.combine, parts=not args.no_parts,
                                             baseline=not args.no_baseline))

@@ -52,8 +52,85 @@ def parse_model_arg(text: str) -> tuple[str, object]:
     return key, {"true": True, "false": False, "none": None}.get(value.lower(), value)
 
 
+def config_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The command-line words a JSON or YAML config file stands for.
+
+    The file is a mapping of flag names (`epochs`, `model_arg`, `methods`, ...;
+    `-` or `_` alike) to values: lists for repeatable flags, a mapping for
+    `model_arg`, true/false for switches. Values go through the parser like
+    typed flags, so every field is validated with argparse's message.
+
+    Example:
+        >>> import json, tempfile
+        >>> p = argparse.ArgumentParser(); _ = p.add_argument("--epochs", type=int)
+        >>> f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        >>> json.dump({"epochs": 3}, f); f.close()
+        >>> config_argv(f.name, p)
+        ['--epochs', '3']
+
+    Raises:
+        SystemExit: unreadable file, not a mapping, or an unknown field (the
+            message lists the known ones).
+    """
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        parser.error(f"--config {path}: {err.strerror}")
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            parser.error(f"--config {path}: YAML needs PyYAML (pip install pyyaml); "
+                         f"or write the config as JSON")
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            parser.error(f"--config {path}: not valid YAML ({err})")
+    else:
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as err:
+            parser.error(f"--config {path}: not valid JSON ({err}); YAML files end in .yaml")
+    if not isinstance(config, dict):
+        parser.error(f"--config {path}: must hold a mapping of flag names to values, "
+                     f"got {type(config).__name__}")
+    actions = {a.option_strings[0]: a for a in parser._actions
+               if a.option_strings and a.option_strings[0].startswith("--")
+               and a.dest not in ("help", "config")}
+    argv = []
+    for key, value in config.items():
+        flag = "--" + str(key).replace("_", "-")
+        action = actions.get(flag)
+        if action is None:
+            parser.error(f"--config {path}: unknown field {key!r}; known fields: "
+                         f"{', '.join(sorted(f[2:] for f in actions))}")
+        if isinstance(value, bool) and action.nargs == 0:
+            argv += [flag] if value else []
+        elif isinstance(value, dict):
+            argv += [w for k, v in value.items() for w in (flag, f"{k}={v}")]
+        elif isinstance(value, list):
+            argv += ([w for v in value for w in (flag, str(v))]
+                     if isinstance(action, argparse._AppendAction)
+                     else [flag, *map(str, value)])
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+class _ConfigAction(argparse.Action):
+    # Flags after --config on the command line override the file's values.
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.parse_args(config_argv(values, parser), namespace=namespace)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds the bench flags to `parser` (used by `kgrow bench`)."""
+    """Adds the bench flags to `parser` (used by `kgrow bench` and the recipes)."""
+    parser.add_argument("--config", action=_ConfigAction, metavar="FILE",
+                        help="JSON or YAML file of flag values (e.g. {\"profile\": "
+                             "\"standard\", \"epochs\": 8, \"model_arg\": {\"width\": 1}}); "
+                             "flags after it override the file")
     parser.add_argument("--profile", default="quick",
                         help=f"settings preset: {', '.join(profiles.available_profiles())} "
                              f"(default quick; see --list-profiles)")
@@ -73,6 +150,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "measured one")
     parser.add_argument("--probe-json", metavar="FILE",
                         help="use the fit of an earlier probe (its probe.json) instead")
+    parser.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"),
+                        default="none",
+                        help="train under a tf.distribute strategy: mirrored (this "
+                             "machine's devices) or multi_worker (the workers TF_CONFIG "
+                             "lists; run the same command on each, only the chief writes)")
     _add_overrides(parser)
     _add_common(parser)
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
@@ -181,6 +263,12 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         return 0
     if not args.out:
         raise SystemExit("kgrow bench: --out DIR is required to run a benchmark.")
+    from kgrow.bench.runner import make_strategy
+    try:
+        # First: a multi-worker strategy must exist before other TensorFlow work.
+        strategy = make_strategy(getattr(args, "distribute", "none"))
+    except ValueError as err:
+        raise SystemExit(f"kgrow bench: {err}") from None
     try:
         spec = spec_from_args(args)
     except KeyError as err:  # unknown method/profile: the message says what exists
@@ -203,7 +291,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         from kgrow.bench.probe import run_probe
         probe = run_probe(spec, spec.methods, args.out, log=log)
     verbose = args.verbose if args.verbose is not None else (1 if out.isatty() else 2)
-    run_bench(spec, args.out, verbose=verbose, log=log, probe=probe)
+    run_bench(spec, args.out, verbose=verbose, log=log, probe=probe, strategy=strategy)
     return 0
 
 

@@ -356,4 +356,9 @@ from kgrow.methods.progressive_freezing.bench import METHODS as _FREEZE_METHODS 
 
 for _name, _target in _FREEZE_METHODS.items():
     register_method(_name, _target)
-register_method("sieve", "kgrow.methods.data_sieving.bench:bench_sieve")
+register_method("sparse_mest", "kgrow.methods.sparse_training.bench:bench_mest")
+register_method("sparse_mest_ems", "kgrow.methods.sparse_training.bench:bench_mest_ems")
+from kgrow.methods.data_sieving.bench import METHODS as _SIEVE_METHODS  # noqa: E402
+
+for _name, _target in _SIEVE_METHODS.items():
+    register_method(_name, _target)

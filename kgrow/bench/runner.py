@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -230,9 +231,41 @@ def _history_value(history: Mapping[str, list], key: str, method: str) -> list:
     return history[key]
 
 
+def make_strategy(name: str | None):
+    """The `tf.distribute` strategy `kgrow bench --distribute NAME` trains under.
+
+    `"none"`/None: no strategy; `"mirrored"`: MirroredStrategy over this
+    machine's devices; `"multi_worker"`: MultiWorkerMirroredStrategy over the
+    workers that the `TF_CONFIG` environment variable lists (start the same
+    command on every worker; create it before any other TensorFlow work).
+
+    Raises:
+        ValueError: an unknown name, or "multi_worker" without TF_CONFIG.
+    """
+    import tensorflow as tf
+    if name in (None, "none"):
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--distribute multi_worker needs the TF_CONFIG environment "
+                             "variable (cluster and this worker's task), e.g. "
+                             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                             '"task": {"type": "worker", "index": 0}}')
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}; use none, mirrored or multi_worker.")
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes results (always, without a multi-worker strategy)."""
+    return strategy is None or bool(strategy.extended.should_checkpoint)
+
+
 def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
                log: Callable[[str], None] = print,
-               extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+               extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+               strategy=None) -> dict[str, Any]:
     """Trains one method once and measures it.
 
     Args:
@@ -245,6 +278,8 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         extra_callbacks: Instruments added to `fit` after the method's own
             callbacks (e.g. per-batch timers of `benchmarks/`); their time
             counts as training time.
+        strategy: A `tf.distribute` strategy to build, compile and train
+            under (`make_strategy`), or None.
 
     Returns:
         The run record: `train_wall_s`, `train_flops`, `test_acc`,
@@ -261,10 +296,11 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         input_shape=tuple(bundle.info.image_shape), num_classes=bundle.info.num_classes,
         train=train_cfg, data=bundle, steps_per_epoch=int(bundle.steps_per_epoch),
         label_mode=bundle.info.label_mode)
-    setup = registry.setup_method(method, context)
-    model = setup.model
-    if not getattr(model, "compiled", False):
-        context.compile(model)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        setup = registry.setup_method(method, context)
+        model = setup.model
+        if not getattr(model, "compiled", False):
+            context.compile(model)
 
     counter = meters.SampleCounter()
     clock = meters.RunClock()
@@ -316,6 +352,13 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         f"(+{record['eval_wall_s']:.1f} s eval), {record['train_flops']:.3g} train FLOPs, "
         f"peak RSS {record['peak_mem_mb']:.0f} MB")
     return record
+
+
+def _strategy_info(strategy) -> dict[str, Any]:
+    if strategy is None:
+        return {"strategy": None, "replicas": 1}
+    return {"strategy": type(strategy).__name__,
+            "replicas": int(strategy.num_replicas_in_sync)}
 
 
 def _environment() -> dict[str, Any]:
@@ -405,7 +448,7 @@ def run_order(methods: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, i
 
 def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
               log: Callable[[str], None] = print,
-              probe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              probe: Mapping[str, Any] | None = None, strategy=None) -> dict[str, Any]:
     """Runs every method of `spec` for every seed and writes the reports.
 
     Runs go in `run_order` (baseline first, then the methods, for each seed
@@ -419,6 +462,8 @@ def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
         log: Where progress lines go.
         probe: A step-time probe result (`kgrow.bench.probe.run_probe`, or
             its `probe.json`): adds predicted wall-clock speedups.
+        strategy: Train every run under this `tf.distribute` strategy
+            (`make_strategy`); with several workers only the chief writes.
 
     Returns:
         The `results.json` content.
@@ -430,11 +475,15 @@ def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
     for done, (name, seed) in enumerate(order, 1):
         log(f"[kgrow bench] run {done}/{len(order)}: {name} (seed {seed}) - {spec.model} on "
             f"{spec.dataset}, {spec.train.epochs} epochs, profile {spec.profile}")
-        records[name].append(run_method(name, spec, seed, verbose=verbose, log=log))
+        records[name].append(run_method(name, spec, seed, verbose=verbose, log=log,
+                                        strategy=strategy))
         finished = {k: v for k, v in records.items() if v}
         if registry.BASELINE in finished:
             results = build_results(spec, finished, probe=probe)
-            write_results(results, out_dir)
-    log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; wrote "
-        f"{os.path.join(out_dir, 'results.json')}, results.md, curves.png, schedule.png")
+            results["environment"]["distribute"] = _strategy_info(strategy)
+            if is_chief(strategy):
+                write_results(results, out_dir)
+    where = (f"wrote {os.path.join(out_dir, 'results.json')}, results.md, curves.png, "
+             f"schedule.png" if is_chief(strategy) else "the chief worker writes the results")
+    log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; {where}")
     return results

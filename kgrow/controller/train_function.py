@@ -169,14 +169,6 @@ class IteratorTrainFunction:
                 iterator.get_next())
             with sharing():
                 outputs = strategy.run(step, args=(data,))
-            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                # Keras 3.15 reduces multi-worker logs with axis=0, which a
-                # scalar loss or metric does not have; the mean over replicas
-                # is what it means (and what it computes for one machine).
-                return keras.tree.map_structure(
-                    lambda v: (strategy.reduce("MEAN", v, axis=None)
-                               if isinstance(v, tf.distribute.DistributedValues) else v),
-                    outputs)
             return reduce_per_replica(outputs, strategy, reduction="auto")
 
         self._function = tf.function(one_step_on_iterator, reduce_retracing=True)
@@ -204,33 +196,54 @@ def _first_replica_build(model, iterator=None, data_batch=None):
 
 
 def patch_multi_worker_build() -> bool:
-    """Lets Keras' `fit`/`evaluate` start under MultiWorkerMirroredStrategy.
+    """Lets Keras' `fit`/`evaluate`/`predict` run under MultiWorkerMirroredStrategy.
 
-    Before the first batch, Keras 3 (3.15) builds the model from a batch it
-    reduces with `strategy.reduce("MEAN", (x, y), axis=None)`. The collective
-    strategy cannot reduce a tuple, so every `fit` under
-    MultiWorkerMirroredStrategy fails with "Attempt to convert a value
-    (PerReplica...)", with or without kgrow. The build needs only shapes and
-    dtypes, which any replica's batch has: under a collective strategy this
-    takes the first local replica's batch instead; every other case runs
-    Keras' own method. Idempotent; returns whether Keras had the method.
+    Keras 3 (3.15) fails there twice, with or without kgrow:
+
+    * before the first batch it builds the model from a batch it reduces
+      with `strategy.reduce("MEAN", (x, y), axis=None)`, and the collective
+      strategy cannot reduce a tuple ("Attempt to convert a value
+      (PerReplica...)"). The build needs only shapes and dtypes, which any
+      replica's batch has: this takes the first local replica's batch;
+    * it reduces each step's logs with `strategy.reduce("MEAN", v, axis=0)`,
+      and a scalar loss or metric has no axis 0 ("Invalid reduction
+      dimension 0"). For scalars this takes the mean over replicas
+      (`axis=None`), which is what one machine's MirroredStrategy computes.
+
+    Everything else runs Keras' own code. Idempotent; returns whether Keras
+    had the patched functions.
     """
     try:
-        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+        from keras.src.backend.tensorflow import trainer as keras_trainer
     except ImportError:  # another Keras layout: nothing to patch
         return False
-    original = TensorFlowTrainer._maybe_symbolic_build
-    if getattr(original, "_kgrow_patched", False):
+    trainer_class = keras_trainer.TensorFlowTrainer
+    original_build = trainer_class._maybe_symbolic_build
+    original_reduce = keras_trainer.reduce_per_replica
+    if getattr(original_build, "_kgrow_patched", False):
         return True
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return _first_replica_build(self, iterator=iterator, data_batch=data_batch)
-        return original(self, iterator=iterator, data_batch=data_batch)
+        return original_build(self, iterator=iterator, data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and reduction in ("auto", "mean")):
+            def scalar_mean(v):
+                # With one device per worker the step's outputs are plain tensors.
+                if tf.is_tensor(v) or isinstance(v, tf.distribute.DistributedValues):
+                    if all(t.shape.rank == 0 for t in strategy.experimental_local_results(v)):
+                        return strategy.reduce("MEAN", v, axis=None)
+                return original_reduce(v, strategy, reduction)
+            return keras.tree.map_structure(scalar_mean, values)
+        return original_reduce(values, strategy, reduction)
 
     _maybe_symbolic_build._kgrow_patched = True
-    TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    trainer_class._maybe_symbolic_build = _maybe_symbolic_build
+    keras_trainer.reduce_per_replica = reduce_per_replica
     return True
 
 

@@ -116,3 +116,27 @@ def test_kgrow_methods_lists_every_method_with_its_source():
         assert f"  {name} " in text
     assert "Network Expansion (Ding et al., CVPR 2023)" in text
     assert cli.build_parser().parse_args(["methods"]).command == "methods"
+
+
+def test_config_file_gives_flag_values_validated_like_flags(tmp_path, capsys):
+    import json
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"profile": "standard", "epochs": 3, "seeds": 1,
+                                  "model_arg": {"width": 0.5}, "methods": "baseline,freeze"}))
+    parser = bench_cli.build_parser()
+    args = parser.parse_args(["--config", str(config), "--epochs", "5", "--out", "o"])
+    assert (args.profile, args.epochs, args.seeds, args.model_arg, args.methods) == (
+        "standard", 5, 1, [("width", 0.5)], "baseline,freeze")  # later flags override
+    yaml_config = tmp_path / "run.yaml"
+    yaml_config.write_text("epochs: three\n")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--config", str(yaml_config)])
+    assert "invalid int value: 'three'" in capsys.readouterr().err
+    config.write_text(json.dumps({"colour": "red"}))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--config", str(config)])
+    assert "unknown field 'colour'; known fields: augment" in capsys.readouterr().err
+    config.write_text("[1, 2]")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--config", str(config)])
+    assert "must hold a mapping" in capsys.readouterr().err
