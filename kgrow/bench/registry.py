@@ -54,11 +54,14 @@ class MethodSetup:
         sparsity: Passed to `kgrow.flops.count(..., sparsity=...)` when the
             FLOPs meter counts the model: a value, or a callable
             `sparsity(model)` evaluated at each epoch begin. None: dense.
+        needs_sample_ids: The callbacks use prediction hooks: `fit` trains on
+            `data.train_with_ids()` instead of `data.train`.
     """
 
     model: Any
     callbacks: Sequence[Any] = ()
     sparsity: Any = None
+    needs_sample_ids: bool = False
 
 
 @dataclasses.dataclass
@@ -342,7 +345,10 @@ def _compose(name: str, parts: Sequence[str], context: MethodContext) -> MethodS
         # combination rule kgrow does not guess.
         given = {part: getattr(setup, field.name) for part, setup in setups
                  if getattr(setup, field.name) is not field.default}
-        if len(given) > 1:
+        # Equal flags (two parts that both need sample ids) agree.
+        agree = (all(isinstance(v, bool) for v in given.values())
+                 and len(set(given.values())) == 1)
+        if len(given) > 1 and not agree:
             raise ValueError(f"Methods {sorted(given)} in {name!r} each set MethodSetup."
                              f"{field.name}; kgrow cannot combine them in one run.")
         if given:
@@ -371,3 +377,7 @@ for _name, _target in _FREEZE_METHODS.items():
     register_method(_name, _target)
 register_method("sparse_mest", "kgrow.methods.sparse_training.bench:bench_mest")
 register_method("sparse_mest_ems", "kgrow.methods.sparse_training.bench:bench_mest_ems")
+from kgrow.methods.data_sieving.bench import METHODS as _SIEVE_METHODS  # noqa: E402
+
+for _name, _target in _SIEVE_METHODS.items():
+    register_method(_name, _target)

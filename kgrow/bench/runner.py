@@ -318,7 +318,8 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         # A bundle's epoch is one finite pass of unknown length (the live
         # selection may change it), which Keras reports as running out of data.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(counter.wrap(bundle.train), epochs=train_cfg.epochs,
+        train_data = bundle.train_with_ids() if setup.needs_sample_ids else bundle.train
+        history = model.fit(counter.wrap(train_data), epochs=train_cfg.epochs,
                             validation_data=test_data, callbacks=callbacks,
                             verbose=verbose, shuffle=False).history
     losses = _history_value(history, "loss", method)

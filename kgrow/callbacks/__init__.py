@@ -9,6 +9,7 @@
   training and magnitude pruning on the controller's masks.
 * `Prog` (`kgrow.methods.autoprog`): AutoProg's progressive patches and
   depth for ViTs, a configuration of `Growth`.
+* `DataSieving` (`kgrow.methods.data_sieving`): SpFDE's circular data sieving.
 * Controller plumbing (`ControllerCheckpoint`, `ControlledCallback`) lives in
   `kgrow.controller` and is re-exported here for convenience.
 """
@@ -22,6 +23,7 @@ _METHOD_CALLBACKS = {
     "ProgressiveFreezing": "kgrow.methods.progressive_freezing.callback",
     "SparseTraining": "kgrow.methods.sparse_training.callback",
     "Prog": "kgrow.methods.autoprog.callback",
+    "DataSieving": "kgrow.methods.data_sieving.callback",
 }
 
 __all__ = ["Growth", "FullSize", "grow_to", "ControlledCallback", "ControllerCheckpoint",

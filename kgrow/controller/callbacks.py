@@ -23,26 +23,88 @@ from kgrow import data as data_lib
 from kgrow.controller import checkpoint as ckpt
 from kgrow.controller.controller import Phase, TrainingController
 
-__all__ = ["ControlledCallback", "ControllerCheckpoint", "attach_fit_selection"]
+__all__ = ["ControlledCallback", "ControllerCheckpoint", "attach_fit_selection",
+           "fit_argument", "sync_epoch_length"]
 
 _NO_FIT = object()
 
 
-def _fit_argument(model):
-    """The ``x`` that the running ``model.fit`` was called with, or `_NO_FIT`.
+def _fit_local(model, name, default=_NO_FIT):
+    """A local variable of the running ``model.fit`` frame, or `default`.
 
-    Keras hands callbacks the model but not the data, so this reads the
-    argument from the ``fit`` frame on the call stack.
+    Keras hands callbacks the model but not the data (nor its epoch
+    iterator), so this reads them from the ``fit`` frame on the call stack.
     """
     frame = sys._getframe(1)
     try:
         while frame is not None:
             if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-                return frame.f_locals.get("x")
+                return frame.f_locals.get(name, default)
             frame = frame.f_back
-        return _NO_FIT
+        return default
     finally:
         del frame
+
+
+def _fit_argument(model):
+    """The ``x`` that the running ``model.fit`` was called with, or `_NO_FIT`."""
+    return _fit_local(model, "x")
+
+
+def fit_argument(model):
+    """The training data ``x`` the running ``model.fit`` got, or None outside `fit`.
+
+    For callbacks that must check their data at ``on_train_begin`` (e.g. that
+    it carries sample ids).
+    """
+    x = _fit_argument(model)
+    return None if x is _NO_FIT else x
+
+
+def sync_epoch_length(model):
+    """Makes the running ``fit``'s epoch length follow the live selection.
+
+    Keras reads the length of ``bundle.train`` (or ``train_with_ids()``)
+    once, when ``fit`` starts, and stops every epoch at that many batches. A
+    callback that changes the active samples in ``on_epoch_begin`` would then
+    end epochs early ("Your input ran out of data") or truncate them. Called
+    after the controlled callbacks' epoch-begin work, this sets the epoch's
+    batch count to the selection's current one (before Keras starts the
+    epoch's loop). A no-op for other data and when ``fit`` got
+    ``steps_per_epoch``.
+
+    Returns:
+        The epoch's batch count, or None when nothing was synced.
+    """
+    x = _fit_argument(model)
+    if x is _NO_FIT or data_lib.selection_of(x) is None:
+        return None
+    iterator = _fit_local(model, "epoch_iterator", None)
+    # Keras' EpochIterator: `steps_per_epoch` given by the user wins; the
+    # data's own length is `_num_batches`, read when each epoch's loop starts.
+    if iterator is None or getattr(iterator, "steps_per_epoch", None) or \
+            not hasattr(iterator, "_num_batches"):
+        return None
+    steps = len(x)
+    if iterator._num_batches != steps:
+        iterator._num_batches = steps
+        _sync_progress_target(_fit_local(model, "callbacks", None), steps)
+    return steps
+
+
+def _sync_progress_target(callbacks, steps):
+    # The params dict is shared by every callback of the fit (and identifies
+    # the fit to the controller): update it in place, and the progress bar's
+    # target, which Keras copies from it at fit start.
+    if not isinstance(callbacks, keras.callbacks.CallbackList):
+        return
+    if isinstance(callbacks.params, dict) and "steps" in callbacks.params:
+        callbacks.params["steps"] = steps
+    for callback in callbacks.callbacks:
+        if isinstance(callback, keras.callbacks.ProgbarLogger):
+            callback.target = steps
+            if getattr(callback, "progbar", None) is not None:
+                callback.progbar.target = steps
 
 
 def attach_fit_selection(model):
@@ -108,6 +170,7 @@ class ControlledCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.begin_epoch(epoch)
+        sync_epoch_length(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         self.controller.end_epoch(epoch)

@@ -68,7 +68,8 @@ from kgrow.controller.updates import compact_updates
 from kgrow.data.pipeline import SAMPLE_IDS
 
 __all__ = ["StepHooks", "Hook", "UpdateContext", "PredictionBatch", "make_train_step",
-           "ORDER_MASKS", "ORDER_EMA", "ORDER_DEFAULT", "SAMPLE_IDS", "unwrap"]
+           "ORDER_MASKS", "ORDER_EMA", "ORDER_DEFAULT", "SAMPLE_IDS", "unwrap",
+           "without_sample_ids"]
 
 ORDER_DEFAULT = 0
 ORDER_MASKS = 100
@@ -180,6 +181,19 @@ def _split_sample_ids(sample_weight):
                              f"{SAMPLE_WEIGHT!r}; got keys {sorted(sample_weight)}.")
         return sample_weight.get(SAMPLE_WEIGHT), sample_weight[SAMPLE_IDS]
     return sample_weight, None
+
+
+def without_sample_ids(data):
+    """A batch ``(x, y, {SAMPLE_IDS: ids[, SAMPLE_WEIGHT: w]})`` as ``(x, y[, w])``.
+
+    For Keras code outside the train step that reads the third element as
+    sample weights (the symbolic build `fit` runs under a strategy).
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 3:
+        weight, ids = _split_sample_ids(data[2])
+        if ids is not None:
+            return tuple(data[:2]) if weight is None else (data[0], data[1], weight)
+    return data
 
 
 class UpdateContext:

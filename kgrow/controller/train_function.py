@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from kgrow.controller.shared_traces import SharedLayerTraces
+from kgrow.controller.step import without_sample_ids
 
 try:  # TensorFlow internals for per-call graph options; without them TF's defaults apply
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
@@ -43,7 +44,7 @@ except ImportError:  # another TensorFlow layout
     context = None
 
 __all__ = ["RetraceOnCall", "IteratorTrainFunction", "make_train_function",
-           "lean_call_options", "patch_multi_worker_build"]
+           "lean_call_options", "patch_multi_worker_build", "patch_sample_id_build"]
 
 
 class RetraceOnCall:
@@ -246,7 +247,36 @@ def patch_multi_worker_build() -> bool:
     return True
 
 
+def patch_sample_id_build() -> bool:
+    """Keeps kgrow's sample ids out of Keras' symbolic build.
+
+    Under a `tf.distribute` strategy `fit` builds the model, loss and metrics
+    from one peeked batch before any callback runs, reading a batch's third
+    element as sample weights; a `DataBundle.train_with_ids()` batch carries
+    the ids there under `SAMPLE_IDS` (the train step removes them). Only
+    batches with that key change. Idempotent; returns whether Keras had the
+    method.
+    """
+    try:
+        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+    except ImportError:  # another Keras layout: nothing to patch
+        return False
+    original = TensorFlowTrainer._symbolic_build
+    if getattr(original, "_kgrow_patched", False):
+        return True
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        if data_batch is not None:
+            data_batch = without_sample_ids(data_batch)
+        return original(self, iterator=iterator, data_batch=data_batch)
+
+    _symbolic_build._kgrow_patched = True
+    TensorFlowTrainer._symbolic_build = _symbolic_build
+    return True
+
+
 patch_multi_worker_build()
+patch_sample_id_build()
 
 
 def make_train_function(model, share_traces: bool = True) -> None:

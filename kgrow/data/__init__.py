@@ -23,9 +23,11 @@ Example:
 
 Note on ``model.fit``: ``bundle.train`` tells Keras its length (the
 selection's batch count when ``fit`` starts), and Keras stops every epoch at
-that count. Shrinking the selection during ``fit`` works (Keras warns "Your
-input ran out of data" and goes on to the next epoch); growing it past the
-count at ``fit`` start truncates epochs. ``bundle.train`` shuffles itself:
+that count. kgrow's controlled callbacks re-sync that count to the selection
+at every epoch begin (`kgrow.controller.callbacks.sync_epoch_length`), so a
+selection changed by them may shrink or grow. Changed by other code, a
+shrinking selection makes Keras warn "Your input ran out of data" (it goes on
+to the next epoch) and a growing one truncates epochs. ``bundle.train`` shuffles itself:
 pass ``shuffle=False`` to ``fit`` (Keras ignores ``shuffle`` for datasets and
 warns about its default ``True``).
 """
