@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import keras
-import numpy as np
 from keras import ops, tree
 
 from kgrow.models.layers import (INTERPOLATION_METHODS, ElasticPositionEmbedding,
