@@ -82,6 +82,14 @@ class ElasticResize(keras.layers.Layer):
                                        inputs.dtype))
 
     def compute_output_shape(self, input_shape):
+        import tensorflow as tf
+        if self.built and tf.executing_eagerly():
+            # Shape inference outside a trace (FLOP counting) sees the
+            # current target; graphs built for training keep it free.
+            size = [int(round(float(v))) for v in self.size.numpy()]
+            if min(size) > 0:
+                return (input_shape[0], size[0], size[1], input_shape[3])
+            return tuple(input_shape)
         return (input_shape[0], None, None, input_shape[3])
 
 
@@ -244,7 +252,11 @@ def build_supernet(model, always_on: Sequence[int], *, gating: str = "cond",
     def operation_fn(op):
         if op is pos:
             config = op.get_config()
-            config["interpolation"] = "bicubic"
+            # The elastic layer's grid is the one its table is laid out on.
+            table_grid = config.pop("table_grid", None)
+            if table_grid is not None:
+                config["grid"] = list(table_grid)
+            config.setdefault("interpolation", "bicubic")
             return ElasticPositionEmbedding.from_config(config)
         return copies.setdefault(op.name, copy_layer(op))
 
@@ -290,7 +302,8 @@ def build_supernet(model, always_on: Sequence[int], *, gating: str = "cond",
     optional = [wrapped[b.index] for b in reversed(gated)]
     info = {"gates": optional, "base_depth": len(always_on), "depth": len(blocks),
             "always_on": always_on, "resize": RESIZE_NAME,
-            "position": pos.name, "grid": list(pos.grid), "gating": gating,
+            "position": pos.name, "grid": list(getattr(pos, "table_grid", pos.grid)),
+            "gating": gating,
             "image_size": [int(s) if s is not None else None for s in shape[:2]],
             "channels": int(shape[2]), "patch": _patch(pos, shape)}
     set_subnetwork(supernet, info, depth=len(blocks), image_size=None)
@@ -414,3 +427,45 @@ def extract_subnetwork(supernet, info, depth: int, image_size: Sequence[int], *,
     return GrowthResult(model, TransferPlan(plan),
                         {"recycled": {"depth": int(depth), "image_size": [h, w],
                                       "grid": list(new_grid)}})
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def _install_flop_rules():
+    """FLOP rules for the supernet's layers: the sub-network currently switched on."""
+    from kgrow.flops import rules
+    from kgrow.flops.counter import cost_of
+    from kgrow.flops.graph import walk
+
+    @rules.register(ElasticResize)
+    def _resize(call):
+        if tuple(call.inputs[0]) == tuple(call.outputs[0]):
+            return rules.Cost()
+        # Before every trainable layer: no gradient flows through it.
+        return rules.Cost((rules.Term(rules.INTERPOLATION_FLOPS_PER_ELEMENT
+                                      * rules.elements(call.outputs[0])),),
+                          weight_grad=(), input_grad=())
+
+    @rules.register(GatedBlock)
+    def _gated(call):
+        if float(call.layer.gate.numpy()) < 0.5:
+            return rules.Cost()
+        records = []
+        walk(call.layer.block, [keras.KerasTensor(call.inputs[0])], [True], records)
+        costs = [cost_of(r) for r in records]
+        return rules.Cost(tuple(t for c in costs for t in c.forward),
+                          tuple(t for c in costs for t in c.weight_grad_terms()),
+                          tuple(t for c in costs for t in c.input_grad_terms()))
+
+    @rules.register(ElasticPositionEmbedding)
+    def _position(call):
+        layer = call.layer
+        terms = [rules.Term(rules.elements(call.outputs[0]), layer.embeddings)]
+        if call.inputs[0][1] != layer.num_tokens:  # the table resampled: 4x4 taps
+            patches = call.inputs[0][1] - layer.num_prefix_tokens
+            terms.append(rules.Term(2 * 16 * patches * call.inputs[0][2]))
+        return rules.Cost(tuple(terms))
+
+
+_install_flop_rules()
