@@ -288,3 +288,28 @@ def test_kill_during_the_search_and_resume_equals_an_uninterrupted_run(tmp_path)
     finally:
         from tensorflow.python.framework import config as tf_config
         tf_config.disable_op_determinism()
+
+
+def test_bench_factory_needs_resizable_data_and_sets_up_autoprog():
+    from kgrow.bench.registry import MethodContext
+    from kgrow.methods.autoprog.search_callback import bench_autoprog
+    from kgrow.training import TrainConfig
+
+    def context(resizable):
+        rng = np.random.default_rng(0)
+        x, y = rng.random((32, 16, 16, 3)).astype("float32"), rng.integers(0, 3, 32)
+        bundle = kgrow.data.from_arrays((x, y), (x[:8], y[:8]), batch_size=8,
+                                        resizable=resizable)
+        return MethodContext(model_name="vit", model_kwargs={}, input_shape=(16, 16, 3),
+                             num_classes=3, train=TrainConfig(epochs=12), data=bundle,
+                             steps_per_epoch=4)
+
+    assert bench_autoprog.data_options == {"resizable": True}
+    with pytest.raises(ValueError, match="resizable"):
+        bench_autoprog(lambda **kw: _vit(), context(False))
+    ctx = context(True)
+    model, callbacks = bench_autoprog(lambda **kw: _vit(), ctx)
+    (search,) = callbacks
+    assert isinstance(search, AutoProg) and len(search.schedule.stages) == 4
+    assert search.supernet_epochs == 1  # 3-epoch stages: 2 of them for the winner
+    assert TrainingController.of(model).selection is ctx.data.selection
