@@ -504,6 +504,7 @@ class AutoProg(Growth):
         s = self.search
         candidates = s["candidates"]
         losses, pass_seconds = self.candidate_losses()
+        score_seconds = time.perf_counter() - start
         times, source = self._step_times(candidates, pass_seconds)
         pick = search_lib.choose(losses, times, self.w)
         cand = candidates[pick["index"]]
@@ -525,6 +526,7 @@ class AutoProg(Growth):
         self._record_choice(epoch, s["stage"], candidates, pick["index"],
                             {"losses": losses, "times": times, "time_source": source,
                              "scores": pick["scores"], "w": pick["w"], "seconds": seconds,
+                             "score_s": score_seconds, "recycle_s": seconds - score_seconds,
                              "first_steps": s["first_steps"],
                              "supernet_step_s": _median_all(s["timings"]),
                              "stage_epoch": s["start_epoch"]})
