@@ -171,8 +171,7 @@ class AutoProg(Growth):
         if self.full is None and self.stage_index is None:
             supernet_lib._check_vit_like(model)
         super().set_model(model)
-        if self.resolution_values is None or isinstance(self.resolution_values, list):
-            self._resolve_values()
+        self._resolve_values()
 
     def _resolve_values(self):
         full_h, full_w = self.full.image_size
