@@ -62,7 +62,7 @@ class ElasticResize(keras.layers.Layer):
         >>> import numpy as np
         >>> layer = ElasticResize()
         >>> _ = layer(np.zeros((1, 8, 8, 1), "float32"))
-        >>> layer.size.assign([4.0, 4.0])
+        >>> _ = layer.size.assign([4.0, 4.0])
         >>> tuple(layer(np.zeros((1, 8, 8, 1), "float32")).shape)
         (1, 4, 4, 1)
     """
