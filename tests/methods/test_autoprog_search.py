@@ -14,7 +14,6 @@ from kgrow.methods.autoprog import search as search_lib
 from kgrow.methods.autoprog.search_callback import AutoProg
 from kgrow.methods.autoprog.supernet import (build_supernet, extract_subnetwork,
                                              set_subnetwork)
-from kgrow.models import ElasticPositionEmbedding, interpolate_position_embedding
 from kgrow.schedules import GrowthSchedule
 from kgrow.surgery import interpolation_mapping, set_depth
 from testing_helpers import assert_weights_match
@@ -26,26 +25,6 @@ def _vit(depth=4, image=16):
 
 def _images(n=4, image=16, seed=0):
     return np.random.default_rng(seed).random((n, image, image, 3)).astype("float32")
-
-
-# ------------------------------------------------------------------ layers
-@pytest.mark.parametrize("prefix", [True, False])
-def test_elastic_position_embedding_resamples_in_graph_like_resize_vit(prefix):
-    layer = ElasticPositionEmbedding(grid=(4, 4), has_class_token=prefix)
-    layer.build((None, None, 8))
-    table = np.random.default_rng(1).normal(size=layer.embeddings.shape).astype("float32")
-    layer.set_weights([table])
-    # Token count unknown while tracing: one trace for every grid.
-    fn = tf.function(layer, input_signature=[tf.TensorSpec((None, None, 8), tf.float32)])
-    for grid in ((2, 2), (3, 3), (4, 4), (6, 6)):
-        tokens = int(prefix) + grid[0] * grid[1]
-        out = fn(tf.zeros((1, tokens, 8))).numpy()[0]
-        expected = interpolate_position_embedding(table, (4, 4), grid, method="bicubic")
-        np.testing.assert_allclose(out, expected, atol=1e-5)
-        if grid == (4, 4):
-            np.testing.assert_array_equal(out, table)
-    assert len(fn.get_concrete_function().graph.get_operations()) > 0
-    assert fn.experimental_get_tracing_count() == 1
 
 
 # ------------------------------------------------------------------ supernet
