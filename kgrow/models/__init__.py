@@ -14,8 +14,8 @@ Example:
     8
 """
 from kgrow.models.layers import (
-    INTERPOLATION_METHODS, ClassToken, DropPath, PositionEmbedding, TokenPooling,
-    interpolate_position_embedding)
+    INTERPOLATION_METHODS, ClassToken, DropPath, ElasticPositionEmbedding, PositionEmbedding,
+    TokenPooling, interpolate_position_embedding)
 from kgrow.models.registry import ModelSpec, available, get, register, spec
 from kgrow.models.resnet import (
     cifar_blocks_per_stage, resnet_cifar, resnet_imagenet, scaled_filters)
@@ -23,7 +23,8 @@ from kgrow.models.vit import (
     VIT_PRESETS, drop_path_rates, encoder_block, patch_grid, resize_vit, vit)
 
 __all__ = [
-    "INTERPOLATION_METHODS", "VIT_PRESETS", "ClassToken", "DropPath", "ModelSpec",
+    "INTERPOLATION_METHODS", "VIT_PRESETS", "ClassToken", "DropPath", "ElasticPositionEmbedding",
+    "ModelSpec",
     "PositionEmbedding", "TokenPooling", "available", "cifar_blocks_per_stage",
     "drop_path_rates", "encoder_block", "get", "interpolate_position_embedding",
     "patch_grid", "register", "resize_vit", "resnet_cifar", "resnet_imagenet",

@@ -319,3 +319,86 @@ def interpolate_position_embedding(weights, old_grid, new_grid, method="bicubic"
         resized = ops.convert_to_numpy(resized).reshape(new_grid[0] * new_grid[1], -1)
         result = np.concatenate([array[:prefix], resized.astype(array.dtype)], axis=0)
     return result[None] if batched else result
+
+
+def _grid_of_tokens(num_patches, grid):
+    """Patch grid with `num_patches` cells and the aspect ratio of `grid` (Python ints)."""
+    rows = int(round((num_patches * grid[0] / grid[1]) ** 0.5))
+    if rows < 1 or num_patches % rows or rows * grid[1] != (num_patches // rows) * grid[0]:
+        raise ValueError(
+            f"{num_patches} patch tokens do not form a grid with the aspect ratio of {grid}; "
+            "ElasticPositionEmbedding resamples to grids that keep the table's aspect ratio.")
+    return rows, num_patches // rows
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ElasticPositionEmbedding(PositionEmbedding):
+    """A `PositionEmbedding` that accepts any patch grid of its aspect ratio.
+
+    When the token sequence has as many tokens as the table, this adds the
+    table exactly as `PositionEmbedding` does. Otherwise the table is
+    resampled inside the graph to the input's grid with the same resize as
+    `interpolate_position_embedding` (class-token row kept), so gradients
+    reach the stored table. The token count may be unknown when the graph is
+    traced (images resized in the graph, e.g. by an elastic supernet), so one
+    trace serves every resolution. The input grid is derived from the token
+    count and the table's aspect ratio (`(gh * s, gw * s)`).
+
+    Args:
+        grid, has_class_token, initializer: as `PositionEmbedding`; `grid` is
+            the grid the table is laid out on.
+        interpolation: resampling method (`INTERPOLATION_METHODS`).
+        **kwargs: Standard layer arguments.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = ElasticPositionEmbedding(grid=(2, 2), has_class_token=True)
+        >>> tuple(layer(np.zeros((1, 10, 4), "float32")).shape)  # a 3x3 grid
+        (1, 10, 4)
+    """
+
+    def __init__(self, grid, has_class_token=True, initializer=None, interpolation="bicubic",
+                 **kwargs):
+        super().__init__(grid, has_class_token=has_class_token, initializer=initializer,
+                         **kwargs)
+        self.interpolation = _checks.choice("interpolation", interpolation,
+                                            INTERPOLATION_METHODS)
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError("ElasticPositionEmbedding expects inputs (batch, tokens, dim) "
+                             f"with a known dim, got shape {tuple(input_shape)}.")
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(self.num_tokens, input_shape[-1]),
+            initializer=self.initializer)
+
+    def _resampled(self, table, new_grid):
+        import tensorflow as tf  # in-graph sizes need tf.image.resize
+        prefix = self.num_prefix_tokens
+        patches = tf.reshape(table[prefix:], (1, self.grid[0], self.grid[1], -1))
+        resized = tf.image.resize(patches, new_grid, method=self.interpolation,
+                                  antialias=False)
+        resized = tf.reshape(resized, (-1, table.shape[-1]))
+        return tf.concat([table[:prefix], resized], axis=0) if prefix else resized
+
+    def call(self, inputs):
+        import tensorflow as tf
+        table = ops.cast(self.embeddings, inputs.dtype)
+        tokens = inputs.shape[1]
+        if tokens is not None:  # static: decided while tracing
+            if tokens == self.num_tokens:
+                return inputs + table[None]
+            grid = _grid_of_tokens(tokens - self.num_prefix_tokens, self.grid)
+            return inputs + self._resampled(table, grid)[None]
+        tokens = tf.shape(inputs)[1]
+        patches = tf.cast(tokens - self.num_prefix_tokens, tf.float32)
+        rows = tf.cast(tf.round(tf.sqrt(patches * self.grid[0] / self.grid[1])), tf.int32)
+        cols = (tokens - self.num_prefix_tokens) // tf.maximum(rows, 1)
+        table = tf.cond(tf.equal(tokens, self.num_tokens), lambda: table,
+                        lambda: self._resampled(table, tf.stack([rows, cols])))
+        return inputs + table[None]
+
+    def get_config(self):
+        config = super().get_config()
+        config["interpolation"] = self.interpolation
+        return config

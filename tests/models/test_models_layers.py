@@ -121,3 +121,44 @@ def test_config_round_trip():
         clone = keras.saving.deserialize_keras_object(config)
         assert type(clone) is type(layer)
         assert clone.get_config() == layer.get_config()
+
+
+# ---------------------------------------------------------------- elastic position embedding
+@pytest.mark.parametrize("prefix", [True, False])
+def test_elastic_position_embedding_resamples_in_graph_like_interpolation(prefix):
+    import tensorflow as tf
+    from kgrow.models import ElasticPositionEmbedding
+    layer = ElasticPositionEmbedding(grid=(4, 4), has_class_token=prefix)
+    layer.build((None, None, 8))
+    table = np.random.default_rng(1).normal(size=layer.embeddings.shape).astype("float32")
+    layer.set_weights([table])
+    # Token count unknown while tracing: one trace serves every grid.
+    fn = tf.function(layer, input_signature=[tf.TensorSpec((None, None, 8), tf.float32)])
+    for grid in ((2, 2), (3, 3), (4, 4), (6, 6)):
+        out = fn(tf.zeros((1, int(prefix) + grid[0] * grid[1], 8))).numpy()[0]
+        expected = interpolate_position_embedding(table, (4, 4), grid, method="bicubic")
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+        if grid == (4, 4):
+            np.testing.assert_array_equal(out, table)
+    assert fn.experimental_get_tracing_count() == 1
+    with pytest.raises(ValueError, match="aspect ratio"):
+        ElasticPositionEmbedding(grid=(2, 4))(np.zeros((1, 1 + 9, 8), "float32"))
+
+
+def test_vit_with_elastic_embedding_equals_resize_vit_at_a_lower_resolution():
+    from kgrow.models import ElasticPositionEmbedding, resize_vit, vit
+    from kgrow.surgery import copy_layer, rebuild
+    model = vit((16, 16, 3), 3, depth=1, dim=16, heads=2, patch_size=4)
+
+    def elastic(op):
+        if isinstance(op, PositionEmbedding):
+            return ElasticPositionEmbedding.from_config(op.get_config())
+        return copy_layer(op)
+
+    any_size = rebuild(model, operation_fn=elastic, input_shapes=[(None, None, 3)])
+    for layer in model.layers:
+        any_size.get_layer(layer.name).set_weights(layer.get_weights())
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(any_size(x), resize_vit(model, 8).model(x), atol=1e-5)
+    x16 = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
+    np.testing.assert_array_equal(any_size(x16), model(x16))
