@@ -360,24 +360,9 @@ register_method(BASELINE, baseline_factory)
 # kgrow's own methods, imported only when used.
 register_method("grow_width", "kgrow.callbacks.growth:bench_width_growth")
 register_method("grow_depth", "kgrow.callbacks.growth:bench_depth_growth")
-register_method("network_expansion", "kgrow.methods.network_expansion.bench:bench_cnn")
-register_method("network_expansion_vit", "kgrow.methods.network_expansion.bench:bench_vit")
-# Methods of kgrow.methods packages: each lists its lazy factories.
-from kgrow.methods.autoprog.bench import METHODS as _AP_METHODS  # noqa: E402
-
-for _name, _target in _AP_METHODS.items():
-    register_method(_name, _target)
-from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa: E402
-
-for _name, _target in _VT_METHODS.items():
-    register_method(_name, _target)
-from kgrow.methods.progressive_freezing.bench import METHODS as _FREEZE_METHODS  # noqa: E402
-
-for _name, _target in _FREEZE_METHODS.items():
-    register_method(_name, _target)
-register_method("sparse_mest", "kgrow.methods.sparse_training.bench:bench_mest")
-register_method("sparse_mest_ems", "kgrow.methods.sparse_training.bench:bench_mest_ems")
-from kgrow.methods.data_sieving.bench import METHODS as _SIEVE_METHODS  # noqa: E402
-
-for _name, _target in _SIEVE_METHODS.items():
-    register_method(_name, _target)
+# Methods of kgrow.methods packages: each package's bench module lists its lazy factories.
+for _package in ("network_expansion", "variance_transfer", "autoprog", "sparse_training",
+                 "progressive_freezing", "data_sieving"):
+    for _name, _target in importlib.import_module(
+            f"kgrow.methods.{_package}.bench").METHODS.items():
+        register_method(_name, _target)

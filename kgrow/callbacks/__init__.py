@@ -7,8 +7,9 @@
   progressive layer freezing with per-block cosine learning rates.
 * `SparseTraining` (`kgrow.methods.sparse_training`): MEST dynamic sparse
   training and magnitude pruning on the controller's masks.
-* `Prog` (`kgrow.methods.autoprog`): AutoProg's progressive patches and
-  depth for ViTs, a configuration of `Growth`.
+* `Prog` and `AutoProg` (`kgrow.methods.autoprog`): AutoProg's progressive
+  patches and depth for ViTs, on a fixed schedule or one searched by an
+  elastic supernet during the run; configurations of `Growth`.
 * `DataSieving` (`kgrow.methods.data_sieving`): SpFDE's circular data sieving.
 * Controller plumbing (`ControllerCheckpoint`, `ControlledCallback`) lives in
   `kgrow.controller` and is re-exported here for convenience.
@@ -23,6 +24,7 @@ _METHOD_CALLBACKS = {
     "ProgressiveFreezing": "kgrow.methods.progressive_freezing.callback",
     "SparseTraining": "kgrow.methods.sparse_training.callback",
     "Prog": "kgrow.methods.autoprog.callback",
+    "AutoProg": "kgrow.methods.autoprog.search_callback",
     "DataSieving": "kgrow.methods.data_sieving.callback",
 }
 

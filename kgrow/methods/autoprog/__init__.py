@@ -11,9 +11,12 @@ supernet choosing each stage's sizes during the run) writes its schedule as
 `GrowthSchedule.to_json()`, which `Prog(schedule=...)` replays.
 
 Functional form: `prog_schedule`, `growth_operator`, `OPERATORS`,
-`mogrow_ema_decay`, `regularization_scales`, `check_vit_like`. Callback form:
-`Prog` (also in `kgrow.callbacks`). Bench methods: `prog`, `prog_randinit`,
-`prog_stacking`, `prog_interpolation`, `prog_mogrow`.
+`mogrow_ema_decay`, `regularization_scales`, `check_vit_like`; the search:
+`build_supernet`, `set_subnetwork`, `extract_subnetwork` (weight recycling),
+`stage_candidates`, `fit_exponent`, `scores`, `choose`. Callback form: `Prog`
+and `AutoProg` (also in `kgrow.callbacks`). Bench methods: `prog`,
+`prog_randinit`, `prog_stacking`, `prog_interpolation`, `prog_mogrow`,
+`autoprog`.
 
 Example:
     >>> from kgrow.methods.autoprog import prog_schedule
@@ -26,7 +29,14 @@ from kgrow.methods.autoprog.functional import (MOGROW_EMA_HALF_LIFE_FRACTION, OP
                                                growth_operator, mogrow_ema_decay,
                                                prog_schedule, regularization_scales)
 from kgrow.methods.autoprog.callback import Prog
+from kgrow.methods.autoprog.search import (candidate_values, choose, fit_exponent, scores,
+                                           stage_candidates)
+from kgrow.methods.autoprog.supernet import (build_supernet, extract_subnetwork,
+                                             set_subnetwork)
+from kgrow.methods.autoprog.search_callback import AutoProg
 
-__all__ = ["Prog", "prog_schedule", "growth_operator", "OPERATORS", "mogrow_ema_decay",
+__all__ = ["Prog", "AutoProg", "build_supernet", "set_subnetwork", "extract_subnetwork",
+           "candidate_values", "stage_candidates", "fit_exponent", "scores", "choose",
+           "prog_schedule", "growth_operator", "OPERATORS", "mogrow_ema_decay",
            "regularization_scales", "check_vit_like", "REGULARIZATION_START",
            "MOGROW_EMA_HALF_LIFE_FRACTION"]

@@ -59,4 +59,5 @@ globals().update(_ablation)
 
 #: Bench method name -> lazy "module:attribute" factory.
 METHODS = {"prog": "kgrow.methods.autoprog.bench:bench_prog",
+           "autoprog": "kgrow.methods.autoprog.search_callback:bench_autoprog",
            **{name: f"kgrow.methods.autoprog.bench:{name}" for name in _ablation}}

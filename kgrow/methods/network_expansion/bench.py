@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kgrow.methods.network_expansion.callback import NetworkExpansion
 
-__all__ = ["bench_cnn", "bench_vit", "factory"]
+__all__ = ["METHODS", "bench_cnn", "bench_vit", "factory"]
 
 
 def factory(mode: str, **options):
@@ -48,3 +48,8 @@ def bench_vit(build_model, context):
     paper's 4.6% of the run, drop-path rates reset, optimizer moments reset.
     """
     return factory("vit")(build_model, context)
+
+
+#: name -> "module:attribute" of the factory (imported when first used).
+METHODS = {"network_expansion": f"{__name__}:bench_cnn",
+           "network_expansion_vit": f"{__name__}:bench_vit"}
