@@ -5,9 +5,9 @@
 * ``freeze_15``: 15% (the paper: no accuracy cost up to 15%).
 
 Bench runs are short (5-12 epochs) where the paper's are 160: one block per
-dT may then not reach the target at all. The factory takes the fewest blocks
-per freeze event (1, the paper's, when it suffices) that reaches it (the
-callback's `blocks_per_event`, also in `plan.to_dict()`).
+dT may then not reach the target at all. The factory passes
+`blocks_per_event="auto"`: the fewest blocks per freeze event (1, the paper's,
+when it suffices) that reach it (recorded in `plan.to_dict()`).
 """
 from __future__ import annotations
 
@@ -15,23 +15,6 @@ __all__ = ["METHODS", "factory", "freeze", "freeze_15"]
 
 #: name -> "module:attribute" of the factory (imported when first used).
 METHODS = {name: f"{__name__}:{name}" for name in ("freeze", "freeze_15")}
-
-
-def _blocks_per_event(model, target, epochs, options) -> int:
-    from kgrow.methods.progressive_freezing.functional import find_freeze_blocks, freeze_plan
-    groups = find_freeze_blocks(model, options.get("blocks"), options.get("unit", "block"))
-    error = None
-    for per in range(1, len(groups) + 1):
-        try:
-            freeze_plan(model, target, epochs, options["interval"], options.get("start"),
-                        blocks_per_event=per, groups=groups,
-                        freeze_fraction=options.get("freeze_fraction", 2.0 / 3.0))
-            return per
-        except ValueError as err:
-            if "unreachable" not in str(err):
-                raise
-            error = err
-    raise error
 
 
 def factory(target_saving: float, **options):
@@ -45,8 +28,7 @@ def factory(target_saving: float, **options):
         kwargs = dict(options)
         kwargs.setdefault("interval", default_interval(epochs))
         kwargs.setdefault("global_lr", "cosine")  # the bench compiles a cosine schedule
-        if "blocks_per_event" not in kwargs:
-            kwargs["blocks_per_event"] = _blocks_per_event(model, target_saving, epochs, kwargs)
+        kwargs.setdefault("blocks_per_event", "auto")
         return model, [ProgressiveFreezing(target_saving, epochs=epochs, **kwargs)]
     make.__name__ = f"freeze_{round(target_saving * 100)}"
     return make

@@ -7,7 +7,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -62,7 +62,8 @@ class ProgressiveFreezing(ControlledCallback):
             epochs, scaled to the run; give the sparse-mask update interval
             when composed with dynamic sparse training).
         start: T_frz (default: derived, see `freeze_plan`).
-        blocks_per_event: blocks frozen at each event (paper: 1).
+        blocks_per_event: blocks frozen at each event (paper: 1), or "auto": the
+            fewest that reach `target_saving` in this run (1 when it suffices).
         blocks, unit: which layers freeze together (`find_freeze_blocks`).
         freeze_fraction: share of the layers at most frozen when T_frz is
             derived (paper: 2/3).
@@ -89,7 +90,7 @@ class ProgressiveFreezing(ControlledCallback):
 
     def __init__(self, target_saving: float = 0.25, *, epochs: Optional[int] = None,
                  interval: Optional[int] = None, start: Optional[int] = None,
-                 blocks_per_event: int = 1, blocks=None,
+                 blocks_per_event: Union[int, str] = 1, blocks=None,
                  unit: str = "block", freeze_fraction: float = PAPER_FREEZE_FRACTION,
                  block_lr: bool = True, global_lr: str = "cosine", input_shape=None,
                  sparsity=None, verbose: int = 0):
@@ -105,10 +106,11 @@ class ProgressiveFreezing(ControlledCallback):
             raise ValueError(f"global_lr must be one of {GLOBAL_LR_SHAPES}, got {global_lr!r}.")
         if unit not in ("block", "stage"):
             raise ValueError(f"unit must be 'block' or 'stage', got {unit!r}.")
-        if isinstance(blocks_per_event, bool) or not isinstance(blocks_per_event, int) \
-                or blocks_per_event < 1:
+        if blocks_per_event != "auto" and (
+                isinstance(blocks_per_event, bool) or not isinstance(blocks_per_event, int)
+                or blocks_per_event < 1):
             raise ValueError(
-                f"blocks_per_event must be an integer >= 1, got {blocks_per_event!r}.")
+                f"blocks_per_event must be an integer >= 1 or 'auto', got {blocks_per_event!r}.")
         if interval is not None or start is not None or epochs is not None:
             _check_run(epochs if epochs is not None else max(int(start or 0) + 1, 1),
                        interval if interval is not None else 1, start)

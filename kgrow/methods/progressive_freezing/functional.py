@@ -394,7 +394,8 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
         interval: dT, epochs between two freezes (>= 1).
         start: T_frz (None: derived).
         blocks_per_event: blocks frozen at each event (the paper: 1; more
-            lets short runs reach a target with fine-grained blocks).
+            lets short runs reach a target with fine-grained blocks), or
+            "auto": the fewest (1 when it suffices) that reach the target.
         blocks, unit: see `find_freeze_blocks`.
         freeze_fraction: share of kernel layers at most frozen when `start`
             is derived, in (0, 1].
@@ -425,9 +426,21 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
         raise ValueError(f"freeze_fraction must be in (0, 1], got {freeze_fraction}.")
     target = float(target_saving)
     epochs, interval, start = _check_run(epochs, interval, start)
-    per = _check_int("blocks_per_event", blocks_per_event, 1)
     groups = ([list(g) for g in groups] if groups is not None
               else find_freeze_blocks(model, blocks, unit))
+    if blocks_per_event == "auto":
+        error = None
+        for per in range(1, len(groups) + 1):
+            try:
+                return freeze_plan(model, target, epochs, interval, start, blocks_per_event=per,
+                                   freeze_fraction=freeze_fraction, input_shape=input_shape,
+                                   sparsity=sparsity, groups=groups)
+            except ValueError as err:
+                if "unreachable" not in str(err):
+                    raise
+                error = err
+        raise error
+    per = _check_int("blocks_per_event", blocks_per_event, 1)
     weighted = {layer.name for layer in _weighted_layers(model)}
     if weighted <= {n for g in groups for n in g}:
         groups = groups[:-1]  # something must keep training
