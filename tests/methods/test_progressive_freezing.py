@@ -324,8 +324,11 @@ def test_bench_methods_registered_and_reach_their_target_in_short_runs():
                                     build_model=lambda: _resnet(0.5))
     model, (cb,) = freeze_bench.freeze(None, context)
     assert isinstance(cb, ProgressiveFreezing) and cb.target_saving == 0.25
-    assert cb.blocks_per_event == 2  # one block per epoch cannot save 25% in 5 epochs
-    plan = freeze_plan(model, 0.25, 5, cb.interval, blocks_per_event=cb.blocks_per_event)
-    assert plan.saving >= 0.25
+    assert cb.blocks_per_event == "auto"
+    with pytest.raises(ValueError, match="unreachable"):  # one block per epoch: too few
+        freeze_plan(model, 0.25, 5, cb.interval, blocks_per_event=1)
+    plan = freeze_plan(model, 0.25, 5, cb.interval, blocks_per_event="auto")
+    assert plan.blocks_per_event == 2 and plan.saving >= 0.25
     _, (cb15,) = freeze_bench.freeze_15(None, context)
-    assert cb15.blocks_per_event == 1
+    plan15 = freeze_plan(model, 0.15, 5, cb15.interval, blocks_per_event="auto")
+    assert plan15.blocks_per_event == 1 and plan15.saving >= 0.15
