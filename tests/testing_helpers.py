@@ -1,4 +1,5 @@
 """Helpers shared by test modules in several folders (tests/ is on sys.path)."""
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -34,3 +35,15 @@ def assert_weights_match(model, reference, tol=1e-6):
     assert sorted(want) == sorted(v.path for v in model.weights)
     worst = max(float(np.abs(v.numpy() - want[v.path]).max()) for v in model.weights)
     assert worst <= tol, worst
+
+
+class CrashAtEpoch(keras.callbacks.Callback):
+    """Raises at the end of epoch `at`: a run killed after that epoch's checkpoint."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            raise RuntimeError("simulated kill")

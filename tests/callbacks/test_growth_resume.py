@@ -1,7 +1,6 @@
 """A run killed right after a growth step resumes in the grown architecture and
 ends with the same weights as a run that was never interrupted."""
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -9,17 +8,10 @@ from kgrow import data, models
 from kgrow.callbacks import Growth
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import assert_weights_match
+from testing_helpers import CrashAtEpoch, assert_weights_match
 
 
-class _Crash(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at:
-            raise RuntimeError("simulated kill")
+_Crash = CrashAtEpoch
 
 
 def _run(bundle, extra_callbacks, directory=None, crash=None, saver="controller"):

@@ -13,7 +13,7 @@ from kgrow.methods.autoprog import (OPERATORS, Prog, check_vit_like, growth_oper
 from kgrow.models import resize_vit
 from kgrow.schedules import GrowthSchedule, Stage
 from kgrow.surgery import find_blocks, interpolation_mapping, set_depth
-from testing_helpers import assert_weights_match
+from testing_helpers import CrashAtEpoch, assert_weights_match
 
 
 def _vit(size=8, depth=4, drop_path=0.0, seed=0):
@@ -291,14 +291,7 @@ def test_augment_scale_changes_the_training_images():
 
 
 # -- resume -----------------------------------------------------------------------------------
-class _Crash(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at:
-            raise RuntimeError("simulated kill")
+_Crash = CrashAtEpoch
 
 
 def test_kill_and_resume_across_a_resolution_and_depth_growth(tmp_path):

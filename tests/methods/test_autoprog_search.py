@@ -16,7 +16,7 @@ from kgrow.methods.autoprog.supernet import (build_supernet, extract_subnetwork,
                                              set_subnetwork)
 from kgrow.schedules import GrowthSchedule
 from kgrow.surgery import interpolation_mapping, set_depth
-from testing_helpers import assert_weights_match
+from testing_helpers import CrashAtEpoch, assert_weights_match
 
 
 def _vit(depth=4, image=16):
@@ -159,14 +159,7 @@ def _run(bundle, *, directory=None, crash_at=None, extra=(), **kwargs):
     return model, search, callbacks
 
 
-class _Crash(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at:
-            raise RuntimeError("simulated kill")
+_Crash = CrashAtEpoch
 
 
 class _ScoreTwice(keras.callbacks.Callback):

@@ -12,7 +12,7 @@ from kgrow.methods.data_sieving import (DataSieving, ForgettingTracker, count_fo
                                         forgetting_events, initial_removal, plan_sieve,
                                         sieve_update)
 from kgrow.methods.data_sieving import functional as F
-from testing_helpers import assert_weights_match, new_mirrored_strategy
+from testing_helpers import CrashAtEpoch, assert_weights_match, new_mirrored_strategy
 
 N, CLASSES, BATCH = 96, 3, 8
 
@@ -240,14 +240,7 @@ def test_impossible_settings_raise_before_training(kwargs, match):
 
 
 # -- resume and strategy --------------------------------------------------------------------
-class _Crash(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at:
-            raise RuntimeError("simulated kill")
+_Crash = CrashAtEpoch
 
 
 def _sieve_run(epochs, callbacks=(), strategy=None):

@@ -13,7 +13,7 @@ from kgrow.methods.network_expansion import (PAPER_EMA_HALF_LIFE_FRACTION, cnn_s
                                              expand_width, vit_schedule)
 from kgrow.surgery import find_blocks
 
-from testing_helpers import assert_weights_match, randomize_weights
+from testing_helpers import CrashAtEpoch, assert_weights_match, randomize_weights
 
 
 def _vit(depth=6, drop_path=0.1, image=12, patch=4, classes=3):
@@ -251,10 +251,8 @@ def test_training_continues_after_expansion_under_mirrored_strategy(mirrored_str
     assert history.history["loss"][2] != history.history["loss"][1]
 
 
-class _Crash(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise RuntimeError("simulated kill")
+def _Crash():
+    return CrashAtEpoch(1)
 
 
 def _resumable_run(directory=None, crash=False):

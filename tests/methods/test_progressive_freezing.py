@@ -14,7 +14,7 @@ from kgrow.methods.progressive_freezing import (block_lr_multiplier, block_patte
                                                 find_freeze_blocks, freeze_plan,
                                                 freeze_schedule, prefix_flops, schedule_saving)
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import assert_weights_match
+from testing_helpers import CrashAtEpoch, assert_weights_match
 
 
 def _resnet(width=0.25):
@@ -233,10 +233,8 @@ def test_frozen_set_carries_through_width_growth():
         np.testing.assert_array_equal(snaps[4][p], snaps[2][p], p)
 
 
-class _Crash(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 2:
-            raise RuntimeError("simulated kill")
+def _Crash():
+    return CrashAtEpoch(2)
 
 
 def _resumable(directory=None, crash=False):

@@ -12,7 +12,7 @@ from kgrow.methods.sparse_training import (SparseTraining, constant_sparsity, la
                                            polynomial_sparsity, prune_and_grow, random_masks,
                                            sparsity_report, strip_sparsity)
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import assert_weights_match, new_mirrored_strategy
+from testing_helpers import CrashAtEpoch, assert_weights_match, new_mirrored_strategy
 
 MASKED = ["c2/kernel", "c3/kernel"]
 
@@ -348,10 +348,8 @@ def test_masks_survive_a_growth_width_step():
     assert check.checked == 16
 
 
-class _Crash(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise RuntimeError("simulated kill")
+def _Crash():
+    return CrashAtEpoch(1)
 
 
 def _resume_run(directory=None, crash=False, lam=0.0):

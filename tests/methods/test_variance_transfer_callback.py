@@ -8,7 +8,7 @@ from kgrow import models
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.methods.variance_transfer import VarianceTransferGrowth
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import assert_weights_match
+from testing_helpers import CrashAtEpoch, assert_weights_match
 
 
 class _Probe(keras.callbacks.Callback):
@@ -25,10 +25,8 @@ class _Probe(keras.callbacks.Callback):
         self.before = self.model(self.x, training=False).numpy()
 
 
-class _Crash(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 2:
-            raise RuntimeError("simulated kill")
+def _Crash():
+    return CrashAtEpoch(2)
 
 
 def _data(n=64, seed=0):
