@@ -213,13 +213,20 @@ class _PassBuilder:
         sel = self.selection
         if advance:
             pass_id = sel.epoch.assign_add(1) - 1
+            # A mid-epoch resume's skip applies to one pass only: read and clear.
+            skip = sel.skip.read_value()
+            with tf.control_dependencies([skip]):
+                cleared = sel.skip.assign(0)
+            with tf.control_dependencies([cleared]):
+                skip = tf.identity(skip)
         else:
             pass_id = sel.epoch.read_value()
+            skip = tf.constant(0, tf.int64)
         if not self.s.resizable:
-            return pass_id, sel.active.read_value(), self.static_size
+            return pass_id, skip, sel.active.read_value(), self.static_size
         live = sel.image_size.read_value()
         size = live if self.static_size is None else tf.where(live > 0, live, self.static_size)
-        return pass_id, sel.active.read_value(), size
+        return pass_id, skip, sel.active.read_value(), size
 
     def dataset(self, *, advance=True, shuffle=True, augment=True, mixing=True,
                 with_index=False, drop_remainder=True):
@@ -227,14 +234,19 @@ class _PassBuilder:
         use_mixing = mixing and augment and cfg.uses_mixing
 
         def per_pass(_):
-            pass_id, active, size = self._start(advance)
+            pass_id, skip, active, size = self._start(advance)
             pass_seed = _fold(self.base_seed, pass_id)
+            # Leave out the first `skip` batches before any image is touched.
+            first = skip * self.s.batch_size
             if isinstance(self.source, ArraySource):
-                ds = self._array_images(active, size, pass_seed, cfg, shuffle, drop_remainder)
+                ds = self._array_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
+                                        first)
             else:
-                ds = self._stream_images(active, size, pass_seed, cfg, shuffle, drop_remainder)
+                ds = self._stream_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
+                                         first)
             batch_seed = _fold(pass_seed, 2)
-            return ds.enumerate().map(
+            # Batch k keeps its seed whether or not the pass started at batch 0.
+            return ds.enumerate(start=skip).map(
                 lambda k, b: self._batch_ops(b, _fold(batch_seed, k), size, cfg, use_mixing,
                                              with_index),
                 num_parallel_calls=_AUTOTUNE)
@@ -243,7 +255,7 @@ class _PassBuilder:
         return _without_autotuning(ds)
 
     # Step 2-4 for in-memory sources.
-    def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder):
+    def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, first):
         indices = tf.where(active)[:, 0]
         if shuffle:
             indices = tf.random.experimental.stateless_shuffle(indices, _fold(pass_seed, 0))
@@ -251,7 +263,9 @@ class _PassBuilder:
         if cfg.uses_randaugment:
             seeds = tf.random.stateless_uniform(
                 [tf.shape(indices)[0], 2], _fold(pass_seed, 1),
-                minval=None, maxval=None, dtype=tf.int64)
+                minval=None, maxval=None, dtype=tf.int64)[first:]
+        indices = indices[first:]
+        if cfg.uses_randaugment:
 
             def load_one(i, seed):
                 image = self._rand_augment(to_pixels(tf.gather(x, i), scale), seed, cfg)
@@ -268,12 +282,13 @@ class _PassBuilder:
         return ds.map(load_batch, num_parallel_calls=_AUTOTUNE)
 
     # Step 2-4 for streamed sources (elements (index, image, label)).
-    def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder):
+    def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, first):
         ds = self.indexed_train.filter(lambda i, image, label: tf.gather(active, i))
         if shuffle:
             shuffle_seed = tf.random.stateless_uniform(
                 [], _fold(pass_seed, 0), minval=None, maxval=None, dtype=tf.int64)
             ds = ds.shuffle(min(STREAM_SHUFFLE_BUFFER, self.source.num_train), seed=shuffle_seed)
+        ds = ds.skip(first)
         element_seed = _fold(pass_seed, 1)
         scale = self.s.pixel_scale
 

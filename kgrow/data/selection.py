@@ -18,6 +18,10 @@ function:
   ``(seed, epoch)`` and increments it when a pass starts, so every pass is
   ordered differently and a run restored from ``get_state()`` continues with
   the same orders.
+* ``skip``: int64 scalar, batches the next training pass leaves out at its
+  start (read and cleared when that pass starts). A run resumed from a
+  checkpoint taken mid-epoch (`resume_pass`) rebuilds the pass of that epoch
+  from ``(seed, epoch)`` and continues after the batches already trained.
 
 Keras starts a new pass whenever it creates an iterator: normally once per
 epoch, plus once before training when the model was built under a
@@ -77,6 +81,7 @@ class LiveSelection:
         self.active = _host_variable(tf.ones([num_train], tf.bool), tf.bool, "kgrow_active")
         self.image_size = _host_variable(tf.zeros([2], tf.int32), tf.int32, "kgrow_image_size")
         self.epoch = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_epoch")
+        self.skip = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_skip")
         #: ``(height, width)`` a fixed-size bundle delivers, or None (see `fix_size`).
         self.fixed_size = None
         if image_size is not None:
@@ -205,6 +210,29 @@ class LiveSelection:
             raise ValueError(f"epoch must be >= 0, got {epoch}.")
         self.epoch.assign(epoch)
 
+    def resume_pass(self, epoch, batches):
+        """Makes the next pass the one of ``epoch`` without its first ``batches`` batches.
+
+        For a run resumed from a checkpoint taken after ``batches`` training
+        steps of ``epoch``: the pass is ordered and augmented exactly as the
+        interrupted one (from ``(seed, epoch)`` and the restored selection) and
+        starts at batch ``batches``; batch ``i`` keeps its augmentation seeds.
+        Skipped in-memory samples are neither gathered nor augmented;
+        streamed ones are still read and shuffled (the shuffle buffer needs
+        them), but not decoded further.
+
+        Example:
+            >>> sel = LiveSelection(10)
+            >>> sel.resume_pass(3, 2)
+            >>> int(sel.epoch.numpy()), int(sel.skip.numpy())
+            (3, 2)
+        """
+        batches = int(batches)
+        if batches < 0:
+            raise ValueError(f"batches must be >= 0, got {batches}.")
+        self.set_epoch(epoch)
+        self.skip.assign(batches)
+
     # -- checkpoints ----------------------------------------------------------
     def get_state(self):
         """Plain python/numpy state for checkpoints (see `set_state`)."""
@@ -213,6 +241,7 @@ class LiveSelection:
             "active": self.active_mask(),
             "image_size": [int(v) for v in self.image_size.numpy()],
             "epoch": int(self.epoch.numpy()),
+            "skip": int(self.skip.numpy()),
         }
 
     def set_state(self, state):
@@ -237,6 +266,7 @@ class LiveSelection:
         self.set_active(np.asarray(state["active"], dtype=bool))
         self.image_size.assign(size)
         self.set_epoch(state["epoch"])
+        self.skip.assign(int(state.get("skip", 0)))  # absent in older checkpoints
 
     def __repr__(self):
         return (f"LiveSelection(num_train={self.num_train}, num_active={self.num_active}, "
