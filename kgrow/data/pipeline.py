@@ -446,13 +446,16 @@ class DataBundle:
         ``(images, labels, {"sample_ids": indices})``: the ids ride in
         Keras' sample-weight slot under a key, so that they are never taken
         for sample weights. Refuses mixing augmentations (MixUp/CutMix): a
-        mixed sample has no single id.
+        mixed sample has no single id. Like ``train`` it carries its
+        selection (attached by kgrow's callbacks when ``fit`` starts) and
+        knows its length.
         """
         if self.augment.uses_mixing:
             raise ValueError("train_with_ids() cannot be used with MixUp/CutMix augmentation "
                              "(a mixed sample has no single id); use an augment preset "
                              "without mixing.")
-        return self._builder.dataset(with_index=SAMPLE_IDS)
+        return LiveTrainDataset(self._builder.dataset(with_index=SAMPLE_IDS), self.selection,
+                                self.batch_size)
 
     def __repr__(self):
         i = self.info
