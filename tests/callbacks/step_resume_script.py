@@ -1,10 +1,9 @@
-"""A tiny growth run with step checkpoints, for the real-process SIGKILL test.
+"""A tiny run with step checkpoints, for the real-process SIGKILL test.
 
     python step_resume_script.py CKPT_DIR OUT_NPZ
 
 trains 3 epochs of 6 steps with `ControllerCheckpoint(CKPT_DIR, save_freq=2)`
-(resuming from it when it holds a checkpoint), growing the width at epoch 2,
-and writes the final weights (by variable path) to OUT_NPZ and the number of
+(resuming from it when it holds a checkpoint) and writes the final weights (by variable path) to OUT_NPZ and the number of
 steps trained per epoch to OUT_NPZ + ".steps". With ``KGROW_TEST_PAUSE=1`` it
 sleeps after every step, so that a test polling CKPT_DIR can kill it mid-epoch.
 """
@@ -17,10 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 import kgrow
-from kgrow import models
-from kgrow.callbacks import Growth
 from kgrow.controller import ControllerCheckpoint
-from kgrow.schedules import GrowthSchedule, Stage
 
 
 class _Steps(keras.callbacks.Callback):
@@ -42,13 +38,15 @@ def main(directory, out):
     keras.utils.set_random_seed(0)
     bundle = kgrow.data.load("fashion_mnist", batch_size=32, subset=192, seed=0,
                              augment="basic")
-    model = models.resnet_cifar(8, (28, 28, 1), 10)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Dropout(0.2, name="drop")(keras.layers.Flatten(name="flat")(h))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(h))
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
-    schedule = GrowthSchedule([Stage(0, width=0.5), Stage(2, width=1.0)], total_epochs=3)
     steps = _Steps(os.environ.get("KGROW_TEST_PAUSE") == "1")
     # The saver last: after a step's save the test may kill the process.
-    callbacks = [Growth(schedule, initializer="orthogonal", verbose=0), steps,
-                 ControllerCheckpoint(directory, save_freq=2)]
+    callbacks = [steps, ControllerCheckpoint(directory, save_freq=2)]
     model.fit(bundle.train, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
     np.savez(out, **{v.path: v.numpy() for v in model.weights})
     with open(out + ".steps", "w") as f:
