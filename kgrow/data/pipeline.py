@@ -4,8 +4,10 @@ Training pipeline, one pass (= one iteration over ``bundle.train``):
 
 1. When the pass starts (Keras creates the epoch's iterator after
    ``on_epoch_begin``), read the `LiveSelection`: the active mask, the live
-   image size (resizable bundles only), and the pass index ``epoch``
-   (incremented for the next pass).
+   image size (resizable bundles only), the pass index ``epoch``
+   (incremented for the next pass), and ``skip`` (cleared): a pass resumed
+   mid-epoch leaves out its first ``skip`` batches before loading any
+   image, and its batches keep their indices (hence their seeds).
 2. Order the active sample indices with a stateless shuffle seeded by
    ``(seed, epoch)``: the same seed gives the same batches, every pass is
    ordered differently, and no global TF seed is involved. Streamed sources
