@@ -283,7 +283,7 @@ class ControllerCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         # Ties the pass to the epoch (also without controlled callbacks) and
         # keeps controller.epoch current for mid-epoch saves.
-        TrainingController.of(self.model).begin_epoch(epoch)
+        TrainingController.of(self.model).begin_epoch(epoch, fit=id(self.params))
         self._epoch_step = 0
 
     def on_train_batch_end(self, batch, logs=None):

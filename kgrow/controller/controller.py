@@ -658,8 +658,13 @@ class TrainingController:
             self._fit = None
             _unfreeze_heap(self)
 
-    def begin_epoch(self, epoch: int) -> None:
-        """Runs the attached callbacks' epoch-begin work once, in phase order."""
+    def begin_epoch(self, epoch: int, fit=None) -> None:
+        """Runs the attached callbacks' epoch-begin work once, in phase order.
+
+        `fit` (the id of the caller's Keras ``params``): when given and no
+        controlled callback attached in that fit, the callbacks still attached
+        from an earlier fit that raised are left out.
+        """
         if self._epoch_begun == epoch:
             return
         self._epoch_begun = epoch
@@ -670,7 +675,8 @@ class TrainingController:
         # number of passes started, so a resumed run sees the same batches.
         if hasattr(self.selection, "set_epoch"):
             self.selection.set_epoch(epoch)
-        order = sorted(enumerate(self._callbacks), key=lambda ic: (int(ic[1].phase), ic[0]))
+        callbacks = self._callbacks if fit is None or fit == self._fit else []
+        order = sorted(enumerate(callbacks), key=lambda ic: (int(ic[1].phase), ic[0]))
         for _, callback in order:
             callback.controlled_epoch_begin(epoch)
 

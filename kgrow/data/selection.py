@@ -241,7 +241,6 @@ class LiveSelection:
             "active": self.active_mask(),
             "image_size": [int(v) for v in self.image_size.numpy()],
             "epoch": int(self.epoch.numpy()),
-            "skip": int(self.skip.numpy()),
         }
 
     def set_state(self, state):
@@ -266,7 +265,7 @@ class LiveSelection:
         self.set_active(np.asarray(state["active"], dtype=bool))
         self.image_size.assign(size)
         self.set_epoch(state["epoch"])
-        self.skip.assign(int(state.get("skip", 0)))  # absent in older checkpoints
+        self.skip.assign(0)  # a state is at a pass boundary; see resume_pass
 
     def __repr__(self):
         return (f"LiveSelection(num_train={self.num_train}, num_active={self.num_active}, "
