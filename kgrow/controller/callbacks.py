@@ -164,8 +164,9 @@ class ControllerCheckpoint(keras.callbacks.Callback):
     Step checkpoints need data kgrow can replay (a kgrow bundle's ``train``
     or ``train_with_ids()``, or a selection attached by hand) and `fit`
     without ``steps_per_epoch``; anything else is refused when `fit` starts.
-    Under MirroredStrategy, BatchNorm moving statistics of the replicas are
-    averaged at epoch ends only: a mid-epoch save keeps the first replica's.
+    Under a strategy of several replicas, a step save first averages the
+    replicas' BatchNorm moving statistics (as every epoch end does), so
+    that the checkpoint's single copy is what every replica continues from.
 
     The data order is part of the state when `fit` trains on a kgrow
     bundle's ``train`` dataset: its `LiveSelection` is attached when `fit`
@@ -220,7 +221,7 @@ class ControllerCheckpoint(keras.callbacks.Callback):
         self._iterator = None  # Keras' epoch iterator, shortened for a resumed epoch
         self._iterator_batches = None
         self._skip = 0
-        self._epoch_step = 0
+        self._epoch = self._epoch_step = 0
         self._since_save = 0
         self._save_at_epoch_end = False
 
@@ -281,10 +282,7 @@ class ControllerCheckpoint(keras.callbacks.Callback):
             self._iterator = self._iterator_batches = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        # Ties the pass to the epoch (also without controlled callbacks) and
-        # keeps controller.epoch current for mid-epoch saves.
-        TrainingController.of(self.model).begin_epoch(epoch, fit=id(self.params))
-        self._epoch_step = 0
+        self._epoch, self._epoch_step = epoch, 0
 
     def on_train_batch_end(self, batch, logs=None):
         if self.save_freq == "epoch":
@@ -302,9 +300,13 @@ class ControllerCheckpoint(keras.callbacks.Callback):
             # starts an empty pass with the epoch-end work still to do.
             self._save_at_epoch_end = True
             return
+        controller = TrainingController.of(self.model)
+        # The replicas' moving statistics differ mid-epoch and a checkpoint
+        # holds one copy: they agree first (on every worker), so a resumed
+        # run continues from exactly the values the uninterrupted one has.
+        controller.sync_statistics()
         if self.model.distribute_strategy.extended.should_checkpoint:
-            controller = TrainingController.of(self.model)
-            controller.save(self.directory, epoch=controller.epoch, keep=self.keep, step=done)
+            controller.save(self.directory, epoch=self._epoch, keep=self.keep, step=done)
 
     def on_epoch_end(self, epoch, logs=None):
         self._restore_epoch_length()

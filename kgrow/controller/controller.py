@@ -596,15 +596,15 @@ class TrainingController:
     def _restore_selection(self, state) -> None:
         self.selection.set_state(state)
         if self.step:
-            # Saved mid-epoch: the next pass is this epoch's, after the
-            # batches already trained.
+            # Saved mid-epoch: the next pass repeats the one that was running,
+            # after the batches already trained.
             resume = getattr(self.selection, "resume_pass", None)
             if resume is None:
                 raise TypeError(f"The checkpoint was saved after {self.step} steps of epoch "
                                 f"{self.epoch}, and the attached selection "
                                 f"({type(self.selection).__name__}) has no resume_pass() "
                                 "to continue that epoch's pass.")
-            resume(self.epoch, self.step)
+            resume(self.step)
 
     def register_state(self, name: str, get: Callable[[], object],
                        set: Callable[[object], None]) -> None:
@@ -658,13 +658,8 @@ class TrainingController:
             self._fit = None
             _unfreeze_heap(self)
 
-    def begin_epoch(self, epoch: int, fit=None) -> None:
-        """Runs the attached callbacks' epoch-begin work once, in phase order.
-
-        `fit` (the id of the caller's Keras ``params``): when given and no
-        controlled callback attached in that fit, the callbacks still attached
-        from an earlier fit that raised are left out.
-        """
+    def begin_epoch(self, epoch: int) -> None:
+        """Runs the attached callbacks' epoch-begin work once, in phase order."""
         if self._epoch_begun == epoch:
             return
         self._epoch_begun = epoch
@@ -675,8 +670,7 @@ class TrainingController:
         # number of passes started, so a resumed run sees the same batches.
         if hasattr(self.selection, "set_epoch"):
             self.selection.set_epoch(epoch)
-        callbacks = self._callbacks if fit is None or fit == self._fit else []
-        order = sorted(enumerate(callbacks), key=lambda ic: (int(ic[1].phase), ic[0]))
+        order = sorted(enumerate(self._callbacks), key=lambda ic: (int(ic[1].phase), ic[0]))
         for _, callback in order:
             callback.controlled_epoch_begin(epoch)
 
@@ -686,7 +680,16 @@ class TrainingController:
             return
         self._epoch_ended = epoch
         self.step = 0
-        self._sync_statistics(self.model)
+        self.sync_statistics()
+
+    def sync_statistics(self) -> int:
+        """Sets every moving statistic (BatchNorm) to its mean over the replicas.
+
+        Done at every epoch end, and before a mid-epoch checkpoint (which
+        holds one copy). A no-op returning 0 with a single replica; under
+        MultiWorkerMirroredStrategy every worker must call it (a collective).
+        """
+        return self._sync_statistics(self.model)
 
     # -- state and checkpoints ------------------------------------------------
     def get_state(self) -> dict:

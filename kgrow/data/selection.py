@@ -20,8 +20,8 @@ function:
   the same orders.
 * ``skip``: int64 scalar, batches the next training pass leaves out at its
   start (read and cleared when that pass starts). A run resumed from a
-  checkpoint taken mid-epoch (`resume_pass`) rebuilds the pass of that epoch
-  from ``(seed, epoch)`` and continues after the batches already trained.
+  checkpoint taken mid-pass (`resume_pass`) rebuilds that pass from
+  ``(seed, pass index)`` and continues after the batches already trained.
 
 Keras starts a new pass whenever it creates an iterator: normally once per
 epoch, plus once before training when the model was built under a
@@ -210,27 +210,33 @@ class LiveSelection:
             raise ValueError(f"epoch must be >= 0, got {epoch}.")
         self.epoch.assign(epoch)
 
-    def resume_pass(self, epoch, batches):
-        """Makes the next pass the one of ``epoch`` without its first ``batches`` batches.
+    def resume_pass(self, batches):
+        """Makes the next pass repeat the last one started, without its first ``batches``.
 
-        For a run resumed from a checkpoint taken after ``batches`` training
-        steps of ``epoch``: the pass is ordered and augmented exactly as the
-        interrupted one (from ``(seed, epoch)`` and the restored selection) and
-        starts at batch ``batches``; batch ``i`` keeps its augmentation seeds.
+        For a run resumed from a state saved (`get_state`) after ``batches``
+        training steps of a pass: the next pass is ordered and augmented
+        exactly as the interrupted one (its index is ``epoch - 1``, since a
+        pass advances ``epoch`` when it starts) and starts at batch
+        ``batches``; batch ``i`` keeps its augmentation seeds.
         Skipped in-memory samples are neither gathered nor augmented;
         streamed ones are still read and shuffled (the shuffle buffer needs
         them), but not decoded further.
 
         Example:
             >>> sel = LiveSelection(10)
-            >>> sel.resume_pass(3, 2)
+            >>> sel.set_epoch(4)  # pass 3 started
+            >>> sel.resume_pass(2)
             >>> int(sel.epoch.numpy()), int(sel.skip.numpy())
             (3, 2)
         """
         batches = int(batches)
         if batches < 0:
             raise ValueError(f"batches must be >= 0, got {batches}.")
-        self.set_epoch(epoch)
+        started = int(self.epoch.numpy())
+        if started < 1:
+            raise ValueError("resume_pass() needs a selection whose state was saved during a "
+                             "pass (its epoch counter is 0: no pass has started).")
+        self.set_epoch(started - 1)
         self.skip.assign(batches)
 
     # -- checkpoints ----------------------------------------------------------

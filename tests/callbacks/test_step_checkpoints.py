@@ -19,7 +19,7 @@ from kgrow.callbacks import Growth
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.controller import checkpoint as ckpt
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import assert_weights_match
+from testing_helpers import assert_weights_match, new_mirrored_strategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "callbacks", "step_resume_script.py")
@@ -79,7 +79,7 @@ def test_resume_pass_serves_the_rest_of_the_same_pass(kind):
     bundle.selection.set_active(np.arange(96) % 5 != 0)  # 76 active: 4 batches
     bundle.selection.set_epoch(2)
     full = [b[0].numpy() for b in bundle.train]
-    bundle.selection.resume_pass(2, 3)
+    bundle.selection.resume_pass(3)  # pass 2 again, from its batch 3
     rest = [b[0].numpy() for b in bundle.train]
     assert len(full) == 4 and len(rest) == 1
     np.testing.assert_array_equal(rest[0], full[3])  # same samples, same augmentation
@@ -139,15 +139,27 @@ def test_mid_epoch_resume_then_growth_equals_uninterrupted_run(tmp_path, determi
     assert int(resumed.optimizer.iterations.numpy()) == int(reference.optimizer.iterations.numpy())
 
 
-def _small_run(directory=None, crash=None, unknown_length=False, save_freq=2):
-    keras.utils.set_random_seed(11)
-    bundle = data.load("fashion_mnist", subset=192, batch_size=32, augment="basic", seed=5)
+def _small_model(batch_norm=False):
     inputs = keras.Input((28, 28, 1))
     h = keras.layers.Conv2D(4, 3, strides=2, name="conv")(inputs)
+    if batch_norm:
+        h = keras.layers.BatchNormalization(name="bn")(h)
     h = keras.layers.Dropout(0.2, name="drop")(keras.layers.Flatten(name="flat")(h))
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(h))
     model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy",
                   metrics=["accuracy"])
+    return model
+
+
+def _small_run(directory=None, crash=None, unknown_length=False, save_freq=2,
+               strategy=None):
+    keras.utils.set_random_seed(11)
+    bundle = data.load("fashion_mnist", subset=192, batch_size=32, augment="basic", seed=5)
+    if strategy is None:
+        model = _small_model()
+    else:
+        with strategy.scope():
+            model = _small_model(batch_norm=True)
     train = bundle.train
     if unknown_length:
         # A dataset derived from bundle.train: Keras does not know its length
@@ -193,6 +205,24 @@ def test_resumed_short_epoch_does_not_cap_later_epochs(tmp_path, determinism, un
     assert seeds and all(np.array_equal(v.numpy(), w.numpy())
                          for v, w in zip(seeds, [v for v in reference.variables
                                                  if "seed" in v.path]))
+
+
+def test_mid_epoch_resume_under_mirrored_strategy(tmp_path, determinism):
+    # The reference saves too: a step save averages the replicas' BatchNorm
+    # moving statistics, which then differ from a run that never saves.
+    train, reference, _, cbs = _small_run(str(tmp_path / "ref"),
+                                           strategy=new_mirrored_strategy())
+    reference.fit(train, epochs=2, verbose=0, shuffle=False, callbacks=cbs)
+    directory = str(tmp_path / "ckpt")
+    train, crashed, _, cbs = _small_run(directory, _Crash(epoch=0, batch=2),
+                                        strategy=new_mirrored_strategy())
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        crashed.fit(train, epochs=2, verbose=0, shuffle=False, callbacks=cbs)
+    assert ckpt.read_checkpoint(directory)["step"] == 2
+    train, resumed, steps, cbs = _small_run(directory, strategy=new_mirrored_strategy())
+    resumed.fit(train, epochs=2, verbose=0, shuffle=False, callbacks=cbs)
+    assert steps.per_epoch == [4, 6]
+    assert_weights_match(resumed, reference)
 
 
 def test_save_due_at_the_last_step_is_made_at_the_epoch_end(tmp_path):
