@@ -151,8 +151,9 @@ class ControllerCheckpoint(keras.callbacks.Callback):
     steps, so a crash loses at most N steps of a long epoch. Such a
     checkpoint records the epoch and the steps of it already trained; the
     resumed `fit` starts in that epoch, the data pipeline rebuilds the
-    epoch's pass from ``(seed, epoch)`` and leaves out those batches
-    (`kgrow.data.LiveSelection.resume_pass`), and Keras runs only the
+    interrupted pass from its seed and the restored selection and leaves
+    out those batches (`kgrow.data.LiveSelection.resume_pass`; skipped
+    in-memory samples are not even gathered), and Keras runs only the
     remaining steps of that epoch (later epochs have their full length).
     Weights, optimizer, RNG seed states and registered callback state
     continue exactly; controlled callbacks' `controlled_epoch_begin` runs
