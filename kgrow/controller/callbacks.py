@@ -29,21 +29,27 @@ __all__ = ["ControlledCallback", "ControllerCheckpoint", "attach_fit_selection",
 _NO_FIT = object()
 
 
-def _fit_local(model, name, default=_NO_FIT):
-    """A local variable of the running ``model.fit`` frame, or `default`.
+def _fit_locals(model) -> dict | None:
+    """The local variables of the running ``model.fit``, or None outside one.
 
-    Keras hands callbacks the model but not the data (nor its epoch
-    iterator), so this reads them from the ``fit`` frame on the call stack.
+    Keras hands callbacks the model but neither the data nor the epoch
+    iterator, so these are read from the ``fit`` frame on the call stack.
     """
     frame = sys._getframe(1)
     try:
         while frame is not None:
             if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-                return frame.f_locals.get(name, default)
+                return dict(frame.f_locals)
             frame = frame.f_back
-        return default
+        return None
     finally:
         del frame
+
+
+def _fit_local(model, name, default=_NO_FIT):
+    """One local variable of the running ``model.fit``, or `default`."""
+    found = _fit_locals(model)
+    return default if found is None else found.get(name, default)
 
 
 def _fit_argument(model):
@@ -85,7 +91,9 @@ def sync_epoch_length(model):
     if iterator is None or getattr(iterator, "steps_per_epoch", None) or \
             not hasattr(iterator, "_num_batches"):
         return None
-    steps = len(x)
+    # A pass resumed mid-epoch (`LiveSelection.resume_pass`) starts past its
+    # first batches; the skip is cleared when that pass begins, after this.
+    steps = max(len(x) - int(data_lib.selection_of(x).skip.numpy()), 0)
     if iterator._num_batches != steps:
         iterator._num_batches = steps
         _sync_progress_target(_fit_local(model, "callbacks", None), steps)
@@ -194,7 +202,7 @@ class ControlledCallback(keras.callbacks.Callback):
 
 
 class ControllerCheckpoint(keras.callbacks.Callback):
-    """Saves the controller state every epoch; resumes `fit` from the latest save.
+    """Saves the controller state every epoch (or every N steps); resumes `fit` from it.
 
     At `on_train_begin`, if `directory` holds a checkpoint, the model takes
     over the saved architecture and state (`TrainingController.restore`) and
@@ -204,47 +212,84 @@ class ControllerCheckpoint(keras.callbacks.Callback):
     `kgrow.controller.checkpoint`). Put this callback last in `callbacks`,
     so that it saves after the other callbacks' `on_epoch_end`.
 
+    With ``save_freq=N`` (an int) it also saves after every N training
+    steps, so a crash loses at most N steps of a long epoch. Such a
+    checkpoint records the epoch and the steps of it already trained; the
+    resumed `fit` starts in that epoch, the data pipeline rebuilds the
+    interrupted pass from its seed and the restored selection and leaves
+    out those batches (`kgrow.data.LiveSelection.resume_pass`; skipped
+    in-memory samples are not even gathered), and Keras runs only the
+    remaining steps of that epoch (later epochs have their full length).
+    Weights, optimizer, RNG seed states and registered callback state
+    continue exactly; controlled callbacks' `controlled_epoch_begin` runs
+    again for the resumed epoch with the restored state (with
+    `controller.step` > 0), as it does after an epoch-end restore. Keras'
+    metrics are averaged per epoch, so the resumed epoch logs the mean over
+    its remaining steps only. A save due at an epoch's last step is made at
+    the epoch end instead (after the other callbacks' `on_epoch_end`).
+    Step checkpoints need data kgrow can replay (a kgrow bundle's ``train``
+    or ``train_with_ids()``, or a selection attached by hand) and `fit`
+    without ``steps_per_epoch``; anything else is refused when `fit` starts.
+    Under a strategy of several replicas, a step save first averages the
+    replicas' BatchNorm moving statistics (as every epoch end does), so
+    that the checkpoint's single copy is what every replica continues from.
+
     The data order is part of the state when `fit` trains on a kgrow
     bundle's ``train`` dataset: its `LiveSelection` is attached when `fit`
     starts, and a resumed run sees the same batches as an uninterrupted one.
     Other data (arrays, a plain ``tf.data`` pipeline, a dataset mapped from
-    ``bundle.train``) cannot be replayed; the callback then warns once, at
-    the first save or at the restore, saying what will differ.
+    ``bundle.train``) cannot be replayed; with epoch saves the callback then
+    warns once, at the first save or at the restore, saying what will differ.
 
     Under MultiWorkerMirroredStrategy only the chief writes; every worker
     restores from `directory`, which must be on a file system they share.
 
     Args:
         directory: checkpoint directory (one run per directory).
-        save_freq: only "epoch" (checkpoints hold whole epochs: a resumed run
-            restarts at an epoch boundary).
-        every_epochs: save every this many epochs.
+        save_freq: "epoch" (save at epoch ends only), or an int N >= 1: also
+            save every N training steps.
+        every_epochs: save at the end of every this many epochs; None (only
+            with an int `save_freq`): no epoch-end saves.
         keep: number of complete checkpoints kept.
         custom_objects: passed to Keras deserialization (custom layers,
             schedules) when restoring.
 
     Example:
-        >>> saver = ControllerCheckpoint("runs/ckpt")
-        >>> model.fit(ds, epochs=90, callbacks=[grow, saver])  # doctest: +SKIP
+        >>> saver = ControllerCheckpoint("runs/ckpt", save_freq=500)
+        >>> model.fit(bundle.train, epochs=90, callbacks=[grow, saver])  # doctest: +SKIP
     """
 
-    def __init__(self, directory: str, save_freq="epoch", every_epochs: int = 1, keep: int = 2,
-                 custom_objects=None):
+    def __init__(self, directory: str, save_freq="epoch", every_epochs: int | None = 1,
+                 keep: int = 2, custom_objects=None):
         super().__init__()
         if not directory:
             raise ValueError("ControllerCheckpoint needs a directory.")
-        if save_freq != "epoch":
-            raise ValueError(f"save_freq={save_freq!r} is not supported; ControllerCheckpoint "
-                             "saves at epoch ends (save_freq='epoch', every_epochs=N).")
-        if int(every_epochs) < 1 or int(keep) < 1:
+        steps = save_freq != "epoch"
+        if steps and (isinstance(save_freq, bool) or not isinstance(save_freq, int)
+                      or save_freq < 1):
+            raise ValueError(f"save_freq={save_freq!r} is not supported; use 'epoch' (save at "
+                             "epoch ends) or an int N >= 1 (also save every N training steps).")
+        if every_epochs is None and not steps:
+            raise ValueError("every_epochs=None (no epoch-end saves) needs an int save_freq; "
+                             "with save_freq='epoch' nothing would ever be saved.")
+        if (every_epochs is not None and int(every_epochs) < 1) or int(keep) < 1:
             raise ValueError(f"every_epochs and keep must be >= 1, got {every_epochs}, {keep}")
         self.directory = str(directory)
-        self.every_epochs = int(every_epochs)
+        self.save_freq = int(save_freq) if steps else "epoch"
+        self.every_epochs = None if every_epochs is None else int(every_epochs)
         self.keep = int(keep)
         self.custom_objects = custom_objects
         self.restored_epoch = None
+        #: Steps of `restored_epoch` the restored checkpoint had trained (0 at boundaries).
+        self.restored_step = 0
         self._set_initial_epoch = False
         self._unreplayable = None
+        self._iterator = None  # Keras' epoch iterator, shortened for a resumed epoch
+        self._iterator_batches = None
+        self._skip = 0
+        self._epoch = self._epoch_step = 0
+        self._since_save = 0
+        self._save_at_epoch_end = False
 
     def _warn_unreplayable(self, when):
         if self._unreplayable:
@@ -253,28 +298,97 @@ class ControllerCheckpoint(keras.callbacks.Callback):
             self._unreplayable = None  # once per fit
 
     def on_train_begin(self, logs=None):
-        self.restored_epoch = None
+        self.restored_epoch, self.restored_step = None, 0
+        self._skip = self._epoch_step = self._since_save = 0
+        self._save_at_epoch_end = False
         self._unreplayable = attach_fit_selection(self.model)
+        fit = _fit_locals(self.model) or {}
+        if self.save_freq != "epoch":
+            self._check_steps_resumable(fit)
         if ckpt.latest_checkpoint(self.directory) is None:
             return
         self._warn_unreplayable("restores a checkpoint")
         controller = TrainingController.restore(self.model, self.directory,
                                                 custom_objects=self.custom_objects)
-        self.restored_epoch = controller.epoch
+        self.restored_epoch, self.restored_step = controller.epoch, controller.step
         self.model._initial_epoch = controller.epoch
         self._set_initial_epoch = True
+        if controller.step:
+            self._skip = controller.step
+            self._shorten_resumed_epoch(fit.get("epoch_iterator"), controller.step)
+
+    def _check_steps_resumable(self, fit):
+        if self._unreplayable:
+            raise ValueError(
+                f"ControllerCheckpoint(save_freq={self.save_freq}) saves mid-epoch, and a "
+                f"resumed run must continue that epoch with the batches it had not seen; "
+                f"{self._unreplayable} Or use save_freq='epoch'.")
+        if fit.get("steps_per_epoch") is not None:
+            raise ValueError(
+                f"ControllerCheckpoint(save_freq={self.save_freq}) needs "
+                f"fit(steps_per_epoch=None): with steps_per_epoch Keras keeps one iterator "
+                f"across epochs, so an epoch is not one pass over the data and a mid-epoch "
+                f"checkpoint cannot say where the pass stood. A kgrow bundle tells Keras its "
+                f"epoch length itself.")
+
+    def _shorten_resumed_epoch(self, iterator, step):
+        # Keras read the epoch length before on_train_begin and keeps it for
+        # every epoch; left alone, the resumed epoch would end by running
+        # out of data (a warning), and for data of unknown length Keras would
+        # then take that short epoch's length for all later ones.
+        if iterator is None or not hasattr(iterator, "_num_batches"):
+            return
+        self._iterator, self._iterator_batches = iterator, iterator._num_batches
+        if iterator._num_batches:
+            iterator._num_batches = max(int(iterator._num_batches) - int(step), 0)
+
+    def _restore_epoch_length(self):
+        if self._iterator is not None:
+            self._iterator._num_batches = self._iterator_batches
+            self._iterator = self._iterator_batches = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._epoch_step = epoch, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        # `batch` is the last step of this call (steps_per_execution > 1).
+        done = self._skip + int(batch) + 1
+        self._since_save += done - self._epoch_step
+        self._epoch_step = done
+        if self._since_save < self.save_freq:
+            return
+        self._since_save = 0
+        last = self.params.get("steps") if self.params else None  # None: unknown length
+        if last and done >= last:
+            # The epoch's last step: save at the epoch end, so a resume never
+            # starts an empty pass with the epoch-end work still to do.
+            self._save_at_epoch_end = True
+            return
+        controller = TrainingController.of(self.model)
+        # The replicas' moving statistics differ mid-epoch and a checkpoint
+        # holds one copy: they agree first (on every worker), so a resumed
+        # run continues from exactly the values the uninterrupted one has.
+        controller.sync_statistics()
+        if self.model.distribute_strategy.extended.should_checkpoint:
+            controller.save(self.directory, epoch=self._epoch, keep=self.keep, step=done)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._restore_epoch_length()
+        self._skip = 0
         controller = TrainingController.of(self.model)
         controller.end_epoch(epoch)  # replicas agree before anything is written
+        due = self.every_epochs is not None and (epoch + 1) % self.every_epochs == 0
+        due, self._save_at_epoch_end = due or self._save_at_epoch_end, False
         # Under MultiWorkerMirroredStrategy every worker holds the same state;
         # only the chief writes it (all of them restore from it).
-        if ((epoch + 1) % self.every_epochs == 0
-                and self.model.distribute_strategy.extended.should_checkpoint):
+        if due and self.model.distribute_strategy.extended.should_checkpoint:
             self._warn_unreplayable("saves a checkpoint")
             controller.save(self.directory, epoch=epoch + 1, keep=self.keep)
 
     def on_train_end(self, logs=None):
+        self._restore_epoch_length()
         # Keras does not reset it; a later fit() on this model must start fresh.
         if self._set_initial_epoch:
             self.model._initial_epoch = None

@@ -3,7 +3,8 @@
 Layout of a checkpoint directory:
 
     <dir>/latest             one line: the name of the newest complete checkpoint
-    <dir>/ckpt-000003-<id>/  a complete checkpoint
+    <dir>/ckpt-000003-<id>/  a complete checkpoint (after 3 epochs)
+    <dir>/ckpt-000003-s000000050-<id>/  one saved 50 steps into epoch 3
         state.json           everything that is not an array (architecture,
                              optimizer config, frozen set, ...); arrays are
                              replaced by {"__array__": key}
@@ -133,13 +134,15 @@ def _checkpoint_names(directory: str) -> list[str]:
                   if n.startswith("ckpt-") and os.path.isdir(os.path.join(directory, n)))
 
 
-def write_checkpoint(directory: str, state: dict, epoch: int = 0, keep: int = 2) -> str:
+def write_checkpoint(directory: str, state: dict, epoch: int = 0, keep: int = 2,
+                     step: int = 0) -> str:
     """Writes `state` (nested dict with numpy arrays) as a new checkpoint.
 
     Args:
         directory: checkpoint directory (created if missing).
         state: JSON-compatible nested dict whose leaves may be numpy arrays.
         epoch: used in the checkpoint's name only (sorting, humans).
+        step: steps into `epoch` (a mid-epoch save); name only, like `epoch`.
         keep: number of complete checkpoints to keep (>= 1).
 
     Returns:
@@ -156,7 +159,8 @@ def write_checkpoint(directory: str, state: dict, epoch: int = 0, keep: int = 2)
         _write_arrays(os.path.join(tmp, ARRAYS_FILE), arrays)
         _write_json(os.path.join(tmp, STATE_FILE), meta)
         _fsync_dir(tmp)
-        name = f"ckpt-{int(epoch):06d}-{token}"
+        name = (f"ckpt-{int(epoch):06d}-{token}" if not step
+                else f"ckpt-{int(epoch):06d}-s{int(step):09d}-{token}")
         final = os.path.join(directory, name)
         os.rename(tmp, final)
         _fsync_dir(directory)
@@ -168,13 +172,20 @@ def write_checkpoint(directory: str, state: dict, epoch: int = 0, keep: int = 2)
     return final
 
 
+def _position(name: str) -> tuple:
+    """``(epoch, step)`` of a checkpoint name (step 0 for epoch-end checkpoints)."""
+    parts = name.split("-")
+    step = int(parts[2][1:]) if len(parts) == 4 and parts[2].startswith("s") else 0
+    return int(parts[1]), step
+
+
 def _cleanup(directory: str, current: str, keep: int) -> None:
     for n in os.listdir(directory):
         if n.startswith(".tmp-"):
             shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
     old = [n for n in _checkpoint_names(directory) if n != current]
-    # names sort by epoch; among equal epochs, by modification time
-    old.sort(key=lambda n: (n.split("-")[1], os.path.getmtime(os.path.join(directory, n))))
+    # by epoch, then step within the epoch, then modification time
+    old.sort(key=lambda n: (*_position(n), os.path.getmtime(os.path.join(directory, n))))
     for n in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
 

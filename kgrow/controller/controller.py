@@ -250,6 +250,12 @@ class TrainingController:
         hooks: the step's `StepHooks` (gradient transforms, post-update hooks).
         selection: the attached `kgrow.data.LiveSelection` or None.
         epoch: index of the current (or, after a restore, the next) epoch.
+        step: batches of `epoch` already trained when the restored state was
+            saved (a step checkpoint of `ControllerCheckpoint(save_freq=N)`);
+            0 at epoch boundaries and from the end of that epoch on. A
+            controlled callback whose `controlled_epoch_begin` runs again
+            for a resumed epoch can read it (> 0: the epoch's begin work was
+            done before the checkpoint and is in the restored state).
         retrace_count: number of train-function traces the controller caused.
         growth_history: the `info` of every `replace_model`, in order.
         freeze_gc: while controlled callbacks run in `fit` (from their
@@ -291,6 +297,7 @@ class TrainingController:
         self.hooks = StepHooks(on_change=self.request_retrace)
         self.selection = None
         self.epoch = 0
+        self.step = 0
         self.retrace_count = 0
         self.growth_history: list[dict] = []
         self._components: dict[str, Component] = {}
@@ -583,8 +590,21 @@ class TrainingController:
                                 f"{type(selection).__name__}")
         self.selection = selection
         if self._pending_selection is not None:
-            selection.set_state(self._pending_selection)
+            self._restore_selection(self._pending_selection)
             self._pending_selection = None
+
+    def _restore_selection(self, state) -> None:
+        self.selection.set_state(state)
+        if self.step:
+            # Saved mid-epoch: the next pass repeats the one that was running,
+            # after the batches already trained.
+            resume = getattr(self.selection, "resume_pass", None)
+            if resume is None:
+                raise TypeError(f"The checkpoint was saved after {self.step} steps of epoch "
+                                f"{self.epoch}, and the attached selection "
+                                f"({type(self.selection).__name__}) has no resume_pass() "
+                                "to continue that epoch's pass.")
+            resume(self.step)
 
     def register_state(self, name: str, get: Callable[[], object],
                        set: Callable[[object], None]) -> None:
@@ -643,6 +663,8 @@ class TrainingController:
         if self._epoch_begun == epoch:
             return
         self._epoch_begun = epoch
+        if epoch != self.epoch:
+            self.step = 0
         self.epoch = int(epoch)
         # Tie the data order of this pass to the epoch number, not to the
         # number of passes started, so a resumed run sees the same batches.
@@ -657,7 +679,17 @@ class TrainingController:
         if self._epoch_ended == epoch:
             return
         self._epoch_ended = epoch
-        self._sync_statistics(self.model)
+        self.step = 0
+        self.sync_statistics()
+
+    def sync_statistics(self) -> int:
+        """Sets every moving statistic (BatchNorm) to its mean over the replicas.
+
+        Done at every epoch end, and before a mid-epoch checkpoint (which
+        holds one copy). A no-op returning 0 with a single replica; under
+        MultiWorkerMirroredStrategy every worker must call it (a collective).
+        """
+        return self._sync_statistics(self.model)
 
     # -- state and checkpoints ------------------------------------------------
     def get_state(self) -> dict:
@@ -673,6 +705,7 @@ class TrainingController:
         return {
             "format": STATE_FORMAT,
             "epoch": int(self.epoch),
+            "step": int(self.step),
             "model_class": type(model).__name__,
             "architecture": model.to_json(),
             "weights": {p: np.array(v.numpy()) for p, v in weights_by_path(model).items()},
@@ -685,7 +718,8 @@ class TrainingController:
             "growth_history": list(self.growth_history),
         }
 
-    def save(self, directory: str, epoch: Optional[int] = None, keep: int = 2) -> str:
+    def save(self, directory: str, epoch: Optional[int] = None, keep: int = 2,
+             step: int = 0) -> str:
         """Writes the state as a new atomic checkpoint in `directory`; returns its path.
 
         Args:
@@ -693,10 +727,17 @@ class TrainingController:
             epoch: number of completed epochs (where a resumed `fit` starts);
                 default: `self.epoch`.
             keep: complete checkpoints kept on disk.
+            step: batches of `epoch` already trained (a mid-epoch save; a
+                resumed run continues that epoch's pass after them), 0 at an
+                epoch boundary.
         """
+        if int(step) < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
         if epoch is not None:
             self.epoch = int(epoch)
-        return ckpt.write_checkpoint(directory, self.get_state(), epoch=self.epoch, keep=keep)
+        self.step = int(step)
+        return ckpt.write_checkpoint(directory, self.get_state(), epoch=self.epoch, keep=keep,
+                                     step=self.step)
 
     @classmethod
     def restore(cls, model, directory: str, custom_objects=None) -> "TrainingController":
@@ -724,6 +765,8 @@ class TrainingController:
                              f"this kgrow reads formats 1 and {STATE_FORMAT}.")
         self._restore_architecture(state, custom_objects)
         self._restore_weights(state)
+        self.epoch = int(state["epoch"])
+        self.step = int(state.get("step", 0))
         saved = dict(state["components"])
         for name, component in list(self._components.items()):
             if name not in saved and not component.builtin:
@@ -740,7 +783,7 @@ class TrainingController:
                 self._note_trainable_state()
         if state["selection"] is not None:
             if self.selection is not None:
-                self.selection.set_state(state["selection"])
+                self._restore_selection(state["selection"])
             else:
                 self._pending_selection = state["selection"]
         self._pending_states = {}
@@ -750,7 +793,6 @@ class TrainingController:
             else:
                 self._pending_states[name] = value
         self.growth_history = list(state.get("growth_history", []))
-        self.epoch = int(state["epoch"])
         self.request_retrace()
 
     def _restore_architecture(self, state, custom_objects) -> None:

@@ -4,8 +4,10 @@ Training pipeline, one pass (= one iteration over ``bundle.train``):
 
 1. When the pass starts (Keras creates the epoch's iterator after
    ``on_epoch_begin``), read the `LiveSelection`: the active mask, the live
-   image size (resizable bundles only), and the pass index ``epoch``
-   (incremented for the next pass).
+   image size (resizable bundles only), the pass index ``epoch``
+   (incremented for the next pass), and ``skip`` (cleared): a pass resumed
+   mid-epoch leaves out its first ``skip`` batches before loading any
+   image, and its batches keep their indices (hence their seeds).
 2. Order the active sample indices with a stateless shuffle seeded by
    ``(seed, epoch)``: the same seed gives the same batches, every pass is
    ordered differently, and no global TF seed is involved. Streamed sources
@@ -213,15 +215,22 @@ class _PassBuilder:
         sel = self.selection
         if advance:
             pass_id = sel.epoch.assign_add(1) - 1
+            # A mid-epoch resume's skip applies to one pass only: read and clear.
+            skip = sel.skip.read_value()
+            with tf.control_dependencies([skip]):
+                cleared = sel.skip.assign(0)
+            with tf.control_dependencies([cleared]):
+                skip = tf.identity(skip)
         else:
             pass_id = sel.epoch.read_value()
+            skip = tf.constant(0, tf.int64)
         # Augmentation strengths too: a pass uses one setting throughout.
         scale = sel.augment_scale.read_value()
         if not self.s.resizable:
-            return pass_id, sel.active.read_value(), self.static_size, scale
+            return pass_id, skip, sel.active.read_value(), self.static_size, scale
         live = sel.image_size.read_value()
         size = live if self.static_size is None else tf.where(live > 0, live, self.static_size)
-        return pass_id, sel.active.read_value(), size, scale
+        return pass_id, skip, sel.active.read_value(), size, scale
 
     def dataset(self, *, advance=True, shuffle=True, augment=True, mixing=True,
                 with_index=False, drop_remainder=True):
@@ -229,16 +238,19 @@ class _PassBuilder:
         use_mixing = mixing and augment and cfg.uses_mixing
 
         def per_pass(_):
-            pass_id, active, size, scale = self._start(advance)
+            pass_id, skip, active, size, scale = self._start(advance)
             pass_seed = _fold(self.base_seed, pass_id)
+            # Leave out the first `skip` batches before any image is touched.
+            first = skip * self.s.batch_size
             if isinstance(self.source, ArraySource):
                 ds = self._array_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
-                                        scale)
+                                        scale, first)
             else:
                 ds = self._stream_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
-                                         scale)
+                                         scale, first)
             batch_seed = _fold(pass_seed, 2)
-            return ds.enumerate().map(
+            # Batch k keeps its seed whether or not the pass started at batch 0.
+            return ds.enumerate(start=skip).map(
                 lambda k, b: self._batch_ops(b, _fold(batch_seed, k), size, cfg, use_mixing,
                                              with_index, scale),
                 num_parallel_calls=_AUTOTUNE)
@@ -247,7 +259,8 @@ class _PassBuilder:
         return _without_autotuning(ds)
 
     # Step 2-4 for in-memory sources.
-    def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale):
+    def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale,
+                      first):
         indices = tf.where(active)[:, 0]
         if shuffle:
             indices = tf.random.experimental.stateless_shuffle(indices, _fold(pass_seed, 0))
@@ -255,7 +268,9 @@ class _PassBuilder:
         if cfg.uses_randaugment:
             seeds = tf.random.stateless_uniform(
                 [tf.shape(indices)[0], 2], _fold(pass_seed, 1),
-                minval=None, maxval=None, dtype=tf.int64)
+                minval=None, maxval=None, dtype=tf.int64)[first:]
+        indices = indices[first:]
+        if cfg.uses_randaugment:
 
             def load_one(i, seed):
                 image = self._rand_augment(to_pixels(tf.gather(x, i), pixel_scale), seed, cfg,
@@ -273,12 +288,14 @@ class _PassBuilder:
         return ds.map(load_batch, num_parallel_calls=_AUTOTUNE)
 
     # Step 2-4 for streamed sources (elements (index, image, label)).
-    def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale):
+    def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale,
+                       first):
         ds = self.indexed_train.filter(lambda i, image, label: tf.gather(active, i))
         if shuffle:
             shuffle_seed = tf.random.stateless_uniform(
                 [], _fold(pass_seed, 0), minval=None, maxval=None, dtype=tf.int64)
             ds = ds.shuffle(min(STREAM_SHUFFLE_BUFFER, self.source.num_train), seed=shuffle_seed)
+        ds = ds.skip(first)
         element_seed = _fold(pass_seed, 1)
         pixel_scale = self.s.pixel_scale
 
@@ -465,8 +482,9 @@ class DataBundle:
         ``(images, labels, {"sample_ids": indices})``: the ids ride in
         Keras' sample-weight slot under a key, so that they are never taken
         for sample weights. Refuses mixing augmentations (MixUp/CutMix): a
-        mixed sample has no single id. Like ``train`` it is a
-        `LiveTrainDataset` (known length, carries the selection).
+        mixed sample has no single id. Like ``train`` it carries its
+        selection (attached by kgrow's callbacks when ``fit`` starts) and
+        knows its length.
         """
         if self.augment.uses_mixing:
             raise ValueError("train_with_ids() cannot be used with MixUp/CutMix augmentation "

@@ -18,6 +18,10 @@ function:
   ``(seed, epoch)`` and increments it when a pass starts, so every pass is
   ordered differently and a run restored from ``get_state()`` continues with
   the same orders.
+* ``skip``: int64 scalar, batches the next training pass leaves out at its
+  start (read and cleared when that pass starts). A run resumed from a
+  checkpoint taken mid-pass (`resume_pass`) rebuilds that pass from
+  ``(seed, pass index)`` and continues after the batches already trained.
 
 Keras starts a new pass whenever it creates an iterator: normally once per
 epoch, plus once before training when the model was built under a
@@ -85,6 +89,7 @@ class LiveSelection:
         # AUGMENT_SCALES order (adaptive regularization ramps them).
         self.augment_scale = _host_variable(tf.ones([len(AUGMENT_SCALES)], tf.float32),
                                             tf.float32, "kgrow_augment_scale")
+        self.skip = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_skip")
         #: ``(height, width)`` a fixed-size bundle delivers, or None (see `fix_size`).
         self.fixed_size = None
         if image_size is not None:
@@ -244,6 +249,35 @@ class LiveSelection:
             raise ValueError(f"epoch must be >= 0, got {epoch}.")
         self.epoch.assign(epoch)
 
+    def resume_pass(self, batches):
+        """Makes the next pass repeat the last one started, without its first ``batches``.
+
+        For a run resumed from a state saved (`get_state`) after ``batches``
+        training steps of a pass: the next pass is ordered and augmented
+        exactly as the interrupted one (its index is ``epoch - 1``, since a
+        pass advances ``epoch`` when it starts) and starts at batch
+        ``batches``; batch ``i`` keeps its augmentation seeds.
+        Skipped in-memory samples are neither gathered nor augmented;
+        streamed ones are still read and shuffled (the shuffle buffer needs
+        them), but not decoded further.
+
+        Example:
+            >>> sel = LiveSelection(10)
+            >>> sel.set_epoch(4)  # pass 3 started
+            >>> sel.resume_pass(2)
+            >>> int(sel.epoch.numpy()), int(sel.skip.numpy())
+            (3, 2)
+        """
+        batches = int(batches)
+        if batches < 0:
+            raise ValueError(f"batches must be >= 0, got {batches}.")
+        started = int(self.epoch.numpy())
+        if started < 1:
+            raise ValueError("resume_pass() needs a selection whose state was saved during a "
+                             "pass (its epoch counter is 0: no pass has started).")
+        self.set_epoch(started - 1)
+        self.skip.assign(batches)
+
     # -- checkpoints ----------------------------------------------------------
     def get_state(self):
         """Plain python/numpy state for checkpoints (see `set_state`)."""
@@ -280,6 +314,7 @@ class LiveSelection:
         # States written before augmentation scales existed: full strength.
         scale = state.get("augment_scale", [1.0] * len(AUGMENT_SCALES))
         self.set_augment_scale(*[float(v) for v in scale])
+        self.skip.assign(0)  # a state is at a pass boundary; see resume_pass
 
     def __repr__(self):
         return (f"LiveSelection(num_train={self.num_train}, num_active={self.num_active}, "

@@ -231,4 +231,4 @@ def test_of_is_idempotent_and_validates_inputs():
         controller.register_state("x", None, None)
     from kgrow.controller import ControllerCheckpoint
     with pytest.raises(ValueError, match="save_freq"):
-        ControllerCheckpoint("/tmp/x", save_freq=10)
+        ControllerCheckpoint("/tmp/x", save_freq="batch")  # "epoch" or an int number of steps
