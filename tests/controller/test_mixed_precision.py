@@ -50,7 +50,7 @@ def _data(n=64, seed=0):
     return x, y
 
 
-def _resnet(depth=20):
+def _resnet(depth):
     return models.resnet_cifar(depth, (12, 12, 1), 3, width=0.5)
 
 
@@ -121,7 +121,7 @@ class _Probe(keras.callbacks.Callback):
 
 def test_resnet_width_depth_growth_masks_and_freezing_in_one_fit(policy):
     x, y = _data()
-    model = _resnet()
+    model = _resnet(14)
     # The surgery must follow the model's layers, not whatever global policy
     # is in force when a growth step happens.
     keras.config.set_dtype_policy("float32")
@@ -244,6 +244,8 @@ def _resume_run(policy, directory=None, crash=False):
     return model, callbacks
 
 
+# Unshuffled numpy data: the resumed run sees the batches the uninterrupted one saw.
+@pytest.mark.filterwarnings("ignore:ControllerCheckpoint")
 def test_checkpoint_resume_equals_uninterrupted_run(policy, tmp_path):
     tf.config.experimental.enable_op_determinism()
     try:
@@ -300,3 +302,28 @@ def test_controller_step_matches_keras_step_and_flops_ignore_the_policy(policy):
     keras.config.set_dtype_policy("float32")
     plain = flops.count(_resnet(8))
     assert (mixed.forward, mixed.training) == (plain.forward, plain.training)
+
+
+def test_ema_of_a_pure_bfloat16_model_tracks_every_weight_in_float32():
+    # Not a mixed policy: the weights themselves are bfloat16 (numpy does not
+    # call bfloat16 a float kind; the EMA must still track it).
+    keras.config.set_dtype_policy("bfloat16")
+    try:
+        inp = keras.Input((4,))
+        out = keras.layers.Dense(3, name="out")(keras.layers.Dense(8, name="hidden")(inp))
+        model = keras.Model(inp, out)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    ema = TrainingController.of(model).add_ema("slow", decay=0.999)
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(32, 4)), rng.normal(size=(32, 3)), batch_size=8, epochs=2,
+              verbose=0)
+    shadows = ema.values()
+    assert sorted(shadows) == sorted(v.path for v in model.weights)
+    assert {str(v.dtype) for v in shadows.values()} == {"float32"}
+    # Steps of (1 - 0.999) times a weight change stay below bfloat16's resolution
+    # but move the float32 shadow.
+    kernel = shadows["hidden/kernel"]
+    start = keras.ops.convert_to_numpy(keras.ops.cast(kernel, "bfloat16")).astype("float32")
+    assert np.any(start != kernel)
