@@ -327,3 +327,27 @@ def test_ema_of_a_pure_bfloat16_model_tracks_every_weight_in_float32():
     kernel = shadows["hidden/kernel"]
     start = keras.ops.convert_to_numpy(keras.ops.cast(kernel, "bfloat16")).astype("float32")
     assert np.any(start != kernel)
+
+
+def test_loss_scale_and_growth_under_mirrored_strategy(mirrored_strategy):
+    x, y = _data(32)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with mirrored_strategy.scope():
+            model = _resnet(8)
+            model.compile(_optimizer("mixed_float16", keras.optimizers.SGD(0.05, momentum=0.9)),
+                          "categorical_crossentropy")
+        TrainingController.of(model).add_ema("slow", decay=0.9)
+        grow = Growth(GrowthSchedule([Stage(0, width=0.5), Stage(1, width=1.0)]),
+                      initializer="orthogonal", verbose=0)
+        probe = _Probe(x[:8])
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[grow, probe])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    _check_dtypes(model, "mixed_float16")
+    assert probe.scale_begin[1] == probe.scale_end[0]
+    assert probe.scale_end[1]["scale"] != 2.0 ** 15
+    # Every replica holds the same loss scale and weights.
+    for v in [model.optimizer.dynamic_scale, *model.trainable_variables[:3]]:
+        copies = [t.numpy() for t in v.value.values]
+        assert len(copies) == 2 and all(np.array_equal(c, copies[0]) for c in copies), v.path
