@@ -30,6 +30,7 @@ import contextlib
 import math
 from typing import Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -100,7 +101,16 @@ def resolve_decay(decay: Optional[float] = None, half_life_steps: Optional[float
 def _tracked(variable, trainable_only: bool) -> bool:
     if trainable_only and not variable.trainable:
         return False
-    return np.dtype(variable.dtype).kind == "f"
+    # keras' test, not numpy's: numpy does not see bfloat16 as a float kind.
+    return keras.backend.is_float_dtype(variable.dtype)
+
+
+def _shadow_dtype(variable) -> np.dtype:
+    """float32 for 16-bit weights (a model under a pure `bfloat16`/`float16`
+    policy): an average with a decay near 1 moves by less than their rounding
+    step and would stall; otherwise the weight's own dtype."""
+    dtype = keras.backend.standardize_dtype(variable.dtype)
+    return np.dtype("float32" if dtype in ("bfloat16", "float16") else dtype)
 
 
 class EMA:
@@ -155,7 +165,7 @@ class EMA:
     def _set_shadows(self, values: dict, sources: dict) -> None:
         with self._controller.scope():
             self._shadows = {
-                p: tf.Variable(np.asarray(values[p], dtype=np.dtype(sources[p].dtype)),
+                p: tf.Variable(np.asarray(values[p], dtype=_shadow_dtype(sources[p])),
                                trainable=False, name=f"kgrow_ema_{self.name}_{i}")
                 for i, p in enumerate(sources)}
         self._sources = dict(sources)
@@ -166,7 +176,7 @@ class EMA:
         if list(sources) == list(self._sources) and all(
                 tuple(self._shadows[p].shape) == tuple(v.shape) for p, v in sources.items()):
             for p, v in sources.items():
-                self._shadows[p].assign(v.numpy())
+                self._shadows[p].assign(np.asarray(v.numpy(), _shadow_dtype(v)))
             self._sources = sources
             return
         self._set_shadows({p: v.numpy() for p, v in sources.items()}, sources)

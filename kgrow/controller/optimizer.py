@@ -124,7 +124,17 @@ def _other_variables(level, levels) -> dict:
 
 
 def _counter_ids(level) -> set:
-    """Variables kept even by a reset: the iteration count and the LR value."""
+    """Variables kept even by a reset: the iteration count, the LR value and
+    all own state of a wrapping level.
+
+    A wrapper's own state (a `LossScaleOptimizer`'s loss scale and its step
+    counter) calibrates the arithmetic, it is not a moment estimate: starting
+    it over at `initial_scale` would only skip steps on overflow until the
+    scale settled again, so a reset of the moments keeps it.
+    """
+    if hasattr(level, "inner_optimizer"):
+        inner = {id(v) for v in level.inner_optimizer.variables}
+        return {id(v) for v in level.variables if id(v) not in inner}
     ids = {id(level._iterations)} if hasattr(level, "_iterations") else set()
     lr = getattr(level, "_learning_rate", None)
     if isinstance(lr, keras.Variable):
@@ -226,8 +236,9 @@ def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = 
         state: the output of `optimizer_state`.
         plan: maps each variable the optimizer was built on (by path) to its
             source; None means "same path" (checkpoint restore).
-        reset: keep only the iteration count and the learning-rate value;
-            every slot and other state starts fresh.
+        reset: keep only the iteration count, the learning-rate value and a
+            wrapper's loss-scale state; every slot and other state starts
+            fresh.
 
     Raises:
         ValueError: the optimizer's class or slot kinds differ from the state's.
@@ -308,7 +319,8 @@ def rebuild_optimizer(old, variables, plan: Optional[TransferPlan] = None,
             train, frozen ones included, so an unfreeze finds their slots).
         plan: `TransferPlan` from the old model's variable paths to the new
             ones; None: same paths.
-        reset: start every slot at zero (keep iterations and the LR value).
+        reset: start every slot at zero (keep iterations, the LR value and
+            the loss scale of a LossScaleOptimizer).
     """
     state = optimizer_state(old)
     new = clone_optimizer(old)
@@ -324,9 +336,10 @@ class OptimizerState(Component):
     Growth: a new optimizer of the same configuration is built on every
     variable that may train and the old state is moved through the plan
     (`rebuild_optimizer`); `reset=True` zeroes the slots and keeps the
-    iteration count. A model taken back from another architecture gets a
-    fresh optimizer (same configuration and iteration count; the state of
-    that time was not kept). Checkpoints hold the serialized configuration
+    iteration count, the LR value and a LossScaleOptimizer's loss scale. A
+    model taken back from another architecture gets a fresh optimizer (same
+    configuration, iteration count, LR value and loss scale; the slots of
+    that time were not kept). Checkpoints hold the serialized configuration
     and `optimizer_state`.
     """
 
@@ -371,10 +384,9 @@ class OptimizerState(Component):
         current = self._built()
         if current is None or knows_variables(current, trainable_candidates(self.host.model)):
             return
-        iterations = int(current.iterations.numpy())
-        self.install(clone_optimizer(current))
-        if keep_iterations:
-            self.host.model.optimizer.iterations.assign(iterations)
+        # A reset load keeps the iteration count, the LR value and a loss scale.
+        state = optimizer_state(current) if keep_iterations else None
+        self.install(clone_optimizer(current), state, reset=True)
 
     def get_state(self):
         optimizer = getattr(self.host.model, "optimizer", None)
