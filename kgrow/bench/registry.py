@@ -265,9 +265,12 @@ def data_options(name: str) -> dict:
 
     ``{"resizable": True}`` makes the runner load the run's bundle with a
     live image size (`kgrow.data.load(..., resizable=True)`) and evaluate on
-    ``bundle.test_at_live_size()``. Default: ``{}``.
+    ``bundle.test_at_live_size()``. Default: ``{}``. A composed name needs
+    what any of its parts needs.
     """
-    options = dict(getattr(get_method(name), "data_options", None) or {})
+    options = {}
+    for part in method_parts(name):
+        options.update(getattr(get_method(part), "data_options", None) or {})
     unknown = sorted(set(options) - {"resizable"})
     if unknown:
         raise ValueError(f"Method {name!r} asks for data options {unknown}; supported: "

@@ -118,6 +118,8 @@ def test_composed_methods_share_one_model_and_all_callbacks(temp_method):
     assert setup.callbacks == [cb_a, cb_b]
     assert setup.sparsity == 0.9
     assert len(seen) == 2 and seen[0] is seen[1] is setup.model
+    assert registry.data_options("zz_a+zz_b") == {}
+    assert registry.data_options("zz_a+prog") == {"resizable": True}
 
 
 def test_composed_methods_refuse_what_cannot_share_a_run(temp_method):
