@@ -107,3 +107,20 @@ def test_run_method_runs_extra_callbacks_in_its_fit():
     record = run_method("baseline", spec, 3, verbose=0, log=lambda line: None,
                         extra_callbacks=[counter])
     assert counter.batches == 4 and record["samples_seen"] == 512
+
+
+def test_composed_spfde_run_through_the_harness():
+    # Sparse training + freezing + sieving in one fit on the bench: each part's state
+    # reaches the curve, and the FLOPs follow the masks, frozen blocks and sieved data.
+    spec = BenchSpec.from_profile("quick", epochs=4, subset=512, batch_size=32,
+                                  model="resnet_cifar", model_kwargs=MODEL_KWARGS, seed=3)
+    base = run_method("baseline", spec, 3, verbose=0, log=lambda line: None)
+    record = run_method("sparse_mest_ems+freeze_15+sieve_15", spec, 3, verbose=0,
+                        log=lambda line: None)
+    last = record["curve"][-1]
+    assert last["sparse/sparsity"] > 0.85 and last["freeze/blocks"] >= 1
+    assert last["sieve/active_samples"] < 512
+    assert record["samples_seen"] < base["samples_seen"]
+    assert record["train_flops"] < 0.5 * base["train_flops"]
+    assert [e["samples"] for e in record["curve"]] == [
+        32 * int(p["sieve/active_samples"] // 32) for p in record["curve"]]
