@@ -61,6 +61,8 @@ class FullSize:
            block_spec=None, image_size=None) -> "FullSize":
         """Records `model`'s sizes; `image_size` is the full resolution of a
         model whose input size is free (None x None), for resolution stages."""
+        from kgrow.surgery import require_rebuildable
+        require_rebuildable(model, "Growth", every_layer=True)
         groups, depths, mins = {}, [], []
         full_hw, multiple = None, 1
         if need_resolution:
