@@ -14,8 +14,10 @@ your full architecture again: a plain Functional model with no kgrow layer in
 it, whose variable paths are those of the model you built (inserted blocks
 aside, which get `..._ins{k}_...` names).
 
-Example:
+Example (not run as a doctest: it trains a ResNet-20 for 9 epochs; the
+README's growth example runs, shrunk, in tests/test_docs_examples.py):
     >>> import kgrow, keras  # doctest: +SKIP
+    >>> data = kgrow.data.load("fashion_mnist")  # doctest: +SKIP
     >>> model = kgrow.models.get("resnet20", (28, 28, 1), 10)  # doctest: +SKIP
     >>> model.compile("sgd", "categorical_crossentropy")  # doctest: +SKIP
     >>> grow = Growth(GrowthSchedule.linear(total_epochs=9, num_stages=3, start=0.5),

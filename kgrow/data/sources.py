@@ -267,8 +267,32 @@ def find_fashion_mnist_files(directory):
     return paths
 
 
+#: Decoded Fashion-MNIST arrays by (path, mtime, size) of the four files:
+#: decompressing them takes seconds, and a process often loads them again.
+_FASHION_MNIST_CACHE: dict = {}
+
+
 def read_fashion_mnist(paths, name="fashion_mnist"):
-    """Reads and validates the four Fashion-MNIST IDX files into an `ArraySource`."""
+    """Reads and validates the four Fashion-MNIST IDX files into an `ArraySource`.
+
+    The arrays are read-only and shared between calls for unchanged files.
+    """
+    key = tuple(sorted((k, p, os.stat(p).st_mtime_ns, os.stat(p).st_size)
+                       for k, p in paths.items()))
+    if key not in _FASHION_MNIST_CACHE:
+        arrays = _read_fashion_mnist_arrays(paths)
+        for array in arrays.values():
+            array.flags.writeable = False
+        _FASHION_MNIST_CACHE.clear()  # one copy at most
+        _FASHION_MNIST_CACHE[key] = arrays
+    arrays = _FASHION_MNIST_CACHE[key]
+    return ArraySource(
+        name=name, x_train=arrays["x_train"], y_train=arrays["y_train"],
+        x_test=arrays["x_test"], y_test=arrays["y_test"],
+        num_classes=len(FASHION_MNIST_CLASSES), pixel_scale=1.0)
+
+
+def _read_fashion_mnist_arrays(paths):
     arrays = {}
     for key, path in paths.items():
         arrays[key] = read_idx(path, expected_ndim=3 if key.startswith("x") else 1)
@@ -286,11 +310,10 @@ def read_fashion_mnist(paths, name="fashion_mnist"):
             raise ValueError(
                 f"Fashion-MNIST {split} labels reach {y.max()}, but there are only "
                 f"{len(FASHION_MNIST_CLASSES)} classes ({paths['y_' + split]}).")
-    return ArraySource(
-        name=name,
-        x_train=arrays["x_train"][..., np.newaxis], y_train=arrays["y_train"].astype(np.int32),
-        x_test=arrays["x_test"][..., np.newaxis], y_test=arrays["y_test"].astype(np.int32),
-        num_classes=len(FASHION_MNIST_CLASSES), pixel_scale=1.0)
+    return {"x_train": arrays["x_train"][..., np.newaxis],
+            "y_train": arrays["y_train"].astype(np.int32),
+            "x_test": arrays["x_test"][..., np.newaxis],
+            "y_test": arrays["y_test"].astype(np.int32)}
 
 
 def fashion_mnist_dir(data_dir=None):

@@ -148,8 +148,8 @@ def nodes(model) -> list[Node]:
     """Lists the non-input calls of a Functional graph in topological order.
 
     Example:
-        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-        >>> [n.name for n in nodes(m)]  # doctest: +SKIP
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
+        >>> [n.name for n in nodes(m)]
         ['dense']
     """
     require_functional(model, "nodes()")
