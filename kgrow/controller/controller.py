@@ -518,12 +518,7 @@ class TrainingController:
     def _note_trainable_state(self) -> None:
         # Trainable flags are part of the layer configs, so of the JSON.
         self._architecture_json = None
-        # Keras warns at the next fit() when trainable flags differ from those
-        # seen at compile time; the controller has retraced, so the flags seen
-        # now are the compiled ones.
-        if getattr(self.model, "compiled", False):
-            self.model._compiled_trainable_state = {
-                layer: layer.trainable for layer in self.model._flatten_layers()}
+        freezing.note_trainable_state(self.model)
 
     @property
     def frozen(self) -> list[str]:

@@ -1,7 +1,6 @@
 """A run killed right after a growth step resumes in the grown architecture and
 ends with the same weights as a run that was never interrupted."""
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 
