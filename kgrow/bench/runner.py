@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import time
-import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
@@ -272,10 +271,7 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
                                     sparsity=setup.sparsity)
     callbacks = [clock.head, *setup.callbacks, flops_meter, *extra_callbacks, clock.tail]
     # shuffle=False: the bundle's pipeline already reshuffles every epoch.
-    with meters.PeakMemory() as memory, warnings.catch_warnings():
-        # A bundle's epoch is one finite pass of unknown length (the live
-        # selection may change it), which Keras reports as running out of data.
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
+    with meters.PeakMemory() as memory:
         history = model.fit(counter.wrap(bundle.train), epochs=train_cfg.epochs,
                             validation_data=bundle.test, callbacks=callbacks,
                             verbose=verbose, shuffle=False).history

@@ -80,7 +80,9 @@ class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset, DataAdapter):
     data"). ``selection`` lets `kgrow.controller.ControllerCheckpoint` attach
     the selection to the controller when ``fit`` starts, so that a resumed
     run restores the data order. Datasets derived from it (``.map``,
-    ``.take``, ...) are plain ``tf.data`` datasets again.
+    ``.take``, ...) are plain ``tf.data`` datasets again, except ``.map``,
+    which keeps one element per batch and so stays live (e.g. a meter counting
+    samples around ``bundle.train``).
 
     It is also its own Keras data adapter, so ``fit`` takes it as it is:
     Keras warns for every plain ``tf.data`` dataset that it ignores
@@ -105,6 +107,10 @@ class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset, DataAdapter):
 
     def __len__(self):
         return self.selection.num_active // self._batch_size
+
+    def map(self, *args, **kwargs):
+        """``tf.data.Dataset.map``, still a `LiveTrainDataset` of the same selection."""
+        return LiveTrainDataset(super().map(*args, **kwargs), self.selection, self._batch_size)
 
     # -- the Keras DataAdapter interface (TensorFlow backend) --------------------
     def get_tf_dataset(self):

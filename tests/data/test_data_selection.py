@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from kgrow.data import AugmentConfig, LiveSelection, from_arrays, from_datasets
+from kgrow.data import selection_of as kgrow_selection_of
 
 
 def id_bundle(n=40, batch_size=8, shape=(6, 6, 3), **kwargs):
@@ -272,3 +273,13 @@ def test_keras_fit_arguments_that_a_dataset_cannot_take():
     history = model.fit(bundle.train, epochs=1, verbose=0,
                         class_weight={c: 0.0 for c in range(32)})
     assert history.history["loss"] == [0.0]
+
+
+def test_map_keeps_the_dataset_live_other_transformations_do_not():
+    bundle = id_bundle(n=32, batch_size=8, shape=(8, 8, 1))
+    counted = bundle.train.map(lambda x, y: (x * 1.0, y))
+    assert kgrow_selection_of(counted) is bundle.selection and len(counted) == 4
+    assert kgrow_selection_of(bundle.train.take(2)) is None
+    bundle.selection.set_active(np.arange(16))
+    assert len(counted) == 2 and int(counted.cardinality()) == 2
+    assert [b[0].shape[0] for b in counted] == [8, 8]
