@@ -212,14 +212,21 @@ def test_online_missing_dataset_is_downloaded(monkeypatch):
 
 
 def test_download_probe_is_bounded_in_time(monkeypatch):
+    import threading
     import time
 
-    def hanging(address, timeout=None):
-        time.sleep(30)
+    release = threading.Event()
+
+    def hanging(address, timeout=None):  # a name lookup that does not answer
+        release.wait(30)
+        raise OSError("released")
 
     monkeypatch.setattr(sources.socket, "create_connection", hanging)
     start = time.monotonic()
-    reason = sources.unreachable_download(["https://example.org/a.tgz"], timeout=0.2)
+    try:
+        reason = sources.unreachable_download(["https://example.org/a.tgz"], timeout=0.2)
+    finally:
+        release.set()
     assert time.monotonic() - start < 5
     assert reason == "no answer from example.org:443 within 0.2 s"
 
