@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "measured one")
     parser.add_argument("--probe-json", metavar="FILE",
                         help="use the fit of an earlier probe (its probe.json) instead")
+    parser.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"),
+                        default="none",
+                        help="train under a tf.distribute strategy: mirrored (this "
+                             "machine's devices) or multi_worker (the workers TF_CONFIG "
+                             "lists; run the same command on each, only the chief writes)")
     _add_overrides(parser)
     _add_common(parser)
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
@@ -181,6 +186,12 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         return 0
     if not args.out:
         raise SystemExit("kgrow bench: --out DIR is required to run a benchmark.")
+    from kgrow.bench.runner import make_strategy
+    try:
+        # First: a multi-worker strategy must exist before other TensorFlow work.
+        strategy = make_strategy(getattr(args, "distribute", "none"))
+    except ValueError as err:
+        raise SystemExit(f"kgrow bench: {err}") from None
     try:
         spec = spec_from_args(args)
     except KeyError as err:  # unknown method/profile: the message says what exists
@@ -203,7 +214,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         from kgrow.bench.probe import run_probe
         probe = run_probe(spec, spec.methods, args.out, log=log)
     verbose = args.verbose if args.verbose is not None else (1 if out.isatty() else 2)
-    run_bench(spec, args.out, verbose=verbose, log=log, probe=probe)
+    run_bench(spec, args.out, verbose=verbose, log=log, probe=probe, strategy=strategy)
     return 0
 
 

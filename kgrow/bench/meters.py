@@ -398,6 +398,8 @@ class FlopsMeter(keras.callbacks.Callback):
             shape, per_sample = new_shape, self.per_sample(new_shape)
         self.epochs.append({"samples": samples, "flops_per_sample": per_sample,
                             "flops": per_sample * samples, "input_shape": list(shape)})
+        if logs is not None:
+            logs["kgrow/train_flops"] = self.total()
 
     def total(self) -> float:
         """Training FLOPs of all finished epochs."""

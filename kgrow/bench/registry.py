@@ -17,6 +17,13 @@ implement the method. A model it returns uncompiled is compiled with
 `context.compile`. Returning a `MethodSetup` also lets a method tell the FLOPs
 meter about weight sparsity.
 
+Methods compose: `"a+b+c"` names one run in which the factories of `a`, `b`
+and `c` set up the *same* model (the first `build_model` call builds it, the
+others get it back) and all their callbacks go to one `fit`; the controller
+orders them by phase (architecture, freezing, masks, data). A part that builds
+a model of its own, or two parts that set the same `MethodSetup` field to
+different values, are refused with the reason.
+
 Example:
     >>> from kgrow import bench
     >>> def half_width(build_model, context):
@@ -159,6 +166,28 @@ def available_methods() -> list[str]:
     return [BASELINE] + sorted(n for n in _REGISTRY if n != BASELINE)
 
 
+def describe_method(name: str) -> dict:
+    """`{"name", "description", "source"}` of a registered method.
+
+    The description is the first line of the factory's docstring; the
+    source is the first line of the docstring of the `kgrow.methods` package
+    the factory comes from (the paper), else the factory's module.
+
+    Example:
+        >>> describe_method("baseline")["description"]
+        'The reference method: the full model trained with plain `fit`.'
+    """
+    factory = get_method(name)
+    doc = (getattr(factory, "__doc__", None) or "").strip()
+    module = getattr(factory, "__module__", "") or ""
+    source = module
+    if module.startswith("kgrow.methods."):
+        package = importlib.import_module(".".join(module.split(".")[:3]))
+        source = ((package.__doc__ or "").strip().splitlines() or [module])[0]
+    return {"name": name, "description": doc.splitlines()[0] if doc else "(no description)",
+            "source": source}
+
+
 def _unknown_message(name: str) -> str:
     return (f"Unknown method {name!r}. Registered methods: {', '.join(available_methods())}. "
             f"Register more with kgrow.bench.register_method(name, factory) or load a "
@@ -186,17 +215,39 @@ def get_method(name: str) -> Callable:
     return factory
 
 
+COMPOSE = "+"
+
+
+def method_parts(name: str) -> list[str]:
+    """The registered methods a (possibly composed) method name is made of.
+
+    Example:
+        >>> method_parts("grow_width+freeze")
+        ['grow_width', 'freeze']
+    """
+    return [part.strip() for part in name.split(COMPOSE)]
+
+
 def check_methods(names: Sequence[str]) -> list[str]:
     """Validates a list of method names; returns it without duplicates.
 
+    A composed name `"a+b"` is valid when each part is registered, none is
+    the baseline and no part repeats.
+
     Raises:
         KeyError: Some name is not registered (all unknown names are listed).
-        ValueError: The list is empty.
+        ValueError: The list is empty, or a composed name is malformed.
     """
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise ValueError(f"No method given; registered methods: {', '.join(available_methods())}.")
-    unknown = [n for n in names if n not in _REGISTRY]
+    for name in names:
+        parts = method_parts(name)
+        if len(parts) > 1 and (BASELINE in parts or "" in parts or len(set(parts)) < len(parts)):
+            raise ValueError(f"Composed method {name!r} must join distinct registered methods "
+                             f"other than the baseline with {COMPOSE!r}, e.g. "
+                             f"'grow_width{COMPOSE}freeze'.")
+    unknown = [p for n in names for p in method_parts(n) if p not in _REGISTRY]
     if unknown:
         raise KeyError(
             f"Unknown method(s) {', '.join(map(repr, unknown))}. Registered methods: "
@@ -209,10 +260,17 @@ def check_methods(names: Sequence[str]) -> list[str]:
 def setup_method(name: str, context: MethodContext) -> MethodSetup:
     """Calls the factory of `name` and normalises what it returns.
 
+    A composed name (`"a+b"`) sets up every part on one shared model (see the
+    module docstring).
+
     Raises:
         TypeError: The factory returned something other than `(model,
             callbacks)` or a `MethodSetup`.
+        ValueError: The parts of a composed name cannot share one run.
     """
+    parts = method_parts(name)
+    if len(parts) > 1:
+        return _compose(name, parts, context)
     result = get_method(name)(context.build_model, context)
     if isinstance(result, MethodSetup):
         setup = result
@@ -228,6 +286,55 @@ def setup_method(name: str, context: MethodContext) -> MethodSetup:
     return setup
 
 
+class _SharedModelContext:
+    """A `MethodContext` whose `build_model` builds one model and returns it again."""
+
+    def __init__(self, context: MethodContext):
+        self._context = context
+        self._built = None
+
+    def __getattr__(self, attribute):
+        return getattr(self._context, attribute)
+
+    def build_model(self, **overrides):
+        if self._built is None:
+            self._built = (overrides, self._context.build_model(**overrides))
+        elif overrides != self._built[0]:
+            raise ValueError(
+                f"Composed methods must train one model, but their parts asked for models built "
+                f"with different arguments ({self._built[0]} and {overrides}); compose methods "
+                f"that all start from the full model.")
+        return self._built[1]
+
+
+def _compose(name: str, parts: Sequence[str], context: MethodContext) -> MethodSetup:
+    shared = _SharedModelContext(context)
+    setups = []
+    for part in parts:
+        setup = setup_method(part, shared)
+        if shared._built is None or setup.model is not shared._built[1]:
+            raise ValueError(
+                f"Method {part!r} in {name!r} returned a model it built without "
+                f"context.build_model(), so it cannot share one run with the other parts.")
+        setups.append((part, setup))
+    merged = MethodSetup(model=shared._built[1],
+                         callbacks=[cb for _, setup in setups for cb in setup.callbacks])
+    for field in dataclasses.fields(MethodSetup):
+        if field.name in ("model", "callbacks"):
+            continue
+        # A field a part left at its default says nothing; two parts that set
+        # it (even to equal values: a sparsity callable each) would need a
+        # combination rule kgrow does not guess.
+        given = {part: getattr(setup, field.name) for part, setup in setups
+                 if getattr(setup, field.name) is not field.default}
+        if len(given) > 1:
+            raise ValueError(f"Methods {sorted(given)} in {name!r} each set MethodSetup."
+                             f"{field.name}; kgrow cannot combine them in one run.")
+        if given:
+            setattr(merged, field.name, next(iter(given.values())))
+    return merged
+
+
 register_method(BASELINE, baseline_factory)
 # kgrow's own methods, imported only when used.
 register_method("grow_width", "kgrow.callbacks.growth:bench_width_growth")
@@ -239,3 +346,9 @@ from kgrow.methods.variance_transfer.bench import METHODS as _VT_METHODS  # noqa
 
 for _name, _target in _VT_METHODS.items():
     register_method(_name, _target)
+from kgrow.methods.progressive_freezing.bench import METHODS as _FREEZE_METHODS  # noqa: E402
+
+for _name, _target in _FREEZE_METHODS.items():
+    register_method(_name, _target)
+register_method("sparse_mest", "kgrow.methods.sparse_training.bench:bench_mest")
+register_method("sparse_mest_ems", "kgrow.methods.sparse_training.bench:bench_mest_ems")

@@ -309,35 +309,69 @@ def plot_curves(results: Mapping[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-def plot_schedule(results: Mapping[str, Any], path: str) -> None:
-    """Writes what each method trains per epoch: training FLOPs per sample (PNG).
+def schedule_quantities(results: Mapping[str, Any]) -> list[str]:
+    """The per-epoch quantities the methods' callbacks logged (`grow/width`, ...).
 
-    This is the footprint of a method's schedule (growth stages, frozen
-    blocks, sparsity) next to the baseline's flat line. Runs whose curve has
-    no per-epoch FLOPs are left out of the plot and named in its title.
+    Example:
+        >>> schedule_quantities({"runs": {"m": {"curve": [{"epoch": 1, "grow/width": 0.5,
+        ...                                                  "test_acc": 0.1}]}}})
+        ['grow/width']
+    """
+    keys = {k for run in results["runs"].values() for p in run["curve"] for k in p if "/" in k}
+    return sorted(keys)
+
+
+def plot_schedule(results: Mapping[str, Any], path: str) -> None:
+    """Writes what each method trains per epoch (PNG).
+
+    The first panel is training FLOPs per sample: the footprint of a
+    method's schedule (growth stages, frozen blocks, sparsity) next to the
+    baseline's flat line. One more panel per quantity the methods' callbacks
+    logged (`grow/width`, `grow/depth`, `grow/resolution`, `freeze/blocks`,
+    `sparse/sparsity`, `sieve/active_samples`, ...). Runs whose curve has no
+    per-epoch FLOPs are left out of the first panel and named in its title.
     """
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    quantities = schedule_quantities(results)
+    panels = 1 + len(quantities)
+    columns = min(panels, 3)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    axes = axes.ravel()
+    ax = axes[0]
     missing = []
+    # One colour per method in every panel.
+    colour = {name: f"C{i % 10}" for i, name in enumerate(results["runs"])}
     for name, run in results["runs"].items():
         points = [(p["epoch"], p.get("flops_per_sample")) for p in run["curve"]]
         if not points or any(f is None for _, f in points):
             missing.append(name)
             continue
         ax.step([e for e, _ in points], [f / 1e6 for _, f in points], where="mid",
-                marker="o", label=name)
-    ax.set_xlabel("epoch")
+                marker="o", label=name, color=colour[name])
     ax.set_ylabel("training MFLOPs per sample")
     ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    title = f"Schedules: {results['model']} on {results['dataset']}"
+    title = "training FLOPs per sample"
     if missing:
         title += f"\n(no per-epoch FLOPs for {', '.join(missing)})"
     ax.set_title(title)
+    for ax, quantity in zip(axes[1:], quantities):
+        for name, run in results["runs"].items():
+            points = [(p["epoch"], p[quantity]) for p in run["curve"] if quantity in p]
+            if points:
+                ax.step([e for e, _ in points], [v for _, v in points], where="mid",
+                        marker="o", label=name, color=colour[name])
+        ax.set_title(quantity)
+    for ax in axes[:panels]:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    fig.suptitle(f"Schedules: {results['model']} on {results['dataset']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -229,9 +230,41 @@ def _history_value(history: Mapping[str, list], key: str, method: str) -> list:
     return history[key]
 
 
+def make_strategy(name: str | None):
+    """The `tf.distribute` strategy `kgrow bench --distribute NAME` trains under.
+
+    `"none"`/None: no strategy; `"mirrored"`: MirroredStrategy over this
+    machine's devices; `"multi_worker"`: MultiWorkerMirroredStrategy over the
+    workers that the `TF_CONFIG` environment variable lists (start the same
+    command on every worker; create it before any other TensorFlow work).
+
+    Raises:
+        ValueError: an unknown name, or "multi_worker" without TF_CONFIG.
+    """
+    import tensorflow as tf
+    if name in (None, "none"):
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--distribute multi_worker needs the TF_CONFIG environment "
+                             "variable (cluster and this worker's task), e.g. "
+                             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                             '"task": {"type": "worker", "index": 0}}')
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}; use none, mirrored or multi_worker.")
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes results (always, without a multi-worker strategy)."""
+    return strategy is None or bool(strategy.extended.should_checkpoint)
+
+
 def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
                log: Callable[[str], None] = print,
-               extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+               extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+               strategy=None) -> dict[str, Any]:
     """Trains one method once and measures it.
 
     Args:
@@ -244,6 +277,8 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         extra_callbacks: Instruments added to `fit` after the method's own
             callbacks (e.g. per-batch timers of `benchmarks/`); their time
             counts as training time.
+        strategy: A `tf.distribute` strategy to build, compile and train
+            under (`make_strategy`), or None.
 
     Returns:
         The run record: `train_wall_s`, `train_flops`, `test_acc`,
@@ -260,10 +295,11 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         input_shape=tuple(bundle.info.image_shape), num_classes=bundle.info.num_classes,
         train=train_cfg, data=bundle, steps_per_epoch=int(bundle.steps_per_epoch),
         label_mode=bundle.info.label_mode)
-    setup = registry.setup_method(method, context)
-    model = setup.model
-    if not getattr(model, "compiled", False):
-        context.compile(model)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        setup = registry.setup_method(method, context)
+        model = setup.model
+        if not getattr(model, "compiled", False):
+            context.compile(model)
 
     counter = meters.SampleCounter()
     clock = meters.RunClock()
@@ -285,7 +321,10 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
                       "train_loss": float(loss), "test_acc": float(acc),
                       "samples": flops_meter.epochs[i]["samples"],
                       "flops_per_sample": flops_meter.epochs[i]["flops_per_sample"],
-                      "train_flops": cumulative})
+                      "train_flops": cumulative,
+                      # What the method's callbacks logged (grow/width, freeze/blocks, ...).
+                      **{key: float(values[i]) for key, values in history.items()
+                         if "/" in key and key != "kgrow/train_flops" and i < len(values)}})
     record = {
         "method": method, "seed": seed,
         "train_wall_s": clock.elapsed(), "eval_wall_s": clock.eval_s,
@@ -308,6 +347,13 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
         f"(+{record['eval_wall_s']:.1f} s eval), {record['train_flops']:.3g} train FLOPs, "
         f"peak RSS {record['peak_mem_mb']:.0f} MB")
     return record
+
+
+def _strategy_info(strategy) -> dict[str, Any]:
+    if strategy is None:
+        return {"strategy": None, "replicas": 1}
+    return {"strategy": type(strategy).__name__,
+            "replicas": int(strategy.num_replicas_in_sync)}
 
 
 def _environment() -> dict[str, Any]:
@@ -363,10 +409,21 @@ def write_results(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
              for name in ("results.json", "results.md", "curves.png", "schedule.png")}
     with open(paths["results.json"], "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
-    with open(paths["results.md"], "w", encoding="utf-8") as f:
+    render_results(results, out_dir)
+    return paths
+
+
+def render_results(results: Mapping[str, Any], out_dir: str) -> list[str]:
+    """Writes results.md, curves.png and schedule.png of `results`; returns their paths.
+
+    `kgrow report DIR` calls it on a finished bench's results.json.
+    """
+    paths = [os.path.join(out_dir, name)
+             for name in ("results.md", "curves.png", "schedule.png")]
+    with open(paths[0], "w", encoding="utf-8") as f:
         f.write(report.to_markdown(results))
-    report.plot_curves(results, paths["curves.png"])
-    report.plot_schedule(results, paths["schedule.png"])
+    report.plot_curves(results, paths[1])
+    report.plot_schedule(results, paths[2])
     return paths
 
 
@@ -386,7 +443,7 @@ def run_order(methods: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, i
 
 def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
               log: Callable[[str], None] = print,
-              probe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              probe: Mapping[str, Any] | None = None, strategy=None) -> dict[str, Any]:
     """Runs every method of `spec` for every seed and writes the reports.
 
     Runs go in `run_order` (baseline first, then the methods, for each seed
@@ -400,6 +457,8 @@ def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
         log: Where progress lines go.
         probe: A step-time probe result (`kgrow.bench.probe.run_probe`, or
             its `probe.json`): adds predicted wall-clock speedups.
+        strategy: Train every run under this `tf.distribute` strategy
+            (`make_strategy`); with several workers only the chief writes.
 
     Returns:
         The `results.json` content.
@@ -411,11 +470,15 @@ def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
     for done, (name, seed) in enumerate(order, 1):
         log(f"[kgrow bench] run {done}/{len(order)}: {name} (seed {seed}) - {spec.model} on "
             f"{spec.dataset}, {spec.train.epochs} epochs, profile {spec.profile}")
-        records[name].append(run_method(name, spec, seed, verbose=verbose, log=log))
+        records[name].append(run_method(name, spec, seed, verbose=verbose, log=log,
+                                        strategy=strategy))
         finished = {k: v for k, v in records.items() if v}
         if registry.BASELINE in finished:
             results = build_results(spec, finished, probe=probe)
-            write_results(results, out_dir)
-    log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; wrote "
-        f"{os.path.join(out_dir, 'results.json')}, results.md, curves.png, schedule.png")
+            results["environment"]["distribute"] = _strategy_info(strategy)
+            if is_chief(strategy):
+                write_results(results, out_dir)
+    where = (f"wrote {os.path.join(out_dir, 'results.json')}, results.md, curves.png, "
+             f"schedule.png" if is_chief(strategy) else "the chief worker writes the results")
+    log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; {where}")
     return results

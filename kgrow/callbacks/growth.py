@@ -321,6 +321,7 @@ class Growth(ControlledCallback):
     """
 
     phase = Phase.ARCHITECTURE
+    drives = ("architecture",)
     EMA_NAME = "growth"
 
     def __init__(self, schedule: Union[GrowthSchedule, Sequence], *, initializer="zeros",
@@ -487,6 +488,18 @@ class Growth(ControlledCallback):
         `stage` is the schedule index now reached; `initial` is True for the
         shrink to the first stage.
         """
+
+    def epoch_logs(self) -> dict:
+        """`grow/width` (the mean over groups for per-group widths), `grow/depth`,
+        `grow/resolution` of the stage trained this epoch, and `grow/params`."""
+        logs = {"grow/params": float(self.model.count_params())}
+        for quantity in ("width", "depth", "resolution"):
+            value = None if self.current is None else self.current.get(quantity)
+            if isinstance(value, Mapping):
+                value = sum(value.values()) / len(value)
+            if value is not None:
+                logs[f"grow/{quantity}"] = float(value)
+        return logs
 
     def controlled_epoch_begin(self, epoch: int) -> None:
         target = self._target(epoch)

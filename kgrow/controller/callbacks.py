@@ -86,6 +86,10 @@ class ControlledCallback(keras.callbacks.Callback):
     """
 
     phase: Phase = Phase.SCHEDULE
+    #: What this callback alone may change in a run (e.g. "architecture",
+    #: "active data"): two attached callbacks that share an entry are refused
+    #: when `fit` starts, instead of overwriting each other's decisions.
+    drives: tuple = ()
 
     @property
     def controller(self) -> TrainingController:
@@ -105,11 +109,25 @@ class ControlledCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.begin_epoch(epoch)
 
+    def on_epoch_end(self, epoch, logs=None):
+        self.controller.end_epoch(epoch)
+        # History, CSVLogger and TensorBoard read the same dict after us.
+        if logs is not None:
+            logs.update(self.epoch_logs())
+
     def on_train_end(self, logs=None):
         self.controller.detach_callback(self)
 
     def controlled_epoch_begin(self, epoch: int) -> None:
         """The callback's epoch-begin work (called once per epoch, in phase order)."""
+
+    def epoch_logs(self) -> dict:
+        """Numbers added to Keras' epoch logs, named `<namespace>/<quantity>`.
+
+        Called at every epoch end; e.g. `{"grow/width": 0.5}`. Values are
+        plain floats, so History, CSVLogger and TensorBoard record them.
+        """
+        return {}
 
 
 class ControllerCheckpoint(keras.callbacks.Callback):
@@ -129,6 +147,9 @@ class ControllerCheckpoint(keras.callbacks.Callback):
     Other data (arrays, a plain ``tf.data`` pipeline, a dataset mapped from
     ``bundle.train``) cannot be replayed; the callback then warns once, at
     the first save or at the restore, saying what will differ.
+
+    Under MultiWorkerMirroredStrategy only the chief writes; every worker
+    restores from `directory`, which must be on a file system they share.
 
     Args:
         directory: checkpoint directory (one run per directory).
@@ -189,10 +210,14 @@ class ControllerCheckpoint(keras.callbacks.Callback):
         self._set_initial_epoch = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_epochs == 0:
+        controller = TrainingController.of(self.model)
+        controller.end_epoch(epoch)  # replicas agree before anything is written
+        # Under MultiWorkerMirroredStrategy every worker holds the same state;
+        # only the chief writes it (all of them restore from it).
+        if ((epoch + 1) % self.every_epochs == 0
+                and self.model.distribute_strategy.extended.should_checkpoint):
             self._warn_unreplayable("saves a checkpoint")
-            TrainingController.of(self.model).save(self.directory, epoch=epoch + 1,
-                                                   keep=self.keep)
+            controller.save(self.directory, epoch=epoch + 1, keep=self.keep)
 
     def on_train_end(self, logs=None):
         # Keras does not reset it; a later fit() on this model must start fresh.

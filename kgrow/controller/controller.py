@@ -83,6 +83,7 @@ from kgrow.controller.ema import EMA, EMAs, resolve_decay
 from kgrow.controller.multipliers import LRGroups
 from kgrow.controller.optimizer import OptimizerState
 from kgrow.controller.step import StepHooks, make_train_step
+from kgrow.controller.replicas import MovingStatisticsSync
 from kgrow.controller.train_function import RetraceOnCall, make_train_function
 from kgrow.surgery.graph import rebind
 from kgrow.surgery.transfer import TransferPlan
@@ -299,6 +300,8 @@ class TrainingController:
         self._callbacks: list = []
         self._fit = None  # which fit the attached callbacks belong to
         self._epoch_begun = None
+        self._epoch_ended = None
+        self._sync_statistics = MovingStatisticsSync()
         self._architecture_json = None  # cache of model.to_json(), cleared on rebind
         # object.__setattr__: neither Keras' tracker nor TF's checkpoint
         # dependency tracking must see the controller or the step function.
@@ -630,9 +633,17 @@ class TrainingController:
             self._callbacks, self._fit = [], fit
             if self.freeze_gc:
                 _freeze_heap(self)
+        for other in self._callbacks:
+            shared = set(getattr(other, "drives", ())) & set(getattr(callback, "drives", ()))
+            if other is not callback and shared:
+                raise ValueError(
+                    f"{type(other).__name__} and {type(callback).__name__} both drive the "
+                    f"{', '.join(sorted(shared))} of one model in one fit; kgrow runs one such "
+                    f"callback per model. Give one callback a schedule covering both (e.g. one "
+                    f"Growth with Stage(epoch, width=..., depth=..., resolution=...)).")
         if callback not in self._callbacks:
             self._callbacks.append(callback)
-        self._epoch_begun = None
+        self._epoch_begun = self._epoch_ended = None
 
     def detach_callback(self, callback) -> None:
         if callback in self._callbacks:
@@ -654,6 +665,13 @@ class TrainingController:
         order = sorted(enumerate(self._callbacks), key=lambda ic: (int(ic[1].phase), ic[0]))
         for _, callback in order:
             callback.controlled_epoch_begin(epoch)
+
+    def end_epoch(self, epoch: int) -> None:
+        """Once per epoch, after the batches: replicas' moving statistics agree."""
+        if self._epoch_ended == epoch:
+            return
+        self._epoch_ended = epoch
+        self._sync_statistics(self.model)
 
     # -- state and checkpoints ------------------------------------------------
     def get_state(self) -> dict:

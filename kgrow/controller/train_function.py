@@ -43,7 +43,7 @@ except ImportError:  # another TensorFlow layout
     context = None
 
 __all__ = ["RetraceOnCall", "IteratorTrainFunction", "make_train_function",
-           "lean_call_options"]
+           "lean_call_options", "patch_multi_worker_build"]
 
 
 class RetraceOnCall:
@@ -179,6 +179,74 @@ class IteratorTrainFunction:
             with _call_options(self.call_options):
                 return self._function(iterator)
         return self._keras_function(iterator)
+
+
+def _first_replica_build(model, iterator=None, data_batch=None):
+    strategy = model._distribute_strategy
+    if iterator is not None:
+        for _, _, it in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda v: (strategy.experimental_local_results(v)[0]
+                           if isinstance(v, tf.distribute.DistributedValues) else v),
+                next(it))
+            break
+    with strategy.scope():
+        model._symbolic_build(data_batch=data_batch)
+
+
+def patch_multi_worker_build() -> bool:
+    """Lets Keras' `fit`/`evaluate`/`predict` run under MultiWorkerMirroredStrategy.
+
+    Keras 3 (3.15) fails there twice, with or without kgrow:
+
+    * before the first batch it builds the model from a batch it reduces
+      with `strategy.reduce("MEAN", (x, y), axis=None)`, and the collective
+      strategy cannot reduce a tuple ("Attempt to convert a value
+      (PerReplica...)"). The build needs only shapes and dtypes, which any
+      replica's batch has: this takes the first local replica's batch;
+    * it reduces each step's logs with `strategy.reduce("MEAN", v, axis=0)`,
+      and a scalar loss or metric has no axis 0 ("Invalid reduction
+      dimension 0"). For scalars this takes the mean over replicas
+      (`axis=None`), which is what one machine's MirroredStrategy computes.
+
+    Everything else runs Keras' own code. Idempotent; returns whether Keras
+    had the patched functions.
+    """
+    try:
+        from keras.src.backend.tensorflow import trainer as keras_trainer
+    except ImportError:  # another Keras layout: nothing to patch
+        return False
+    trainer_class = keras_trainer.TensorFlowTrainer
+    original_build = trainer_class._maybe_symbolic_build
+    original_reduce = keras_trainer.reduce_per_replica
+    if getattr(original_build, "_kgrow_patched", False):
+        return True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return _first_replica_build(self, iterator=iterator, data_batch=data_batch)
+        return original_build(self, iterator=iterator, data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and reduction in ("auto", "mean")):
+            def scalar_mean(v):
+                # With one device per worker the step's outputs are plain tensors.
+                if tf.is_tensor(v) or isinstance(v, tf.distribute.DistributedValues):
+                    if all(t.shape.rank == 0 for t in strategy.experimental_local_results(v)):
+                        return strategy.reduce("MEAN", v, axis=None)
+                return original_reduce(v, strategy, reduction)
+            return keras.tree.map_structure(scalar_mean, values)
+        return original_reduce(values, strategy, reduction)
+
+    _maybe_symbolic_build._kgrow_patched = True
+    trainer_class._maybe_symbolic_build = _maybe_symbolic_build
+    keras_trainer.reduce_per_replica = reduce_per_replica
+    return True
+
+
+patch_multi_worker_build()
 
 
 def make_train_function(model, share_traces: bool = True) -> None:

@@ -105,3 +105,14 @@ def test_bench_rejects_a_probe_json_without_fit(tmp_path):
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="has no 'fit'"):
         cli.main(["bench", "--out", str(tmp_path), "--probe-json", str(bad)])
+
+
+def test_kgrow_methods_lists_every_method_with_its_source():
+    from kgrow.bench import registry
+    out = io.StringIO()
+    assert cli.list_methods(out) == 0
+    text = out.getvalue()
+    for name in registry.available_methods():
+        assert f"  {name} " in text
+    assert "Network Expansion (Ding et al., CVPR 2023)" in text
+    assert cli.build_parser().parse_args(["methods"]).command == "methods"

@@ -105,9 +105,12 @@ def test_flops_meter_and_clock_account_each_epoch():
     counter = meters.SampleCounter()
     clock = meters.RunClock()
     meter = meters.FlopsMeter(counter, lambda: (6, 6, 1), clock=clock)
-    model.fit(counter.wrap(ds), epochs=3, validation_data=ds, verbose=0, shuffle=False,
-              callbacks=[clock.head, _FreezeFirstAt(1), meter, clock.tail])
+    history = model.fit(counter.wrap(ds), epochs=3, validation_data=ds, verbose=0,
+                        shuffle=False, callbacks=[clock.head, _FreezeFirstAt(1), meter,
+                                                  clock.tail])
     assert [e["samples"] for e in meter.epochs] == [10, 10, 10]
+    assert history.history["kgrow/train_flops"] == pytest.approx(
+        [10 * dense_flops, 10 * dense_flops + 10 * frozen_flops, meter.total()])
     assert [e["flops_per_sample"] for e in meter.epochs] == pytest.approx(
         [dense_flops, frozen_flops, frozen_flops])
     assert meter.total() == pytest.approx(10 * dense_flops + 20 * frozen_flops)

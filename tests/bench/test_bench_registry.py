@@ -105,3 +105,36 @@ def test_context_builds_zoo_model_with_overrides():
         num_classes=3, train=None, data=None, steps_per_epoch=1)
     assert ctx.build_model().get_layer("stage1_block0_conv1").filters == 8
     assert ctx.build_model(width=0.25).get_layer("stage1_block0_conv1").filters == 4
+
+
+def test_composed_methods_share_one_model_and_all_callbacks(temp_method):
+    cb_a, cb_b = object(), object()
+    seen = []
+    temp_method("zz_a", lambda build, ctx: (seen.append(build()) or seen[-1], [cb_a]))
+    temp_method("zz_b", lambda build, ctx: registry.MethodSetup(
+        seen.append(ctx.build_model()) or seen[-1], [cb_b], sparsity=0.9))
+    assert registry.check_methods(["zz_a+zz_b"]) == ["zz_a+zz_b"]
+    setup = registry.setup_method("zz_a + zz_b", _context())
+    assert setup.callbacks == [cb_a, cb_b]
+    assert setup.sparsity == 0.9
+    assert len(seen) == 2 and seen[0] is seen[1] is setup.model
+
+
+def test_composed_methods_refuse_what_cannot_share_a_run(temp_method):
+    temp_method("zz_a", lambda build, ctx: (build(), []))
+    temp_method("zz_own", lambda build, ctx: (_context().build_model(), []))
+    temp_method("zz_narrow", lambda build, ctx: (build(width=0.5), []))
+    temp_method("zz_s1", lambda build, ctx: registry.MethodSetup(build(), [], sparsity=0.5))
+    temp_method("zz_s2", lambda build, ctx: registry.MethodSetup(build(), [], sparsity=0.5))
+    with pytest.raises(ValueError, match="without context.build_model"):
+        registry.setup_method("zz_a+zz_own", _context())
+    with pytest.raises(ValueError, match="different arguments"):
+        registry.setup_method("zz_a+zz_narrow", _context())
+    with pytest.raises(ValueError, match="sparsity"):
+        registry.setup_method("zz_s1+zz_s2", _context())
+    with pytest.raises(ValueError, match="distinct"):
+        registry.check_methods(["zz_a+baseline"])
+    with pytest.raises(ValueError, match="distinct"):
+        registry.check_methods(["zz_a+zz_a"])
+    with pytest.raises(KeyError, match="zz_nope"):
+        registry.check_methods(["zz_a+zz_nope"])

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from kgrow import bench
-from kgrow.bench import profiles, runner
+from kgrow.bench import profiles, report, runner
 from kgrow.bench.runner import BenchSpec
 
 
@@ -77,3 +77,22 @@ def test_settings_round_trip_through_results_json(tmp_path):
     assert profiles.Profile.from_dict(settings).model == "resnet20"
     with pytest.raises(TypeError, match="Unknown profile field"):
         profiles.Profile.from_dict({**settings, "colour": "red"})
+
+
+def test_kgrow_report_rerenders_tables_and_schedule_plot(two_methods, tmp_path, capsys):
+    from kgrow import cli
+    spec = BenchSpec.from_profile("quick", methods=["baseline", "zz_other"], epochs=1)
+    grown = _fake_record("zz_other", 0, 5.0)
+    grown["curve"][0].update({"grow/width": 0.5, "freeze/blocks": 2.0})
+    records = {"baseline": [_fake_record("baseline", 0, 10.0)], "zz_other": [grown]}
+    runner.write_results(runner.build_results(spec, records), str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert report.schedule_quantities(results) == ["freeze/blocks", "grow/width"]
+    for name in ("results.md", "curves.png", "schedule.png"):
+        (tmp_path / name).unlink()
+    assert cli.main(["report", str(tmp_path)]) == 0
+    for name in ("results.md", "curves.png", "schedule.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "zz_other" in (tmp_path / "results.md").read_text()
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
+    assert "no " in capsys.readouterr().err

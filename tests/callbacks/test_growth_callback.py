@@ -76,7 +76,12 @@ def test_width_and_depth_growth_in_one_fit_is_function_preserving(tmp_path):
     assert sorted(grown.values()) == sorted(full_shapes.values())
     assert [e["kind"] for e in grow.events] == ["shrink-to-start", "grow"]
     with open(log) as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    # The growth state is in History and in the CSV log, under grow/.
+    assert hist.history["grow/width"] == [0.5, 0.5, 1.0]
+    assert hist.history["grow/depth"] == [0.5, 0.5, 1.0]
+    assert [float(r["grow/params"]) for r in rows] == [probe.shapes[0]] * 2 + [full_params]
     loaded = keras.models.load_model(str(ckpt))
     np.testing.assert_allclose(loaded(x[:4], training=False), full(x[:4], training=False),
                                atol=1e-6)

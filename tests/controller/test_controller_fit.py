@@ -94,6 +94,25 @@ def test_epoch_pipeline_runs_in_phase_order_once_per_epoch():
     assert TrainingController.of(model)._callbacks == []  # detached at train end
 
 
+def test_two_callbacks_driving_the_same_thing_are_refused_when_fit_starts():
+    class Driver(ControlledCallback):
+        phase = Phase.ARCHITECTURE
+
+        def __init__(self, drives):
+            super().__init__()
+            self.drives = drives
+
+    model = make_mlp()
+    model.compile("sgd", "mse")
+    x, y = regression_data(n=16)
+    with pytest.raises(ValueError, match="Driver and Driver both drive the architecture"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[Driver(("architecture",)), Driver(("architecture", "masks"))])
+    # different things: both run
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+              callbacks=[Driver(("architecture",)), Driver(("active data",))])
+
+
 class _Cycle:
     def __init__(self):
         self.me = self

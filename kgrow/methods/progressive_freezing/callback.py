@@ -1,0 +1,189 @@
+"""ProgressiveFreezing: SpFDE's progressive layer freezing as a Keras callback.
+
+Example:
+    >>> cb = ProgressiveFreezing(0.25, epochs=160, interval=5)
+    >>> cb.target_saving, cb.phase.name
+    (0.25, 'FREEZE')
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from kgrow.controller import ControlledCallback, Phase
+from kgrow.controller._variables import trainable_candidates
+from kgrow.methods.progressive_freezing.functional import (GLOBAL_LR_SHAPES,
+                                                           PAPER_FREEZE_FRACTION, FreezePlan,
+                                                           _check_run, block_lr_rules,
+                                                           freeze_blocks, freeze_plan)
+
+__all__ = ["ProgressiveFreezing", "default_interval"]
+
+#: SpFDE on CIFAR: dT = 5 epochs of a 160-epoch run (MEST's mask-update interval).
+PAPER_INTERVAL_FRACTION = 5.0 / 160.0
+
+
+def default_interval(epochs: int) -> int:
+    """dT scaled from the paper's CIFAR setting (5 of 160 epochs), at least 1.
+
+    Example:
+        >>> default_interval(160), default_interval(10)
+        (5, 1)
+    """
+    return max(1, int(round(epochs * PAPER_INTERVAL_FRACTION)))
+
+
+class ProgressiveFreezing(ControlledCallback):
+    """Freezes the model's blocks front to back inside one `model.fit` (SpFDE, Sec. 4.2).
+
+    From epoch T_frz (`start`) one more leading block freezes every `interval`
+    epochs (single-shot: never unfrozen), as many blocks as `freeze_plan`
+    needs for `target_saving` of the run's training FLOPs. Frozen blocks run
+    forward only: their weights, masks and BatchNorm statistics stay fixed
+    (`trainable=False`, BN in inference mode) and, as a leading prefix, they
+    get no backward pass at all. Each block that will freeze gets its own
+    cosine learning rate over its active epochs through one controller LR
+    group per block (`block_lr_multiplier`; values change without retrace);
+    the blocks that never freeze and the head follow the global schedule.
+
+    Logs `freeze/blocks` (blocks frozen), `freeze/frozen_fraction` (share of
+    the trainable parameters frozen) and `freeze/step_flops_saving` (training
+    FLOPs of one step saved now) at every epoch end. The plan, the schedule
+    position and the events are controller state (`ControllerCheckpoint`
+    resumes exactly); the frozen set and the LR-group values are the
+    controller's own components.
+
+    Args:
+        target_saving: fraction of the run's training FLOPs to save (paper:
+            up to 25%).
+        epochs: epochs of the run (default: those `fit` runs).
+        interval: dT, epochs between freezes (default: the paper's 5 of 160
+            epochs, scaled to the run; give the sparse-mask update interval
+            when composed with dynamic sparse training).
+        start: T_frz (default: derived, see `freeze_plan`).
+        blocks_per_event: blocks frozen at each event (paper: 1).
+        blocks, unit: which layers freeze together (`find_freeze_blocks`).
+        freeze_fraction: share of the layers at most frozen when T_frz is
+            derived (paper: 2/3).
+        block_lr: per-block cosine LR schedules (default True).
+        global_lr: shape of the compiled global LR schedule the multipliers
+            are relative to: "cosine" (over the run, no warm-up) or "constant".
+        input_shape, sparsity: for the FLOPs count (`kgrow.flops.count`).
+        verbose: 1 prints a line per freeze.
+
+    Raises:
+        ValueError: a bad setting (target outside (0, 1), interval < 1, T_frz
+            beyond the run) at construction; an unreachable target when
+            training begins, before the first step.
+
+    Attributes:
+        plan: the `FreezePlan` (set when training begins).
+        frozen_blocks: blocks frozen so far.
+        events: one dict per freeze: epoch, blocks, layers.
+    """
+
+    phase = Phase.FREEZE
+    drives = ("frozen set",)
+    STATE_NAME = "progressive_freezing"
+
+    def __init__(self, target_saving: float = 0.25, *, epochs: Optional[int] = None,
+                 interval: Optional[int] = None, start: Optional[int] = None,
+                 blocks_per_event: int = 1, blocks=None,
+                 unit: str = "block", freeze_fraction: float = PAPER_FREEZE_FRACTION,
+                 block_lr: bool = True, global_lr: str = "cosine", input_shape=None,
+                 sparsity=None, verbose: int = 0):
+        super().__init__()
+        if isinstance(target_saving, bool) or not isinstance(target_saving, (int, float)):
+            raise TypeError(f"target_saving must be a number, got {target_saving!r}")
+        if not 0.0 < float(target_saving) < 1.0:
+            raise ValueError(f"target_saving is a fraction of the training FLOPs in (0, 1), "
+                             f"got {target_saving}.")
+        if not 0.0 < float(freeze_fraction) <= 1.0:
+            raise ValueError(f"freeze_fraction must be in (0, 1], got {freeze_fraction}.")
+        if global_lr not in GLOBAL_LR_SHAPES:
+            raise ValueError(f"global_lr must be one of {GLOBAL_LR_SHAPES}, got {global_lr!r}.")
+        if unit not in ("block", "stage"):
+            raise ValueError(f"unit must be 'block' or 'stage', got {unit!r}.")
+        if isinstance(blocks_per_event, bool) or not isinstance(blocks_per_event, int) \
+                or blocks_per_event < 1:
+            raise ValueError(
+                f"blocks_per_event must be an integer >= 1, got {blocks_per_event!r}.")
+        if interval is not None or start is not None or epochs is not None:
+            _check_run(epochs if epochs is not None else max(int(start or 0) + 1, 1),
+                       interval if interval is not None else 1, start)
+        self.target_saving = float(target_saving)
+        self.epochs = epochs
+        self.interval = interval
+        self.start = start
+        self.blocks_per_event = blocks_per_event
+        self.blocks = blocks
+        self.unit = unit
+        self.freeze_fraction = float(freeze_fraction)
+        self.block_lr = bool(block_lr)
+        self.global_lr = global_lr
+        self.input_shape = input_shape
+        self.sparsity = sparsity
+        self.verbose = int(verbose)
+        self.plan: Optional[FreezePlan] = None
+        self.frozen_blocks = 0
+        self.events: list = []
+
+    # -- state ---------------------------------------------------------------
+    def _get_state(self) -> dict:
+        return {"plan": self.plan.to_dict(), "frozen_blocks": int(self.frozen_blocks),
+                "events": list(self.events)}
+
+    def _set_state(self, state) -> None:
+        self.plan = FreezePlan.from_dict(state["plan"])
+        self.frozen_blocks = int(state["frozen_blocks"])
+        self.events = list(state.get("events", []))
+
+    # -- Keras hooks ---------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        epochs = int(self.epochs if self.epochs is not None else self.params["epochs"])
+        interval = self.interval if self.interval is not None else default_interval(epochs)
+        # Planned now, before the first step, so a bad setting fails early; a
+        # restored checkpoint then replaces it with the saved plan.
+        self.plan = freeze_plan(self.model, self.target_saving, epochs, interval, self.start,
+                                blocks_per_event=self.blocks_per_event, blocks=self.blocks,
+                                unit=self.unit,
+                                freeze_fraction=self.freeze_fraction,
+                                input_shape=self.input_shape, sparsity=self.sparsity)
+        self.frozen_blocks, self.events = 0, []
+        self.controller.register_state(self.STATE_NAME, self._get_state, self._set_state)
+
+    def on_train_end(self, logs=None):
+        self.controller.unregister_state(self.STATE_NAME)
+        super().on_train_end(logs)
+
+    def controlled_epoch_begin(self, epoch: int) -> None:
+        plan = self.plan
+        k = plan.frozen_at(epoch)
+        if k > self.frozen_blocks:
+            layers = freeze_blocks(self.controller, plan.groups[self.frozen_blocks:k])
+            self.events.append({"epoch": int(epoch), "blocks": int(k), "layers": layers})
+            if self.verbose:
+                print(f"ProgressiveFreezing: epoch {epoch}: {k}/{len(plan.groups)} blocks "
+                      f"frozen (step FLOPs -{plan.step_saving(k):.1%}).")
+            self.frozen_blocks = k
+        if self.block_lr and plan.num_frozen:
+            # Same keys every epoch: only the multiplier values change (no retrace).
+            rules = block_lr_rules(plan, epoch, self.global_lr)
+            controller = self.controller
+            controller.set_lr_multipliers({**controller.lr_multipliers, **rules})
+
+    def epoch_logs(self) -> dict:
+        """`freeze/blocks`, `freeze/frozen_fraction`, `freeze/step_flops_saving`."""
+        return {"freeze/blocks": float(self.frozen_blocks),
+                "freeze/frozen_fraction": self.frozen_fraction(),
+                "freeze/step_flops_saving": float(self.plan.step_saving(self.frozen_blocks))}
+
+    def frozen_fraction(self) -> float:
+        """Share of the model's trainable parameters (all layers unfrozen) now frozen."""
+        candidates = trainable_candidates(self.model)
+        trainable = {id(v) for v in self.model.trainable_weights}
+        total = sum(int(np.prod(v.shape)) for v in candidates)
+        frozen = sum(int(np.prod(v.shape)) for v in candidates if id(v) not in trainable)
+        return float(frozen / total) if total else 0.0

@@ -1,0 +1,69 @@
+"""kgrow under MultiWorkerMirroredStrategy: 2 worker processes on localhost (TF_CONFIG).
+
+Each run starts both workers of `multi_worker_script.py`; the workers must end
+with bitwise-equal weights (gradients are all-reduced; BatchNorm moving
+statistics are averaged by the controller at each epoch end), take the same
+growth decisions, let only the chief write checkpoints, and a worker group
+restarted on a checkpoint must end where an uninterrupted group ends.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+SCRIPT = pathlib.Path(__file__).with_name("multi_worker_script.py")
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _free_ports(n=2):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _run_group(tmp_path, tag, ckpt, epochs):
+    ports = _free_ports()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TF_CONFIG", None)
+    procs = [subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(i), str(ports[0]), str(ports[1]),
+         str(tmp_path / f"{tag}_w{i}.npz"), str(ckpt), str(epochs)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    weights = [dict(np.load(tmp_path / f"{tag}_w{i}.npz")) for i in (0, 1)]
+    return results, weights
+
+
+def _max_diff(a, b):
+    assert sorted(a) == sorted(b)
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def test_growth_under_two_workers_is_identical_on_both_and_resumes(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    results, weights = _run_group(tmp_path, "full", ckpt, epochs=3)
+    assert results[0]["events"] == results[1]["events"] == ["shrink-to-start", "grow"]
+    assert results[0]["width"] == results[1]["width"] == [0.5, 1.0, 1.0]
+    assert _max_diff(*weights) == 0.0  # BN moving statistics included
+    names = sorted(p.name for p in ckpt.iterdir() if p.name.startswith("ckpt-"))
+    assert [n[:11] for n in names] == ["ckpt-000002", "ckpt-000003"]  # one writer
+
+    # As if the group died before its last checkpoint: restart with the same command.
+    (ckpt / names[1]).rename(tmp_path / "dropped")
+    (ckpt / "latest").write_text(names[0] + "\n")
+    results, resumed = _run_group(tmp_path, "resumed", ckpt, epochs=3)
+    assert [r["epochs_run"] for r in results] == [1, 1]
+    assert _max_diff(*resumed) == 0.0
+    assert _max_diff(resumed[0], weights[0]) <= 1e-6
