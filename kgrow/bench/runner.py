@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import time
-import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
@@ -314,10 +313,7 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
                                     sparsity=setup.sparsity)
     callbacks = [clock.head, *setup.callbacks, flops_meter, *extra_callbacks, clock.tail]
     # shuffle=False: the bundle's pipeline already reshuffles every epoch.
-    with meters.PeakMemory() as memory, warnings.catch_warnings():
-        # A bundle's epoch is one finite pass of unknown length (the live
-        # selection may change it), which Keras reports as running out of data.
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
+    with meters.PeakMemory() as memory:
         train_data = bundle.train_with_ids() if setup.needs_sample_ids else bundle.train
         history = model.fit(counter.wrap(train_data), epochs=train_cfg.epochs,
                             validation_data=test_data, callbacks=callbacks,

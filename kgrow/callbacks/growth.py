@@ -14,8 +14,10 @@ your full architecture again: a plain Functional model with no kgrow layer in
 it, whose variable paths are those of the model you built (inserted blocks
 aside, which get `..._ins{k}_...` names).
 
-Example:
+Example (not run as a doctest: it trains a ResNet-20 for 9 epochs; the
+README's growth example runs, shrunk, in tests/test_docs_examples.py):
     >>> import kgrow, keras  # doctest: +SKIP
+    >>> data = kgrow.data.load("fashion_mnist")  # doctest: +SKIP
     >>> model = kgrow.models.get("resnet20", (28, 28, 1), 10)  # doctest: +SKIP
     >>> model.compile("sgd", "categorical_crossentropy")  # doctest: +SKIP
     >>> grow = Growth(GrowthSchedule.linear(total_epochs=9, num_stages=3, start=0.5),
@@ -63,6 +65,8 @@ class FullSize:
            block_spec=None, image_size=None) -> "FullSize":
         """Records `model`'s sizes; `image_size` is the full resolution of a
         model whose input size is free (None x None), for resolution stages."""
+        from kgrow.surgery import require_rebuildable
+        require_rebuildable(model, "Growth", every_layer=True)
         groups, depths, mins = {}, [], []
         full_hw, multiple = None, 1
         if need_resolution:

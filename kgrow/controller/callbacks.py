@@ -255,8 +255,16 @@ class ControllerCheckpoint(keras.callbacks.Callback):
             schedules) when restoring.
 
     Example:
-        >>> saver = ControllerCheckpoint("runs/ckpt", save_freq=500)
-        >>> model.fit(bundle.train, epochs=90, callbacks=[grow, saver])  # doctest: +SKIP
+        >>> import tempfile, keras, numpy as np, kgrow
+        >>> x, y = np.zeros((16, 4, 4, 1), np.uint8), np.arange(16) % 2
+        >>> bundle = kgrow.data.from_arrays((x, y), batch_size=8)
+        >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+        ...                           keras.layers.Dense(2)])
+        >>> model.compile("sgd", "categorical_crossentropy")
+        >>> saver = ControllerCheckpoint(tempfile.mkdtemp())
+        >>> _ = model.fit(bundle.train, epochs=2, verbose=0, callbacks=[saver])
+        >>> TrainingController.of(model).epoch
+        2
     """
 
     def __init__(self, directory: str, save_freq="epoch", every_epochs: int | None = 1,

@@ -435,8 +435,15 @@ class TrainingController:
                 (e.g. `("masks",)`: the grown model is dense again).
 
         Example:
-            >>> result = kgrow.surgery.scale_width(model, 2.0)  # doctest: +SKIP
-            >>> TrainingController.of(model).replace_model(result)  # doctest: +SKIP
+            >>> import keras, kgrow
+            >>> inputs = keras.Input((4,))
+            >>> hidden = keras.layers.Dense(8, name="hidden")(inputs)
+            >>> model = keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden))
+            >>> model.compile("sgd", "mse")
+            >>> result = kgrow.surgery.scale_width(model, 2.0)
+            >>> TrainingController.of(model).replace_model(result)
+            >>> model.get_layer("hidden").units
+            16
         """
         new_model, plan = getattr(result, "model", None), getattr(result, "plan", None)
         if not isinstance(new_model, keras.Model) or not isinstance(plan, TransferPlan):
@@ -521,12 +528,7 @@ class TrainingController:
     def _note_trainable_state(self) -> None:
         # Trainable flags are part of the layer configs, so of the JSON.
         self._architecture_json = None
-        # Keras warns at the next fit() when trainable flags differ from those
-        # seen at compile time; the controller has retraced, so the flags seen
-        # now are the compiled ones.
-        if getattr(self.model, "compiled", False):
-            self.model._compiled_trainable_state = {
-                layer: layer.trainable for layer in self.model._flatten_layers()}
+        freezing.note_trainable_state(self.model)
 
     @property
     def frozen(self) -> list[str]:
@@ -546,9 +548,15 @@ class TrainingController:
         weights.
 
         Example:
-            >>> ema = ctrl.add_ema("teacher", decay=0.999)  # doctest: +SKIP
-            >>> with ema.swap():  # doctest: +SKIP
-            ...     model.evaluate(test_ds)
+            >>> import keras, numpy as np
+            >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+            >>> model.compile("sgd", "mse")
+            >>> ctrl = TrainingController.of(model)
+            >>> ema = ctrl.add_ema("teacher", decay=0.999)
+            >>> x, y = np.ones((8, 3)), np.zeros((8, 1))
+            >>> _ = model.fit(x, y, epochs=1, verbose=0)
+            >>> with ema.swap():  # the model holds the EMA weights inside
+            ...     ema_loss = model.evaluate(x, y, verbose=0)
         """
         value = resolve_decay(decay, half_life_steps, half_life_epochs, steps_per_epoch)
         return self._components["ema"].add(name, value, trainable_only=trainable_only)
@@ -573,7 +581,13 @@ class TrainingController:
         Variables in no group train at the optimizer's learning rate.
 
         Example:
-            >>> ctrl.set_lr_multipliers({"stage1": 0.5, r"^head/": 0.1})  # doctest: +SKIP
+            >>> import keras
+            >>> inputs = keras.Input((4,))
+            >>> x = keras.layers.Dense(4, name="stage1_dense")(inputs)
+            >>> model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+            >>> model.compile("sgd", "mse")
+            >>> ctrl = TrainingController.of(model)
+            >>> ctrl.set_lr_multipliers({"stage1": 0.5, r"^head/": 0.1})
         """
         self._components["lr_groups"].set(multipliers)
 

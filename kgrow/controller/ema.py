@@ -252,9 +252,12 @@ class EMA:
     def swap(self):
         """Context manager: the model holds the EMA weights inside, its own after.
 
-        Example:
+        Example (``ema`` from `TrainingController.add_ema`):
             >>> with ema.swap():  # doctest: +SKIP
             ...     model.evaluate(test_ds)
+
+        (Not run as a doctest: it needs a model, an EMA and data; the
+        runnable example is `TrainingController.add_ema`'s.)
         """
         targets = self._check_model(self._controller.model)
         saved = {p: targets[p].numpy() for p in self._shadows}

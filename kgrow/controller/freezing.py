@@ -74,6 +74,18 @@ def resolve_layers(model, spec: LayerSpec) -> list:
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
+def note_trainable_state(model) -> None:
+    """Makes the current trainable flags the ones Keras saw at compile time.
+
+    Keras warns at the next `fit` when the flags differ from those at
+    `compile`; a controller that changes them retraces its train step, so
+    the flags now in force are the compiled ones.
+    """
+    if getattr(model, "compiled", False):
+        model._compiled_trainable_state = {
+            layer: layer.trainable for layer in model._flatten_layers()}
+
+
 def frozen_layer_names(model) -> list[str]:
     """Names of the layers with `trainable=False` that hold weights that could train.
 
@@ -90,13 +102,26 @@ class FrozenLayers(Component):
     """Component: which layers are frozen (`controller.freeze` / `unfreeze`).
 
     Trainable flags are part of the layer configs, so a growth result or an
-    architecture taken back brings its own flags and nothing is carried;
-    checkpoints hold the names of the frozen layers, frozen again on restore.
+    architecture taken back brings its own flags (a copied block is frozen
+    when its donor is); `replace_model(..., reset=("frozen",))` unfreezes
+    every layer of the new model. Checkpoints hold the names of the frozen
+    layers, frozen again on restore.
     """
 
     kind = "frozen"
     order = 10
     builtin = True
+
+    def carry(self, plan, reset: bool) -> None:
+        if not reset:
+            return
+        model = self.host.model
+        names = set(frozen_layer_names(model))
+        for layer in all_layers(model):
+            if layer.name in names:
+                layer.trainable = True
+        note_trainable_state(model)
+        self.host.request_retrace()
 
     def get_state(self):
         return frozen_layer_names(self.host.model)

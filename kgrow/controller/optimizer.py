@@ -351,20 +351,20 @@ class OptimizerState(Component):
         optimizer = getattr(self.host.model, "optimizer", None)
         return optimizer if getattr(optimizer, "built", False) else None
 
-    def install(self, optimizer, state=None, plan=None, reset=False) -> None:
-        """Builds `optimizer` on every variable that may train, loads `state`."""
+    def install(self, optimizer, state=None) -> None:
+        """Builds a new `optimizer` on every variable that may train, loads `state`."""
         host = self.host
         with host.scope():
             optimizer.build(trainable_candidates(host.model))
             if state is not None:
-                load_optimizer_state(optimizer, state, plan=plan, reset=reset)
+                load_optimizer_state(optimizer, state)
         host.model.optimizer = optimizer
 
     def cover(self, variables) -> None:
         """Rebuilds the optimizer (state kept) if it cannot update `variables`."""
         optimizer = self._built()
         if optimizer is not None and not knows_variables(optimizer, variables):
-            self.install(clone_optimizer(optimizer), optimizer_state(optimizer))
+            self.carry(None, reset=False)
 
     def carry(self, plan, reset: bool) -> None:
         old = self._built()

@@ -21,15 +21,13 @@ Example:
     >>> bundle.steps_per_epoch
     234
 
-Note on ``model.fit``: ``bundle.train`` tells Keras its length (the
-selection's batch count when ``fit`` starts), and Keras stops every epoch at
-that count. kgrow's controlled callbacks re-sync that count to the selection
-at every epoch begin (`kgrow.controller.callbacks.sync_epoch_length`), so a
-selection changed by them may shrink or grow. Changed by other code, a
-shrinking selection makes Keras warn "Your input ran out of data" (it goes on
-to the next epoch) and a growing one truncates epochs. ``bundle.train`` shuffles itself:
-pass ``shuffle=False`` to ``fit`` (Keras ignores ``shuffle`` for datasets and
-warns about its default ``True``).
+Note on ``model.fit``: ``bundle.train`` (and ``bundle.train_with_ids()``) is
+its own Keras data adapter: Keras takes each epoch's length from the
+selection when the epoch starts (so a selection may shrink or grow between
+epochs), and does not warn that it ignores ``shuffle`` (the bundle shuffles
+itself, exactly and reproducibly). Datasets derived from it (``.map``,
+``.take``) are plain ``tf.data`` datasets whose length Keras fixes at ``fit``
+start.
 """
 from kgrow.data.api import from_arrays, from_datasets, load
 from kgrow.data.augment import PRESETS, AugmentConfig, get_preset

@@ -32,9 +32,15 @@ augmented, is resized to the static ``image_size`` only, and keeps fully
 static shapes.
 """
 import dataclasses
+import sys
+import weakref
 
 import numpy as np
 import tensorflow as tf
+from keras.src.distribution import distribution_lib as keras_distribution
+from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+from keras.src.trainers.data_adapters.tf_dataset_adapter import make_class_weight_map_fn
+from keras.src.trainers.epoch_iterator import EpochIterator
 from tensorflow.python.data.ops import dataset_ops
 
 from kgrow.data import augment as augment_lib
@@ -67,7 +73,7 @@ def _without_autotuning(ds):
     return ds.with_options(options)
 
 
-class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset):
+class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset, DataAdapter):
     """A bundle's training dataset: carries its `LiveSelection` and knows its length.
 
     ``cardinality()`` is the number of batches the selection gives now, so
@@ -76,12 +82,26 @@ class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset):
     data"). ``selection`` lets `kgrow.controller.ControllerCheckpoint` attach
     the selection to the controller when ``fit`` starts, so that a resumed
     run restores the data order. Datasets derived from it (``.map``,
-    ``.take``, ...) are plain ``tf.data`` datasets again.
+    ``.take``, ...) are plain ``tf.data`` datasets again, except ``.map``,
+    which keeps one element per batch and so stays live (e.g. a meter counting
+    samples around ``bundle.train``).
+
+    It is also its own Keras data adapter, so ``fit`` takes it as it is:
+    Keras warns for every plain ``tf.data`` dataset that it ignores
+    ``shuffle=True`` (its default), which is noise here, because this dataset
+    orders itself (an exact seeded shuffle per pass). As the adapter it also
+    gives Keras each epoch's length when the epoch starts, so a selection
+    that shrinks or grows between epochs runs exactly its batches (Keras
+    otherwise keeps the first epoch's count: "Your input ran out of data"
+    after a shrink, truncated epochs after a growth). ``class_weight`` works
+    as for any dataset; ``y`` and ``sample_weight`` are refused as Keras
+    refuses them for datasets.
     """
 
     def __init__(self, dataset, selection, batch_size):
         self.selection = selection
         self._batch_size = int(batch_size)
+        self._epoch_iterators = weakref.WeakSet()
         super().__init__(dataset, dataset._variant_tensor)
 
     def cardinality(self):
@@ -89,6 +109,80 @@ class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset):
 
     def __len__(self):
         return self.selection.num_active // self._batch_size
+
+    def map(self, *args, **kwargs):
+        """``tf.data.Dataset.map``, still a `LiveTrainDataset` of the same selection."""
+        return LiveTrainDataset(super().map(*args, **kwargs), self.selection, self._batch_size)
+
+    # -- the Keras DataAdapter interface (TensorFlow backend) --------------------
+    def get_tf_dataset(self):
+        args = _epoch_iterator_arguments()
+        if args.get("self") is not None:
+            self._epoch_iterators.add(args["self"])
+        for name, what in (("y", "the targets"), ("sample_weight", "the sample weights")):
+            if args.get(name) is not None:
+                raise ValueError(f"When providing `x` as a tf.data.Dataset, `{name}` should "
+                                 f"not be passed. Instead, {what} should be included as part "
+                                 "of the tf.data.Dataset.")
+        dataset = self
+        if args.get("class_weight") is not None:
+            dataset = dataset.map(make_class_weight_map_fn(args["class_weight"]))
+        distribution = keras_distribution.distribution()
+        if distribution is not None:
+            dataset = distribution.distribute_dataset(dataset)
+        return dataset
+
+    def get_numpy_iterator(self):
+        for batch in self.get_tf_dataset():
+            yield tf.nest.map_structure(lambda t: t.numpy(), batch)
+
+    @property
+    def num_batches(self):
+        return len(self)
+
+    def on_epoch_begin(self):
+        # Keras reads the epoch length it cached at `fit` start right after this
+        # call; the selection may have changed since (at this epoch's begin).
+        # A pass resumed mid-epoch (`LiveSelection.resume_pass`) starts past its
+        # first batches; its skip is cleared only when the pass begins, after this.
+        steps = max(len(self) - int(self.selection.skip.numpy()), 0)
+        for iterator in list(self._epoch_iterators):
+            if hasattr(iterator, "_num_batches"):
+                iterator._num_batches = steps
+
+    @property
+    def batch_size(self):
+        return self._batch_size
+
+    @property
+    def has_partial_batch(self):
+        return False
+
+    @property
+    def partial_batch_size(self):
+        return None
+
+
+def _epoch_iterator_arguments() -> dict:
+    """``y``, ``sample_weight`` and ``class_weight`` of the Keras epoch iterator
+    being built on a `LiveTrainDataset`, and the iterator as ``self`` (Keras
+    does not hand them to a data adapter it was given, so they are read from
+    its constructor's frame)."""
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"),
+                                                                 EpochIterator):
+                local = frame.f_locals
+                args = dict(local.get("kwargs") or {})
+                args.update({k: local[k] for k in ("y", "sample_weight", "class_weight")
+                             if k in local})
+                args["self"] = local["self"]
+                return args
+            frame = frame.f_back
+        return {}
+    finally:
+        del frame
 
 
 def selection_of(dataset):

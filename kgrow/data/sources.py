@@ -17,6 +17,10 @@ import dataclasses
 import difflib
 import importlib
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +40,11 @@ FASHION_MNIST_FILES = {
 }
 FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
                          "shirt", "sneaker", "bag", "ankle boot")
+
+#: Seconds the reachability check of a download host may take in all. TFDS
+#: retries a failed download for minutes; without a network a missing
+#: dataset should fail in seconds instead.
+DOWNLOAD_PROBE_TIMEOUT = 5.0
 
 #: TFDS datasets up to this many bytes of decoded training images are loaded
 #: into memory (exact shuffles, random access); larger ones are streamed.
@@ -258,8 +267,32 @@ def find_fashion_mnist_files(directory):
     return paths
 
 
+#: Decoded Fashion-MNIST arrays by (path, mtime, size) of the four files:
+#: decompressing them takes seconds, and a process often loads them again.
+_FASHION_MNIST_CACHE: dict = {}
+
+
 def read_fashion_mnist(paths, name="fashion_mnist"):
-    """Reads and validates the four Fashion-MNIST IDX files into an `ArraySource`."""
+    """Reads and validates the four Fashion-MNIST IDX files into an `ArraySource`.
+
+    The arrays are read-only and shared between calls for unchanged files.
+    """
+    key = tuple(sorted((k, p, os.stat(p).st_mtime_ns, os.stat(p).st_size)
+                       for k, p in paths.items()))
+    if key not in _FASHION_MNIST_CACHE:
+        arrays = _read_fashion_mnist_arrays(paths)
+        for array in arrays.values():
+            array.flags.writeable = False
+        _FASHION_MNIST_CACHE.clear()  # one copy at most
+        _FASHION_MNIST_CACHE[key] = arrays
+    arrays = _FASHION_MNIST_CACHE[key]
+    return ArraySource(
+        name=name, x_train=arrays["x_train"], y_train=arrays["y_train"],
+        x_test=arrays["x_test"], y_test=arrays["y_test"],
+        num_classes=len(FASHION_MNIST_CLASSES), pixel_scale=1.0)
+
+
+def _read_fashion_mnist_arrays(paths):
     arrays = {}
     for key, path in paths.items():
         arrays[key] = read_idx(path, expected_ndim=3 if key.startswith("x") else 1)
@@ -277,11 +310,10 @@ def read_fashion_mnist(paths, name="fashion_mnist"):
             raise ValueError(
                 f"Fashion-MNIST {split} labels reach {y.max()}, but there are only "
                 f"{len(FASHION_MNIST_CLASSES)} classes ({paths['y_' + split]}).")
-    return ArraySource(
-        name=name,
-        x_train=arrays["x_train"][..., np.newaxis], y_train=arrays["y_train"].astype(np.int32),
-        x_test=arrays["x_test"][..., np.newaxis], y_test=arrays["y_test"].astype(np.int32),
-        num_classes=len(FASHION_MNIST_CLASSES), pixel_scale=1.0)
+    return {"x_train": arrays["x_train"][..., np.newaxis],
+            "y_train": arrays["y_train"].astype(np.int32),
+            "x_test": arrays["x_test"][..., np.newaxis],
+            "y_test": arrays["y_test"].astype(np.int32)}
 
 
 def fashion_mnist_dir(data_dir=None):
@@ -371,16 +403,33 @@ def tfds_source(name, data_dir=None):
         raise ValueError(unknown_dataset_message(name, tfds_available=True)) from None
     image_key, label_key = _classification_keys(name, builder.info)
     train_split, test_split = _split_names(name, builder.info)
-    try:
-        (train, test), info = tfds.load(
-            name, split=[train_split, test_split], as_supervised=True, with_info=True,
-            data_dir=data_dir, shuffle_files=False)
-    except Exception as err:  # download/preparation failures come in many types
-        raise FileNotFoundError(
+
+    def load(download):
+        return tfds.load(name, split=[train_split, test_split], as_supervised=True,
+                         with_info=True, data_dir=data_dir, shuffle_files=False,
+                         download=download)
+
+    def not_provided(err):
+        return FileNotFoundError(
             f"TFDS could not provide {name!r} (splits {train_split!r}/{test_split!r}, data_dir="
-            f"{data_dir!r}): {type(err).__name__}: {err}. TFDS downloads datasets on first use, "
-            f"which needs a network connection; offline, pass data_dir= a directory where "
-            f"the dataset was prepared (e.g. with `tfds build {name} --data_dir DIR`).") from err
+            f"{data_dir!r}, looked in {builder.data_dir}): {type(err).__name__}: {err}. TFDS "
+            f"downloads datasets on first use, which needs a network connection; offline, "
+            f"pass data_dir= a directory where the dataset was prepared (e.g. with "
+            f"`tfds build {name} --data_dir DIR`).")
+
+    try:
+        # A prepared copy needs no network; only a missing one is downloaded.
+        (train, test), info = load(download=False)
+    except Exception as err:  # "could not find data", or a broken copy
+        if builder.is_prepared():
+            raise not_provided(err) from err
+        unreachable = unreachable_download(getattr(builder, "url_infos", None) or {})
+        if unreachable:
+            raise not_provided(ConnectionError(unreachable)) from None
+        try:
+            (train, test), info = load(download=True)
+        except Exception as err:  # download/preparation failures come in many types
+            raise not_provided(err) from err
     num_classes = int(info.features[label_key].num_classes)
     image_shape = tuple(info.features[image_key].shape)
     image_dtype = tf.as_dtype(info.features[image_key].dtype)
@@ -400,6 +449,53 @@ def tfds_source(name, data_dir=None):
         check_label_range(y_test, num_classes, f"{name} test")
         return ArraySource(name, x_train, y_train, x_test, y_test, num_classes, 1.0)
     return StreamSource(name, train, test, num_train, num_test, image_shape, num_classes, 1.0)
+
+
+def unreachable_download(urls, timeout=None):
+    """Why the hosts of `urls` cannot be reached now, or None when they can.
+
+    Opens one TCP connection per host (through the proxy that `urllib` would
+    use, if any), all within `timeout` seconds (default
+    `DOWNLOAD_PROBE_TIMEOUT`), in a daemon thread so that a hanging name
+    lookup cannot hold the caller. An empty `urls` (a dataset with manual
+    downloads) is reachable.
+
+    Example:
+        >>> unreachable_download([]) is None
+        True
+    """
+    timeout = DOWNLOAD_PROBE_TIMEOUT if timeout is None else float(timeout)
+    targets = []
+    proxies = urllib.request.getproxies()
+    for url in urls:
+        parts = urllib.parse.urlsplit(str(url))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            continue
+        proxy = proxies.get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname):
+            parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if (parts.hostname, port) not in targets:
+            targets.append((parts.hostname, port))
+    if not targets:
+        return None
+    failures = []
+
+    def probe():
+        for host, port in targets:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+            except OSError as err:
+                failures.append(f"cannot connect to {host}:{port} ({type(err).__name__}: "
+                                f"{err})")
+                return
+
+    thread = threading.Thread(target=probe, daemon=True, name="kgrow-download-probe")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return f"no answer from {', '.join(f'{h}:{p}' for h, p in targets)} within {timeout:g} s"
+    return failures[0] if failures else None
 
 
 def _classification_keys(name, info):

@@ -14,13 +14,13 @@ from kgrow.surgery.channels import (ChannelGroup, UnsupportedLayerError, channel
 from kgrow.surgery.depth import (describe_mapping, expansion_mapping, insert_blocks,
                                  interpolation_mapping, remove_blocks, set_depth)
 from kgrow.surgery.graph import (Node, copy_layer, flat_nodes, is_graph_model, nodes, rebind,
-                                 rebuild, require_functional)
+                                 rebuild, require_functional, require_rebuildable)
 from kgrow.surgery.transfer import NEW, GrowthResult, Resample, TransferPlan, VariableTransfer
 from kgrow.surgery.width import scale_width
 
 __all__ = [
     "Node", "copy_layer", "flat_nodes", "is_graph_model", "nodes", "rebind", "rebuild",
-    "require_functional", "NEW", "GrowthResult", "Resample", "TransferPlan", "VariableTransfer",
+    "require_functional", "require_rebuildable", "NEW", "GrowthResult", "Resample", "TransferPlan", "VariableTransfer",
     "ChannelGroup", "UnsupportedLayerError", "channel_groups", "register_channel_rule",
     "supported_layer_types", "scale_width", "Block", "BlockStage", "find_blocks", "find_stages",
     "insert_blocks", "remove_blocks", "set_depth", "interpolation_mapping", "expansion_mapping",

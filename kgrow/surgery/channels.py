@@ -71,7 +71,7 @@ reason is recorded in `ChannelGroups.unsupported`.
 
 Example:
     >>> import keras
-    >>> x = keras.Input((8, 8, 3))
+    >>> x = keras.Input((8, 8, 3), name="image")
     >>> a = keras.layers.Conv2D(8, 3, padding="same", name="a")(x)
     >>> b = keras.layers.Conv2D(8, 3, padding="same", name="b")(a)
     >>> y = keras.layers.Add(name="add")([a, b])
@@ -79,7 +79,7 @@ Example:
     >>> m = keras.Model(x, keras.layers.Dense(2, name="head")(y))
     >>> groups = channel_groups(m)
     >>> [(g.name, g.size, g.resizable) for g in groups.values()]
-    [('input:input_layer', 3, False), ('residual:a', 8, True), ('head', 2, False)]
+    [('input:image', 3, False), ('residual:a', 8, True), ('head', 2, False)]
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from keras import tree
 __all__ = [
     "Node", "nodes", "rebuild", "rebind", "copy_layer", "require_functional",
     "consumers", "tensor_key", "is_graph_model", "flat_nodes", "replay", "graph_of",
-    "nested_inputs",
+    "nested_inputs", "require_rebuildable",
 ]
 
 
@@ -47,6 +47,65 @@ def require_functional(model, what="this operation"):
             "Subclassed models have no inspectable graph: wrap their layers in a "
             "Functional model first.")
     return model
+
+
+def require_rebuildable(model, what="graph surgery", *, every_layer=False):
+    """Raises a clear ValueError for layers that surgery cannot re-create.
+
+    Surgery re-creates layers from their config (`copy_layer`), and the
+    training controller re-creates the whole model from its JSON when a
+    checkpoint or an `EarlyStopping` restore brings back another
+    architecture. Keras refuses to re-create a `Lambda` layer that wraps a
+    Python lambda (unsafe deserialization), and cannot find an unregistered
+    function by name, so such a model would fail in the middle of `fit`.
+    `rebuild` tries the `Lambda` layers on every call (cheap);
+    `every_layer=True` tries all layers, once, when `Growth` gets the model.
+
+    Example:
+        >>> inputs = keras.Input((4,))
+        >>> m = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+        >>> require_rebuildable(m, "scale_width")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: scale_width cannot rebuild model ...
+    """
+    require_functional(model, what)
+    failures, seen = [], set()
+    for node in flat_nodes(model):
+        op = node.operation
+        if not isinstance(op, keras.layers.Layer) or id(op) in seen:
+            continue
+        seen.add(id(op))
+        if not (every_layer or isinstance(op, keras.layers.Lambda)):
+            continue
+        try:
+            op.__class__.from_config(op.get_config())
+        except Exception as err:  # whatever from_config raises, surgery would too
+            failures.append((op, err))
+    if not failures:
+        return
+    lambdas = [op.name for op, _ in failures if isinstance(op, keras.layers.Lambda)]
+    others = [f"{op.name!r} ({type(op).__name__}: {type(err).__name__}: "
+              f"{' '.join(str(err).split())[:300]})"
+              for op, err in failures if not isinstance(op, keras.layers.Lambda)]
+    parts = []
+    if lambdas:
+        parts.append(
+            f"Lambda layers {lambdas}: Keras does not re-create a Lambda's Python function "
+            "from its config (a lambda is refused as unsafe deserialization, a plain function "
+            "is only found when registered). Replace each with a built-in layer (e.g. "
+            "keras.layers.Rescaling for x * c, keras.layers.Activation), or with a small "
+            "keras.layers.Layer subclass decorated with "
+            "@keras.saving.register_keras_serializable() whose call uses keras.ops")
+    if others:
+        parts.append("Layers whose from_config(get_config()) fails: " + "; ".join(others)
+                     + ". Layers used in graph surgery must implement get_config() and "
+                     "from_config() (and be registered with "
+                     "@keras.saving.register_keras_serializable())")
+    raise ValueError(
+        f"{what} cannot rebuild model {model.name!r}: surgery re-creates layers from their "
+        "config, and checkpoints/EarlyStopping restores re-create the model from its JSON. "
+        + ". ".join(parts) + ".")
 
 
 def tensor_key(tensor) -> int:
@@ -89,8 +148,8 @@ def nodes(model) -> list[Node]:
     """Lists the non-input calls of a Functional graph in topological order.
 
     Example:
-        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-        >>> [n.name for n in nodes(m)]  # doctest: +SKIP
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
+        >>> [n.name for n in nodes(m)]
         ['dense']
     """
     require_functional(model, "nodes()")
@@ -169,6 +228,8 @@ def rebuild(model, *, operation_fn: Optional[Callable] = None,
         outputs (bypassed branches disappear).
     """
     require_functional(model, "rebuild()")
+    if operation_fn is not None:  # layers will be re-created from their configs
+        require_rebuildable(model, "Graph surgery")
     graph = graph_of(model)
     memo: dict[int, Any] = {}
 

@@ -86,7 +86,7 @@ def main(directory, out):
     callbacks.append(ControllerCheckpoint(directory))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(bundle.train, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=callbacks)
+        model.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=callbacks)  # as in the README
     np.savez(out, **{v.path: v.numpy() for v in model.weights})
     with open(out + ".warnings.json", "w") as f:
         json.dump([str(w.message) for w in caught], f)

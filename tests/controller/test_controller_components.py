@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from kgrow import models, surgery
-from kgrow.controller import (ControllerCheckpoint, LRScales, Masks, TrainingController)
+from kgrow.controller import LRScales, Masks, TrainingController
 
 from ctrl_helpers import make_mlp, mirrored_strategy, regression_data
 

@@ -1,10 +1,13 @@
 """LiveSelection, alone and driving the training pipeline between epochs."""
+import warnings
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kgrow.data import AugmentConfig, LiveSelection, from_arrays, from_datasets
+from kgrow.data import selection_of as kgrow_selection_of
 
 
 def id_bundle(n=40, batch_size=8, shape=(6, 6, 3), **kwargs):
@@ -228,8 +231,10 @@ def test_stream_sources_follow_the_selection_too():
     assert sorted(ids) == sorted(kept[::2].tolist())
 
 
-def test_keras_fit_sees_the_changes_at_the_next_epoch():
+@pytest.mark.parametrize("first, later", [(48, 16), (16, 48)])
+def test_keras_fit_runs_each_epoch_of_the_live_selection_without_warnings(first, later):
     bundle = id_bundle(n=48, batch_size=8, shape=(8, 8, 1), resizable=True)
+    bundle.selection.set_active(np.arange(first))
     model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3),
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(48)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -239,15 +244,43 @@ def test_keras_fit_sees_the_changes_at_the_next_epoch():
 
         def on_epoch_begin(self, epoch, logs=None):
             self.steps.append(0)
-            if epoch == 1:  # shrink: Keras caps later epochs at the first one's length
-                bundle.selection.set_active(np.arange(16))
+            if epoch == 1:  # the epoch's length follows the selection
+                bundle.selection.set_active(np.arange(later))
                 bundle.selection.set_image_size(5, 5)
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps[-1] += 1
 
     probe = Probe()
-    with pytest.warns(UserWarning, match="ran out of data"):
-        model.fit(bundle.train, epochs=2, verbose=0, callbacks=[probe])
-    assert probe.steps == [6, 2]
-    assert int(bundle.selection.epoch.numpy()) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(bundle.train, epochs=3, verbose=0, callbacks=[probe])  # shuffle=True default
+    assert probe.steps == [first // 8, later // 8, later // 8]
+    assert int(bundle.selection.epoch.numpy()) == 3
+    assert not [str(w.message) for w in caught if "ran out of data" in str(w.message)
+                or "shuffle" in str(w.message)]
+
+
+def test_keras_fit_arguments_that_a_dataset_cannot_take():
+    bundle = id_bundle(n=32, batch_size=8, shape=(8, 8, 1))
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(32)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="`y` should not be passed"):
+        model.fit(bundle.train, np.zeros(32), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="`sample_weight` should not be passed"):
+        model.fit(bundle.train, sample_weight=np.ones(32), epochs=1, verbose=0)
+    # class_weight is applied as for any dataset: all-zero weights give a zero loss
+    history = model.fit(bundle.train, epochs=1, verbose=0,
+                        class_weight={c: 0.0 for c in range(32)})
+    assert history.history["loss"] == [0.0]
+
+
+def test_map_keeps_the_dataset_live_other_transformations_do_not():
+    bundle = id_bundle(n=32, batch_size=8, shape=(8, 8, 1))
+    counted = bundle.train.map(lambda x, y: (x * 1.0, y))
+    assert kgrow_selection_of(counted) is bundle.selection and len(counted) == 4
+    assert kgrow_selection_of(bundle.train.take(2)) is None
+    bundle.selection.set_active(np.arange(16))
+    assert len(counted) == 2 and int(counted.cardinality()) == 2
+    assert [b[0].shape[0] for b in counted] == [8, 8]

@@ -154,7 +154,96 @@ def test_tfds_download_failure_is_explained(monkeypatch):
         raise ConnectionError("Could not resolve host")
 
     monkeypatch.setattr(tfds, "load", offline)
+    monkeypatch.setattr(sources, "unreachable_download", lambda urls: None)  # "online"
     with pytest.raises(FileNotFoundError, match="needs a network connection") as err:
         kgrow.data.load("cifar10", data_dir="/nonexistent/tfds")
     assert "ConnectionError: Could not resolve host" in str(err.value)
     assert "tfds build cifar10" in str(err.value)
+
+
+def spy_tfds_load(monkeypatch):
+    """Records tfds.load's `download` arguments; data is never there."""
+    downloads = []
+
+    def load(name, download=True, **kwargs):
+        downloads.append(download)
+        raise AssertionError(f"Dataset {name}: could not find data")
+
+    monkeypatch.setattr(tfds, "load", load)
+    return downloads
+
+
+def test_offline_missing_tfds_dataset_fails_without_download(monkeypatch):
+    downloads = spy_tfds_load(monkeypatch)
+    probed = []
+
+    def unreachable(urls):
+        probed.extend(urls)
+        return "cannot connect to www.cs.toronto.edu:443 (gaierror)"
+
+    monkeypatch.setattr(sources, "unreachable_download", unreachable)
+    with pytest.raises(FileNotFoundError) as err:
+        kgrow.data.load("cifar10", data_dir="/nonexistent/tfds")
+    assert downloads == [False]  # TFDS's retrying download was never started
+    assert probed and all(u.startswith("https://www.cs.toronto.edu/") for u in probed)
+    message = str(err.value)
+    assert "cannot connect to www.cs.toronto.edu:443" in message
+    assert "/nonexistent/tfds" in message and "tfds build cifar10" in message
+
+
+def test_offline_missing_fashion_mnist_says_where_and_how(monkeypatch):
+    downloads = spy_tfds_load(monkeypatch)
+    monkeypatch.setattr(sources, "unreachable_download", lambda urls: "cannot connect")
+    with pytest.raises(FileNotFoundError) as err:
+        kgrow.data.load("fashion_mnist", data_dir="/nonexistent")
+    assert downloads == [False]
+    message = str(err.value)
+    assert "no IDX files" in message and "in /nonexistent" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert sources.FASHION_MNIST_ENV in message and "cannot connect" in message
+
+
+def test_online_missing_dataset_is_downloaded(monkeypatch):
+    downloads = spy_tfds_load(monkeypatch)
+    monkeypatch.setattr(sources, "unreachable_download", lambda urls: None)
+    with pytest.raises(FileNotFoundError, match="could not find data"):
+        kgrow.data.load("cifar10", data_dir="/nonexistent/tfds")
+    assert downloads == [False, True]
+
+
+def test_download_probe_is_bounded_in_time(monkeypatch):
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def hanging(address, timeout=None):  # a name lookup that does not answer
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(sources.socket, "create_connection", hanging)
+    start = time.monotonic()
+    try:
+        reason = sources.unreachable_download(["https://example.org/a.tgz"], timeout=0.2)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 5
+    assert reason == "no answer from example.org:443 within 0.2 s"
+
+
+def test_download_probe_reports_refused_hosts_and_uses_proxies(monkeypatch):
+    calls = []
+
+    def refuse(address, timeout=None):
+        calls.append(address)
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setattr(sources.socket, "create_connection", refuse)
+    monkeypatch.setenv("https_proxy", "http://proxy.local:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    reason = sources.unreachable_download(["https://a.org/x", "https://a.org/y",
+                                           "ftp://b.org/z"])
+    assert calls == [("proxy.local", 3128)]
+    assert reason.startswith("cannot connect to proxy.local:3128")
+    assert sources.unreachable_download(["ftp://b.org/z"]) is None  # nothing to probe

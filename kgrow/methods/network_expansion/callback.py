@@ -11,7 +11,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from kgrow.callbacks.growth import Growth
 from kgrow.methods.network_expansion.functional import (PAPER_EMA_HALF_LIFE_FRACTION,

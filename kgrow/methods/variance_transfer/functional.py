@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from kgrow.growth import VarianceTransfer
-from kgrow.growth.base import GrowthRequest, GrowthValues
+from kgrow.growth.base import GrowthRequest
 
 __all__ = ["layer_fans", "kernel_layer_roles", "fan_in_initialize", "fan_in_lr_factors",
            "PairedVarianceTransfer", "initial_partitions", "carry_partitions",
