@@ -351,13 +351,14 @@ class OptimizerState(Component):
         optimizer = getattr(self.host.model, "optimizer", None)
         return optimizer if getattr(optimizer, "built", False) else None
 
-    def install(self, optimizer, state=None) -> None:
-        """Builds a new `optimizer` on every variable that may train, loads `state`."""
+    def install(self, optimizer, state=None, reset: bool = False) -> None:
+        """Builds a new `optimizer` on every variable that may train, loads `state`
+        (with `reset`, only its iteration count, LR value and loss scale)."""
         host = self.host
         with host.scope():
             optimizer.build(trainable_candidates(host.model))
             if state is not None:
-                load_optimizer_state(optimizer, state)
+                load_optimizer_state(optimizer, state, reset=reset)
         host.model.optimizer = optimizer
 
     def cover(self, variables) -> None:

@@ -164,7 +164,7 @@ def _small_run(directory=None, crash=None, unknown_length=False, save_freq=2,
     if unknown_length:
         # A dataset derived from bundle.train: Keras does not know its length
         # and learns it from the first epoch; the selection is attached by hand.
-        train = train.map(lambda x, y: (x, y))
+        train = train.filter(lambda x, y: True)
         assert int(train.cardinality()) == tf.data.UNKNOWN_CARDINALITY
         TrainingController.of(model).attach_selection(bundle.selection)
     steps = _Steps()

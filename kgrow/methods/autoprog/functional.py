@@ -260,11 +260,11 @@ def check_vit_like(model) -> None:
     Example:
         >>> import keras
         >>> inp = keras.Input((8, 8, 1))
-        >>> m = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(inp)))
+        >>> m = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(inp)), name="cnn")
         >>> try:
         ...     check_vit_like(m)
         ... except ValueError as err:
-        ...     print(str(err)[:59])
-        model 'functional' has no kgrow PositionEmbedding layer, so
+        ...     print(str(err)[:52])
+        model 'cnn' has no kgrow PositionEmbedding layer, so
     """
     vit_sizes(model)
