@@ -15,7 +15,7 @@ from kgrow.controller import ControlledCallback, Phase
 from kgrow.controller._variables import trainable_candidates
 from kgrow.methods.progressive_freezing.functional import (GLOBAL_LR_SHAPES,
                                                            PAPER_FREEZE_FRACTION, FreezePlan,
-                                                           _check_run, block_lr_rules,
+                                                           _check_run, block_lr_rules, check_targets,
                                                            freeze_blocks, freeze_plan)
 
 __all__ = ["ProgressiveFreezing", "default_interval"]
@@ -95,13 +95,7 @@ class ProgressiveFreezing(ControlledCallback):
                  block_lr: bool = True, global_lr: str = "cosine", input_shape=None,
                  sparsity=None, verbose: int = 0):
         super().__init__()
-        if isinstance(target_saving, bool) or not isinstance(target_saving, (int, float)):
-            raise TypeError(f"target_saving must be a number, got {target_saving!r}")
-        if not 0.0 < float(target_saving) < 1.0:
-            raise ValueError(f"target_saving is a fraction of the training FLOPs in (0, 1), "
-                             f"got {target_saving}.")
-        if not 0.0 < float(freeze_fraction) <= 1.0:
-            raise ValueError(f"freeze_fraction must be in (0, 1], got {freeze_fraction}.")
+        check_targets(target_saving, freeze_fraction)
         if global_lr not in GLOBAL_LR_SHAPES:
             raise ValueError(f"global_lr must be one of {GLOBAL_LR_SHAPES}, got {global_lr!r}.")
         if unit not in ("block", "stage"):

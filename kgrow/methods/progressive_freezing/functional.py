@@ -40,7 +40,8 @@ from kgrow.surgery.blocks import find_blocks, find_stages
 
 __all__ = ["FreezePlan", "find_freeze_blocks", "prefix_flops", "freeze_schedule",
            "schedule_saving", "freeze_plan", "freeze_blocks", "block_lr_multiplier",
-           "block_lr_rules", "block_pattern", "PAPER_FREEZE_FRACTION", "GLOBAL_LR_SHAPES"]
+           "block_lr_rules", "block_pattern", "check_targets", "PAPER_FREEZE_FRACTION",
+           "GLOBAL_LR_SHAPES"]
 
 #: SpFDE freezes "2/3 of the layers" when it derives T_frz from the FLOPs target.
 PAPER_FREEZE_FRACTION = 2.0 / 3.0
@@ -361,6 +362,21 @@ def _cap_blocks(model, groups, fraction) -> int:
     return len(groups)
 
 
+def check_targets(target_saving, freeze_fraction=PAPER_FREEZE_FRACTION) -> None:
+    """Raises for a FLOPs target outside (0, 1) or a freeze fraction outside (0, 1].
+
+    Example:
+        >>> check_targets(0.25)
+    """
+    if isinstance(target_saving, bool) or not isinstance(target_saving, (int, float)):
+        raise TypeError(f"target_saving must be a number, got {target_saving!r}")
+    if not 0.0 < float(target_saving) < 1.0:
+        raise ValueError(f"target_saving is a fraction of the training FLOPs in (0, 1), got "
+                         f"{target_saving}.")
+    if not 0.0 < float(freeze_fraction) <= 1.0:
+        raise ValueError(f"freeze_fraction must be in (0, 1], got {freeze_fraction}.")
+
+
 def freeze_plan(model, target_saving: float, epochs: int, interval: int,
                 start: Optional[int] = None,
                 *, blocks_per_event: int = 1, blocks: BlocksSpec = None, unit: str = "block",
@@ -417,13 +433,7 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
         >>> plan.saving >= 0.2, plan.start < 20
         (True, True)
     """
-    if isinstance(target_saving, bool) or not isinstance(target_saving, (int, float)):
-        raise TypeError(f"target_saving must be a number, got {target_saving!r}")
-    if not 0.0 < float(target_saving) < 1.0:
-        raise ValueError(f"target_saving is a fraction of the training FLOPs in (0, 1), got "
-                         f"{target_saving}.")
-    if not 0.0 < float(freeze_fraction) <= 1.0:
-        raise ValueError(f"freeze_fraction must be in (0, 1], got {freeze_fraction}.")
+    check_targets(target_saving, freeze_fraction)
     target = float(target_saving)
     epochs, interval, start = _check_run(epochs, interval, start)
     groups = ([list(g) for g in groups] if groups is not None
