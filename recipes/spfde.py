@@ -16,7 +16,6 @@ and sieved data counted), accuracy and peak memory next to the baseline's; the
 paper's numbers for the same rows follow it.
 """
 import argparse
-import os
 import sys
 
 from kgrow.bench import cli
@@ -42,15 +41,6 @@ PAPER = {
 }
 
 
-def _table(out_dir):
-    with open(os.path.join(out_dir, "results.md")) as f:
-        print(f.read())
-    print("Paper (ResNet-32, CIFAR-100, 90% sparsity, Tables A8-A10): top-1 / "
-          "training-FLOPs reduction vs sparse only")
-    for name, (acc, saving) in PAPER.items():
-        print(f"  {name:26s} {acc:.1f} / {100 * saving:.0f}%")
-
-
 def main(argv=None) -> int:
     parser = cli.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--sparse", default="sparse_mest_ems",
@@ -60,13 +50,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.methods == "baseline":
         args.methods = ",".join(rows(args.sparse, baseline=not args.no_baseline))
-    status = cli.run(args)
-    if status == 0 and args.out:
-        try:
-            _table(args.out)
-        except OSError as err:
-            print(f"(no table: {err})", file=sys.stderr)
-    return status
+    return cli.run_with_paper(
+        args, "Paper (ResNet-32, CIFAR-100, 90% sparsity, Tables A8-A10): top-1 / "
+              "training-FLOPs reduction vs sparse only",
+        [f"{name:26s} {acc:.2f} / {100 * saving:.2f}%" for name, (acc, saving) in PAPER.items()])
 
 
 if __name__ == "__main__":

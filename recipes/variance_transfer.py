@@ -10,7 +10,6 @@ rescaling, + LR adaptation, full method, in one process on the same data and
 seed, and prints the table next to the paper's numbers.
 """
 import argparse
-import os
 import sys
 
 from kgrow.bench import cli
@@ -23,15 +22,6 @@ PAPER = {  # ResNet-20 CIFAR-10 / ResNet-18 CIFAR-100 top-1 (METHODS.md section 
 }
 
 
-def _table(out_dir):
-    """Our table (the bench's results.md) followed by the paper's numbers for the same rows."""
-    with open(os.path.join(out_dir, "results.md")) as f:
-        print(f.read())
-    print("Paper (top-1, ResNet-20 CIFAR-10 / ResNet-18 CIFAR-100):")
-    for name, (c10, c100) in PAPER.items():
-        print(f"  {name:18s} {c10:.2f} / {c100:.2f}")
-
-
 def main(argv=None):
     parser = cli.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--ablation", action="store_true",
@@ -40,13 +30,9 @@ def main(argv=None):
     if args.methods == "baseline":
         args.methods = ",".join(["baseline", *ABLATION] if args.ablation
                                 else ["baseline", "variance_transfer"])
-    status = cli.run(args)
-    if status == 0 and args.out:
-        try:
-            _table(args.out)
-        except OSError as err:
-            print(f"(no table: {err})", file=sys.stderr)
-    return status
+    return cli.run_with_paper(
+        args, "Paper (top-1, ResNet-20 CIFAR-10 / ResNet-18 CIFAR-100):",
+        [f"{name:18s} {c10:.2f} / {c100:.2f}" for name, (c10, c100) in PAPER.items()])
 
 
 if __name__ == "__main__":

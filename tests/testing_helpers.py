@@ -47,3 +47,24 @@ class CrashAtEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.at:
             raise RuntimeError("simulated kill")
+
+
+def component_states(ctrl):
+    """`{component name: get_state()}` of a controller."""
+    return {name: c.get_state() for name, c in ctrl.components.items()}
+
+
+def assert_same_state(a, b, path="state"):
+    """Nested dicts/lists/arrays equal exactly; the failure names the path."""
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, np.asarray(b), err_msg=path)
+    else:
+        assert a == b, path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from kgrow.bench import profiles, registry
@@ -293,6 +294,26 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
     verbose = args.verbose if args.verbose is not None else (1 if out.isatty() else 2)
     run_bench(spec, args.out, verbose=verbose, log=log, probe=probe, strategy=strategy)
     return 0
+
+
+def run_with_paper(args: argparse.Namespace, title: str, paper_lines, out=sys.stdout) -> int:
+    """`run(args)`, then the bench's results.md followed by a paper's numbers.
+
+    For the recipes: `paper_lines` are the paper's rows, already formatted,
+    printed under `title` so the two tables read side by side.
+    """
+    status = run(args, out=out)
+    if status == 0 and args.out:
+        try:
+            with open(os.path.join(args.out, "results.md"), encoding="utf-8") as f:
+                print(f.read(), file=out)
+        except OSError as err:
+            print(f"(no table: {err})", file=sys.stderr)
+            return status
+        print(title, file=out)
+        for line in paper_lines:
+            print(f"  {line}", file=out)
+    return status
 
 
 def run_probe_command(args: argparse.Namespace, out=sys.stdout) -> int:

@@ -140,3 +140,12 @@ def test_config_file_gives_flag_values_validated_like_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--config", str(config)])
     assert "must hold a mapping" in capsys.readouterr().err
+
+
+def test_run_with_paper_prints_our_table_then_the_papers(tmp_path, monkeypatch):
+    (tmp_path / "results.md").write_text("| run | acc |\n")
+    monkeypatch.setattr(bench_cli, "run", lambda args, out=None: 0)
+    args = bench_cli.build_parser().parse_args(["--out", str(tmp_path)])
+    out = io.StringIO()
+    assert bench_cli.run_with_paper(args, "Paper:", ["baseline 92.62"], out=out) == 0
+    assert out.getvalue() == "| run | acc |\n\nPaper:\n  baseline 92.62\n"

@@ -17,6 +17,7 @@ from kgrow.controller import ControllerCheckpoint, LRScales, Masks, TrainingCont
 from kgrow.controller.optimizer import optimizer_state
 
 from ctrl_helpers import mirrored_strategy
+from testing_helpers import assert_same_state, component_states
 
 COMPONENTS = ("frozen", "optimizer", "ema", "lr_groups", "masks", "lr_scales")
 FROZEN = "stage3_block1_conv1"   # in a stage that depth growth lengthens
@@ -201,26 +202,8 @@ def test_reset_on_request_resets_that_component_only(name):
     model.fit(data.train, epochs=1, verbose=0)  # and training goes on
 
 
-def _states(ctrl):
-    out = {}
-    for name, c in ctrl.components.items():
-        out[name] = c.get_state()
-    return out
 
 
-def _assert_same(a, b, path="state"):
-    if isinstance(a, dict):
-        assert sorted(a) == sorted(b), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, np.asarray(b), err_msg=path)
-    else:
-        assert a == b, path
 
 
 class _GrowAt(keras.callbacks.Callback):
@@ -248,7 +231,7 @@ def test_every_component_resumes_through_controller_checkpoint(tmp_path, growth)
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             saved.clear()
-            saved.update(_states(TrainingController.of(self.model)))
+            saved.update(component_states(TrainingController.of(self.model)))
 
     model, ctrl = _controlled()
     with pytest.raises(RuntimeError, match="simulated kill"):
@@ -260,13 +243,13 @@ def test_every_component_resumes_through_controller_checkpoint(tmp_path, growth)
     class Check(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if not seen:
-                seen.update(_states(TrainingController.of(self.model)))
+                seen.update(component_states(TrainingController.of(self.model)))
                 seen["epoch"] = epoch
 
     fresh.fit(_data().train, epochs=3, verbose=0, callbacks=[
         _GrowAt(growth, 1), ControllerCheckpoint(str(tmp_path)), Check()])
     assert seen.pop("epoch") == 2
-    _assert_same(saved, seen)
+    assert_same_state(saved, seen)
     _assert_masked_zero(fresh, TrainingController.of(fresh))
 
 
@@ -281,16 +264,16 @@ def test_every_component_survives_early_stopping_across_growth():
             nonlocal before
             logs["score"] = -epoch
             if epoch == 0:
-                before = _states(ctrl)
+                before = component_states(ctrl)
 
     stop = keras.callbacks.EarlyStopping(monitor="score", mode="max", patience=5,
                                          restore_best_weights=True)
     model.fit(data.train, epochs=3, verbose=0,
               callbacks=[_GrowAt("depth", 1), Score(), stop])
     assert stop.best_epoch == 0 and model.to_json() == arch
-    after = _states(ctrl)
+    after = component_states(ctrl)
     for name in ("frozen", "lr_groups", "masks", "lr_scales"):
-        _assert_same(before[name], after[name], name)  # as they were with those weights
+        assert_same_state(before[name], after[name], name)  # as they were with those weights
     # The optimizer restarts on the restored variables with its iteration count;
     # the EMA restarts as a copy of the restored weights.
     assert int(model.optimizer.iterations.numpy()) == 3 * data.steps_per_epoch

@@ -11,6 +11,7 @@ from kgrow import models, surgery
 from kgrow.controller import LRScales, Masks, TrainingController
 
 from ctrl_helpers import make_mlp, mirrored_strategy, regression_data
+from testing_helpers import assert_same_state, component_states
 
 LR = 0.02
 OPTIMIZERS = {
@@ -193,23 +194,8 @@ def test_invalid_values_are_refused():
         Masks(new_entry=0.5)
 
 
-def _states(ctrl):
-    return {name: c.get_state() for name, c in ctrl.components.items()}
 
 
-def _assert_same(a, b, path="state"):
-    if isinstance(a, dict):
-        assert sorted(a) == sorted(b), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, np.asarray(b), err_msg=path)
-    else:
-        assert a == b, path
 
 
 def _grown_controlled(x, y):
@@ -238,7 +224,7 @@ def test_every_component_saved_and_restored_by_controller_checkpoint(tmp_path):
     _compile(fresh)
     restored = TrainingController.restore(fresh, str(tmp_path))
     assert list(restored.components) == list(ctrl.components)
-    _assert_same(_states(ctrl), _states(restored))
+    assert_same_state(component_states(ctrl), component_states(restored))
     # Both continue identically (masks, scales and frozen set act again).
     for m in (model, fresh):
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
@@ -266,7 +252,7 @@ def test_every_component_survives_keras_backup_and_restore(tmp_path):
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            saved.update(_states(ctrl))
+            saved.update(component_states(ctrl))
 
     backup = keras.callbacks.BackupAndRestore(str(tmp_path))
     with pytest.raises(RuntimeError, match="simulated kill"):
@@ -278,11 +264,11 @@ def test_every_component_survives_keras_backup_and_restore(tmp_path):
 
     class Check(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            seen.update(_states(TrainingController.of(self.model)))
+            seen.update(component_states(TrainingController.of(self.model)))
 
     fresh.fit(x, y, batch_size=8, epochs=2, verbose=0,
               callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), Check()])
-    _assert_same(saved, seen)
+    assert_same_state(saved, seen)
     _assert_masked_zero(fresh, TrainingController.of(fresh).component("masks"))
 
 
@@ -296,7 +282,7 @@ def test_masks_and_scales_survive_early_stopping_across_growth():
     scales.set(_random_scales(model))
     ctrl.set_lr_multipliers({"stem_conv": 0.5})
     ctrl.freeze("stage1_block0_conv1")
-    before = _states(ctrl)
+    before = component_states(ctrl)
     arch = model.to_json()
 
     class Grow(keras.callbacks.Callback):
@@ -313,13 +299,13 @@ def test_masks_and_scales_survive_early_stopping_across_growth():
                                          restore_best_weights=True)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Grow(), Score(), stop])
     assert stop.best_epoch == 0 and model.to_json() == arch
-    after = _states(ctrl)
+    after = component_states(ctrl)
     for name in ("masks", "lr_scales", "lr_groups", "frozen"):
         if name in ("masks", "lr_scales"):
             # The arrays of the best epoch, not the grown ones.
-            _assert_same({p: a.shape for p, a in before[name]["arrays"].items()},
+            assert_same_state({p: a.shape for p, a in before[name]["arrays"].items()},
                          {p: a.shape for p, a in after[name]["arrays"].items()})
-        _assert_same(before[name], after[name], name)
+        assert_same_state(before[name], after[name], name)
     _assert_masked_zero(model, masks)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     _assert_masked_zero(model, masks)
