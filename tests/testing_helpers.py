@@ -1,4 +1,8 @@
-"""Helpers shared by test modules in several folders (tests/ is on sys.path)."""
+"""Helpers shared by test modules in several folders (tests/ is on sys.path; the
+real-process scripts put it there themselves)."""
+import os
+import signal
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -35,6 +39,38 @@ def assert_weights_match(model, reference, tol=1e-6):
     assert sorted(want) == sorted(v.path for v in model.weights)
     worst = max(float(np.abs(v.numpy() - want[v.path]).max()) for v in model.weights)
     assert worst <= tol, worst
+
+
+def simulated_kill():
+    raise RuntimeError("simulated kill")
+
+
+def kill_now():
+    """SIGKILLs this process, once: only while the file named by the environment
+    variable ``KGROW_TEST_KILL_MARKER`` does not exist (created just before),
+    so the same command started again runs through."""
+    marker = os.environ.get("KGROW_TEST_KILL_MARKER")
+    if not marker or os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write("killed\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class AtBatch(keras.callbacks.Callback):
+    """Calls `action()` after batch `batch` of epoch `epoch` (a kill between two
+    steps): `simulated_kill` in-process, `kill_now` in a real process."""
+
+    def __init__(self, epoch, batch, action=simulated_kill):
+        super().__init__()
+        self.at, self.epoch, self.action = (epoch, batch), None, action
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            self.action()
 
 
 class CrashAtEpoch(keras.callbacks.Callback):

@@ -259,6 +259,32 @@ def make_strategy(name: str | None):
     raise ValueError(f"Unknown strategy {name!r}; use none, mirrored or multi_worker.")
 
 
+def local_tf_configs(num_workers: int = 2) -> list[str]:
+    """`TF_CONFIG` values for `num_workers` workers on this machine, on free ports.
+
+    For trying MultiWorkerMirroredStrategy on one machine (the tests and
+    `benchmarks/multi_worker_overhead.py` start their workers this way):
+    start worker `i` with `TF_CONFIG=local_tf_configs(n)[i]`.
+
+    Example:
+        >>> import json
+        >>> [json.loads(c)["task"] for c in local_tf_configs(2)]
+        [{'type': 'worker', 'index': 0}, {'type': 'worker', 'index': 1}]
+    """
+    import json
+    import socket
+    socks = [socket.socket() for _ in range(int(num_workers))]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        workers = [f"localhost:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+            for i in range(len(workers))]
+
+
 def is_chief(strategy) -> bool:
     """Whether this process writes results (always, without a multi-worker strategy)."""
     return strategy is None or bool(strategy.extended.should_checkpoint)

@@ -11,6 +11,8 @@
   patches and depth for ViTs, on a fixed schedule or one searched by an
   elastic supernet during the run; configurations of `Growth`.
 * `DataSieving` (`kgrow.methods.data_sieving`): SpFDE's circular data sieving.
+* `VarianceTransferGrowth` (`kgrow.methods.variance_transfer`): width growth
+  with variance transfer and per-entry learning-rate adaptation.
 * Controller plumbing (`ControllerCheckpoint`, `ControlledCallback`) lives in
   `kgrow.controller` and is re-exported here for convenience.
 """
@@ -26,6 +28,7 @@ _METHOD_CALLBACKS = {
     "Prog": "kgrow.methods.autoprog.callback",
     "AutoProg": "kgrow.methods.autoprog.search_callback",
     "DataSieving": "kgrow.methods.data_sieving.callback",
+    "VarianceTransferGrowth": "kgrow.methods.variance_transfer.callback",
 }
 
 __all__ = ["Growth", "FullSize", "grow_to", "ControlledCallback", "ControllerCheckpoint",

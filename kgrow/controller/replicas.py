@@ -12,6 +12,11 @@ all replicas of all workers (one all-reduce). The controller calls it at each
 epoch end of a controlled `fit` under a strategy with more than one replica,
 so the workers' models, checkpoints and decisions agree.
 
+`agree(strategy, values)` gives every worker the mean of a few host-side
+numbers (measured step times, scores) so that a decision taken from them on
+each worker is the same decision: a choice made from one machine's timings
+would differ between machines and split the workers' models.
+
 Example:
     >>> import keras
     >>> inp = keras.Input((3,))
@@ -21,9 +26,10 @@ Example:
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["moving_statistics", "MovingStatisticsSync"]
+__all__ = ["moving_statistics", "MovingStatisticsSync", "num_workers", "agree"]
 
 
 def moving_statistics(model) -> list:
@@ -69,3 +75,37 @@ class MovingStatisticsSync:
             self._key, self._function = key, sync
         self._function()
         return len(variables)
+
+
+def num_workers(strategy) -> int:
+    """How many machines (worker processes) train under `strategy` (1 without one)."""
+    if strategy is None:
+        return 1
+    local = len(getattr(strategy.extended, "worker_devices", ()) or ()) or 1
+    return max(1, strategy.num_replicas_in_sync // local)
+
+
+def agree(strategy, values) -> np.ndarray:
+    """The mean over the workers of each of `values`, identical on every worker.
+
+    With a single worker the values come back unchanged (as float64). With
+    several, every worker must call it at the same point (it is one
+    all-reduce); float32 travels, so equal inputs give equal outputs
+    everywhere, which is what a decision needs.
+
+    Example:
+        >>> agree(tf.distribute.get_strategy(), [1.5, 2.0]).tolist()
+        [1.5, 2.0]
+    """
+    values = np.asarray(values, np.float64)
+    if num_workers(strategy) < 2:
+        return values
+    flat = tf.constant(values.reshape(-1), tf.float32)
+
+    @tf.function
+    def reduce():
+        return strategy.run(
+            lambda: tf.distribute.get_replica_context().all_reduce("MEAN", flat))
+
+    mean = strategy.experimental_local_results(reduce())[0]
+    return np.asarray(mean.numpy(), np.float64).reshape(values.shape)

@@ -29,9 +29,13 @@ tracker, sample weights, `optimizer.scale_loss` for LossScaleOptimizer,
 5. metrics.
 
 Prediction hooks (`add_prediction_hook`) see each batch's predictions with
-the ids of its samples, in replica context, right after the forward pass:
-`fn(batch)` with a `PredictionBatch(ids, y_true, y_pred)` (`y_pred` of the
-training-mode forward pass, gradient stopped). Sample ids travel with the
+the ids of its samples, right after the forward pass: `fn(batch)` with a
+`PredictionBatch(ids, y_true, y_pred)` (`y_pred` of the training-mode
+forward pass, gradient stopped). They are called once per process with the
+whole global batch: under a strategy of several replicas the replicas'
+shares are all-gathered (floating values as float32) and the first replica
+of each process calls the hooks, so host state kept by a hook is the same
+on every worker. Sample ids travel with the
 data as `(x, y, {"sample_ids": ids})` (`kgrow.data.DataBundle.train_with_ids`;
 a real sample weight can go under `"sample_weight"` in the same dict), so a
 3-tuple keeps meaning `(x, y, sample_weight)` for Keras. Data sieving counts
@@ -238,6 +242,42 @@ def _batch_size(x):
     return tf.shape(first)[0]
 
 
+def _call_prediction_hooks(hooks, batch) -> None:
+    """Calls each hook once per process with the whole global batch.
+
+    Prediction hooks keep host state (one copy per process, e.g. forgetting
+    counts). Under a strategy every replica holds a share of the global
+    batch; the shares are gathered and the first replica of each process
+    hands the whole batch to the hooks, so that on every worker the host
+    state sees every sample, as it would without the strategy. (Each
+    worker counting only its own shares would make the workers' decisions
+    differ.)
+    """
+    strategy = tf.distribute.get_strategy()
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or strategy.num_replicas_in_sync < 2:
+        for hook in hooks:
+            hook.fn(batch)
+        return
+
+    def gather(t):
+        t = tf.convert_to_tensor(t)
+        if t.dtype.is_floating and t.dtype != tf.float32:  # collectives: float32 everywhere
+            t = tf.cast(t, tf.float32)
+        return ctx.all_gather(t, axis=0)
+
+    whole = PredictionBatch(*(tf.nest.map_structure(gather, part) for part in batch))
+    local = max(1, len(strategy.extended.worker_devices))
+
+    def call():
+        for hook in hooks:
+            hook.fn(whole)
+        return tf.constant(0)
+
+    first_of_process = tf.equal(tf.math.floormod(ctx.replica_id_in_sync_group, local), 0)
+    tf.cond(first_of_process, call, lambda: tf.constant(0))
+
+
 def make_train_step(controller) -> Callable:
     """Builds the train step for `controller.model` (see the module docstring).
 
@@ -270,8 +310,7 @@ def make_train_step(controller) -> Callable:
                     f"ids of each batch: train on data of (x, y, {{{SAMPLE_IDS!r}: ids}}), "
                     "e.g. bundle.train_with_ids().")
             batch = PredictionBatch(ids, y, tf.nest.map_structure(tf.stop_gradient, y_pred))
-            for hook in prediction_hooks:
-                hook.fn(batch)
+            _call_prediction_hooks(prediction_hooks, batch)
 
         variables = list(model.trainable_weights)
         if not variables:

@@ -14,7 +14,6 @@ the process SIGKILLs itself there, once: only while the file named by
 """
 import json
 import os
-import signal
 import sys
 import warnings
 
@@ -29,16 +28,10 @@ from kgrow.controller import ControllerCheckpoint
 from kgrow.controller import checkpoint as ckpt
 from kgrow.schedules import GrowthSchedule, Stage
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from testing_helpers import kill_now  # noqa: E402
+
 EPOCHS = 3
-
-
-def _kill_now():
-    marker = os.environ.get("KGROW_TEST_KILL_MARKER")
-    if not marker or os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write("killed\n")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Killer(keras.callbacks.Callback):
@@ -49,11 +42,11 @@ class _Killer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         if self.point == "after_growth" and epoch == 1:
-            _kill_now()
+            kill_now()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.point == "mid_epoch" and self.epoch == 2 and batch == 2:
-            _kill_now()
+            kill_now()
 
 
 def _kill_during_second_write():
@@ -62,7 +55,7 @@ def _kill_during_second_write():
     def killing_write_json(path, obj):
         calls.append(path)
         if len(calls) == 2:  # arrays.npz of checkpoint 2 is on disk, state.json is not
-            _kill_now()
+            kill_now()
         write_json(path, obj)
 
     ckpt._write_json = killing_write_json

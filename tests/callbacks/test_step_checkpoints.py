@@ -19,7 +19,7 @@ from kgrow.callbacks import Growth
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.controller import checkpoint as ckpt
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import assert_weights_match, new_mirrored_strategy
+from testing_helpers import AtBatch, assert_weights_match, new_mirrored_strategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "callbacks", "step_resume_script.py")
@@ -33,19 +33,7 @@ def determinism():
     tf_config.disable_op_determinism()
 
 
-class _Crash(keras.callbacks.Callback):
-    """Raises after batch `batch` of epoch `epoch` (a kill between two steps)."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise RuntimeError("simulated kill")
+_Crash = AtBatch  # raises after batch `batch` of epoch `epoch` (a kill between two steps)
 
 
 class _Steps(keras.callbacks.Callback):

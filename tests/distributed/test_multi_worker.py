@@ -3,40 +3,32 @@
 Each run starts both workers of `multi_worker_script.py`; the workers must end
 with bitwise-equal weights (gradients are all-reduced; BatchNorm moving
 statistics are averaged by the controller at each epoch end), take the same
-growth decisions, let only the chief write checkpoints, and a worker group
-restarted on a checkpoint must end where an uninterrupted group ends.
+growth, freezing, mask, sieving and search decisions, let only the chief
+write checkpoints, and a worker group restarted on a checkpoint must end
+where an uninterrupted group ends. The sieved data is dealt out to the
+workers without losing or repeating a sample.
 """
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
+from kgrow.bench.runner import local_tf_configs
+
 SCRIPT = pathlib.Path(__file__).with_name("multi_worker_script.py")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _free_ports(n=2):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _run_group(tmp_path, tag, ckpt, epochs):
-    ports = _free_ports()
+def _run_group(tmp_path, tag, ckpt, epochs, scenario="growth"):
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TF_CONFIG", None)
     procs = [subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(i), str(ports[0]), str(ports[1]),
-         str(tmp_path / f"{tag}_w{i}.npz"), str(ckpt), str(epochs)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+        [sys.executable, str(SCRIPT), str(tmp_path / f"{tag}_w{i}.npz"), str(ckpt),
+         str(epochs), scenario],
+        env=dict(env, TF_CONFIG=config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i, config in enumerate(local_tf_configs(2))]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
@@ -67,3 +59,29 @@ def test_growth_under_two_workers_is_identical_on_both_and_resumes(tmp_path):
     assert [r["epochs_run"] for r in results] == [1, 1]
     assert _max_diff(*resumed) == 0.0
     assert _max_diff(resumed[0], weights[0]) <= 1e-6
+
+
+def test_sparse_freezing_and_sieving_decide_alike_on_two_workers(tmp_path):
+    results, weights = _run_group(tmp_path, "spfde", tmp_path / "ckpt", epochs=4,
+                                  scenario="spfde")
+    a, b = results
+    for key in ("frozen", "freeze_events", "mask_events", "queue", "active", "forgets"):
+        assert a[key] == b[key], key
+    assert a["frozen"] and a["freeze_events"]  # something froze
+    assert [k for _, k, _ in a["mask_events"]].count("update") >= 2
+    assert sum(a["forgets"]) > 0  # counted from the step's predictions
+    assert _max_diff(*weights) == 0.0  # masks included
+    # Every worker counted every sample: both trackers hold the same counts
+    # (above), and the sieved set was dealt out in halves, each active sample
+    # once per pass, none of the queue.
+    assert sorted(a["seen"] + b["seen"]) == a["active"]
+    assert a["seen"] and b["seen"] and not set(a["seen"]) & set(b["seen"])
+
+
+def test_autoprog_search_with_measured_times_chooses_alike_on_two_workers(tmp_path):
+    results, weights = _run_group(tmp_path, "autoprog", tmp_path / "ckpt", epochs=4,
+                                  scenario="autoprog")
+    a, b = results
+    assert a["chosen"] == b["chosen"] and a["chosen"]
+    assert a["times"] == b["times"]  # the workers' own timings, averaged
+    assert _max_diff(*weights) == 0.0

@@ -285,3 +285,19 @@ def test_bench_factory_needs_resizable_data_and_sets_up_autoprog():
     assert isinstance(search, AutoProg) and len(search.schedule.stages) == 4
     assert search.supernet_epochs == 1  # 3-epoch stages: 2 of them for the winner
     assert TrainingController.of(model).selection is ctx.data.selection
+
+
+def test_scoring_subset_follows_the_compute_budget():
+    x, y = np.zeros((6000, 16, 16, 3), "float32"), np.zeros(6000, "int64")
+    search = AutoProg(6, (x, y), num_stages=2, supernet_epochs=1, score_batch_size=16,
+                      verbose=0)
+    search.set_model(_vit(depth=4, image=16))
+    assert len(search.candidates(0)) == 9  # resolutions 8, 12, 16 x depths 2, 3, 4
+    # 1% of 6 epochs x 6000 samples x 3 forward passes, over one searched stage of 9.
+    assert search._score_count() == int(0.01 * 3 * 6 * 6000 / 9) == 120
+    search.score_budget = 1.0  # then the paper's 4% of the data caps it
+    assert search._score_count() == 240
+    search.score_budget = 1e-6  # and one scoring batch is the least
+    assert search._score_count() == 16
+    with pytest.raises(ValueError, match="score_budget"):
+        AutoProg(6, (x, y), num_stages=2, supernet_epochs=1, score_budget=0.0)

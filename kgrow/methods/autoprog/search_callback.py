@@ -34,6 +34,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from kgrow.callbacks.growth import Growth, _depth_mapping
+from kgrow.controller.replicas import agree
 from kgrow.methods.autoprog import search as search_lib
 from kgrow.methods.autoprog import supernet as supernet_lib
 from kgrow.schedules import GrowthSchedule, Stage
@@ -42,6 +43,9 @@ from kgrow.surgery import GrowthResult
 __all__ = ["AutoProg", "bench_autoprog"]
 
 STATE_NAME = "autoprog"
+# A training step costs about three forward passes (forward, and backward
+# for activations and weights).
+TRAIN_STEP_FORWARDS = 3
 
 
 class AutoProg(Growth):
@@ -65,8 +69,17 @@ class AutoProg(Growth):
         later: larger values per dimension in later stages'
             candidate sets (default `{"resolution": 3, "depth": 1}`).
         supernet_epochs: supernet epochs per stage (paper: 2).
-        score_samples: size of the fixed scoring subset (default:
-            `score_fraction` of the training set, at least one batch).
+        score_samples: size of the fixed scoring subset (default: the
+            smaller of `score_fraction` of the training set and what
+            `score_budget` allows, at least one batch).
+        score_budget: the most the scoring passes of all searched stages
+            may cost, as a fraction of the run's training compute (a
+            training step counted as three forward passes, every candidate
+            as the full model). The paper's 50K images per candidate are
+            about 0.2% of its 300-epoch run; the same 4% of the data would
+            be a tenth of a 6-epoch run, so short runs score on fewer
+            samples (the same subset for every candidate, so their
+            differences stay paired).
         score_fraction: the paper scores on 50K of ImageNet's 1.28M images
             (4%); scoring then costs a few percent of a supernet epoch.
         score_batch_size: batch size of the scoring passes.
@@ -95,7 +108,8 @@ class AutoProg(Growth):
                  resolutions: Optional[Sequence[int]] = None,
                  depths: Optional[Sequence[int]] = None,
                  later: Optional[Mapping[str, int]] = None, supernet_epochs: int = 2,
-                 score_samples: Optional[int] = None, score_fraction: float = 0.04,
+                 score_samples: Optional[int] = None, score_budget: float = 0.01,
+                 score_fraction: float = 0.04,
                  score_batch_size: int = 128,
                  w: Union[float, str] = "auto",
                  step_time: Union[str, Callable] = "measured", gating: str = "cond",
@@ -137,6 +151,8 @@ class AutoProg(Growth):
             raise ValueError("score_samples and score_batch_size must be >= 1")
         if not 0.0 < float(score_fraction) <= 1.0:
             raise ValueError(f"score_fraction must be in (0, 1], got {score_fraction}")
+        if not 0.0 < float(score_budget) <= 1.0:
+            raise ValueError(f"score_budget must be in (0, 1], got {score_budget}")
         self.total_epochs = int(epochs)
         self.score_data = score_data
         self.start = float(start)
@@ -146,6 +162,7 @@ class AutoProg(Growth):
         self.supernet_epochs = int(supernet_epochs)
         self.score_samples = None if score_samples is None else int(score_samples)
         self.score_fraction = float(score_fraction)
+        self.score_budget = float(score_budget)
         self.score_batch_size = int(score_batch_size)
         self.w = w
         self.step_time = step_time
@@ -449,7 +466,15 @@ class AutoProg(Growth):
             return self.score_samples
         data = self.score_data
         total = (data.info.num_train if hasattr(data, "info") else len(data[0]))
-        return max(self.score_batch_size, int(round(self.score_fraction * total)))
+        searched = max(1, len(self.schedule.stages) - 1)
+        # The first stage has the most candidates; not `candidates(0)`, which
+        # depends on what was chosen (a resumed run must score the same subset).
+        widest = len(search_lib.stage_candidates(self.resolution_values, self.depth_values,
+                                                 current=None, later=self.later))
+        affordable = (self.score_budget * TRAIN_STEP_FORWARDS * self.total_epochs * total
+                      / (searched * widest))
+        wanted = min(self.score_fraction * total, affordable)
+        return max(self.score_batch_size, int(wanted))
 
     def _make_score_fn(self):
         import tensorflow as tf
@@ -505,6 +530,11 @@ class AutoProg(Growth):
         losses, pass_seconds = self.candidate_losses()
         score_seconds = time.perf_counter() - start
         times, source = self._step_times(candidates, pass_seconds)
+        # Each worker measured its own times: all decide from their mean, or
+        # the machines would grow different models.
+        strategy = self.model.distribute_strategy
+        losses = agree(strategy, losses).tolist()
+        times = agree(strategy, times).tolist()
         pick = search_lib.choose(losses, times, self.w)
         cand = candidates[pick["index"]]
         ctrl = self.controller

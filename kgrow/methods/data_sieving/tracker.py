@@ -7,10 +7,11 @@ a prediction hook (`controller.hooks.add_prediction_hook`), it reads the
 training step's own predictions (no second forward pass) and updates the
 rows of the batch's samples with two scatters.
 
-The variables are single host copies that no `tf.distribute` strategy
-mirrors: under MirroredStrategy every replica scatters the rows of its own
-share of the global batch into the same variables (the ids of the replicas
-are disjoint), so the host reads the synchronized counts once per epoch.
+The variables are single host copies per process that no `tf.distribute`
+strategy mirrors. Under a strategy the step hands the hook the whole global
+batch once per process (`kgrow.controller.step`: the replicas' shares are
+gathered), so every worker of a MultiWorkerMirroredStrategy counts every
+sample's events and all workers take the same sieving decision.
 
 Example:
     >>> import numpy as np, tensorflow as tf

@@ -1,0 +1,66 @@
+"""Real processes, one per method and one for a combination: SIGKILLed at the
+method's risky point, started again with the same command, they end where a
+run never interrupted ends (weights and the method's own state).
+
+Kill points (kill9_script.py): Network Expansion in the epoch after a CNN
+width expansion and after a ViT depth expansion from the EMA; variance
+transfer right after its second growth; AutoProg while it scores the
+candidates; MEST inside a mask update; progressive freezing after two
+blocks froze; data sieving after two sieving updates; and growth + MEST +
+freezing + sieving mid-epoch with step checkpoints.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kgrow.controller import checkpoint as ckpt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "tests", "methods", "kill9_script.py")
+SCENARIOS = ["network_expansion", "network_expansion_vit", "variance_transfer", "autoprog",
+             "sparse", "freeze", "sieve", "combined"]
+
+
+def _run(scenario, directory, out, marker=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KGROW_TEST_KILL_MARKER", None)
+    if marker is not None:
+        env["KGROW_TEST_KILL_MARKER"] = str(marker)
+    return subprocess.run([sys.executable, SCRIPT, scenario, str(directory), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def _load(out):
+    with np.load(out) as arrays:
+        values = {k: arrays[k] for k in arrays.files}
+    with open(str(out) + ".json") as f:
+        return values, json.load(f)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_kill9_and_restart_equals_the_uninterrupted_run(tmp_path, scenario):
+    reference = _run(scenario, tmp_path / "ref_ckpt", tmp_path / "ref.npz")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    directory, out, marker = tmp_path / "ckpt", tmp_path / "out.npz", tmp_path / "killed"
+    killed = _run(scenario, directory, out, marker)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert marker.exists() and not out.exists()
+    assert ckpt.latest_checkpoint(str(directory)) is not None  # something to resume from
+
+    resumed = _run(scenario, directory, out, marker)  # the same command
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want, want_decisions = _load(tmp_path / "ref.npz")
+    got, got_decisions = _load(out)
+    assert sorted(got) == sorted(want)
+    assert any(k.startswith("weight|") for k in got)
+    diffs = {k: float(np.abs(got[k].astype(np.float64) - want[k]).max()) for k in want}
+    assert max(diffs.values()) <= 1e-6, {k: d for k, d in diffs.items() if d > 1e-6}
+    ran = got_decisions.pop("epochs_run")
+    assert 0 < ran < want_decisions.pop("epochs_run")  # it resumed, not restarted
+    assert got_decisions == want_decisions
