@@ -4,9 +4,13 @@ Small pure functions: a warm-up + cosine learning-rate schedule, an optimizer
 factory, a compile helper for classification, and a `TrainConfig` that holds
 the usual hyper-parameters of one training run.
 
-The learning-rate schedule is a function of the optimizer's iteration count
-only. The growth engine rebuilds the optimizer when the model grows and
-carries the iteration count over, so the schedule continues where it was.
+The learning-rate schedule is a function of the optimizer's iteration count.
+The growth engine rebuilds the optimizer when the model grows and carries
+the iteration count over, so the schedule continues where it was. Built
+with `steps_per_epoch` (as `schedule_from_config` does), it follows the
+epochs instead inside a kgrow-controlled `fit` (`kgrow.controller.clock`):
+where data sieving or a larger batch makes an epoch shorter, the schedule
+still ends with the last epoch.
 
 Example:
     >>> import keras
@@ -44,6 +48,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     - after `total_steps`: `final_lr` (training longer than planned does not
       make the learning rate rise again).
 
+    With `steps_per_epoch`, a kgrow controller makes it follow its epoch
+    clock (`follow_epoch_clock`): `s` is then where an epoch of
+    `steps_per_epoch` steps would be, `(epoch + done / steps) *
+    steps_per_epoch`, however many steps the current epoch has; with
+    epochs of that length this is the optimizer step.
+
     Args:
         base_lr: Peak learning rate, reached at the end of the warm-up.
         total_steps: Number of optimizer steps of the whole run (warm-up
@@ -52,6 +62,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             total_steps`.
         final_lr: Learning rate at the end of the cosine, `0 <= final_lr <=
             base_lr`.
+        steps_per_epoch: The epoch length the steps are counted in; lets the
+            schedule follow epochs of another length (None: steps only).
 
     Example:
         >>> schedule = WarmupCosine(0.1, total_steps=100, warmup_steps=10)
@@ -62,15 +74,31 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0,
-                 final_lr: float = 0.0, name: str = "warmup_cosine"):
+                 final_lr: float = 0.0, name: str = "warmup_cosine",
+                 steps_per_epoch: int | None = None):
         _check_schedule_args(base_lr, total_steps, warmup_steps, final_lr)
+        if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch
+                                            or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a positive integer or None, got "
+                             f"{steps_per_epoch!r}.")
         self.base_lr = float(base_lr)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.final_lr = float(final_lr)
         self.name = name
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        self.clock = None
+
+    def follow_epoch_clock(self, clock) -> bool:
+        """Reads `clock.position(steps_per_epoch)` instead of the step from now on
+        (None: the step again). Returns whether it follows a clock: only a
+        schedule that knows its `steps_per_epoch` can."""
+        self.clock = clock if self.steps_per_epoch is not None else None
+        return self.clock is not None
 
     def __call__(self, step):
+        if self.clock is not None:
+            step = self.clock.position(self.steps_per_epoch)
         step = keras.ops.cast(step, "float32")
         base = keras.ops.cast(self.base_lr, "float32")
         final = keras.ops.cast(self.final_lr, "float32")
@@ -91,6 +119,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "final_lr": self.final_lr,
             "name": self.name,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
 
@@ -108,7 +137,7 @@ def _check_schedule_args(base_lr, total_steps, warmup_steps, final_lr) -> None:
 
 
 def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0,
-                  final_lr: float = 0.0) -> WarmupCosine:
+                  final_lr: float = 0.0, steps_per_epoch: int | None = None) -> WarmupCosine:
     """Builds a `WarmupCosine` schedule (linear warm-up, then cosine decay).
 
     Args:
@@ -116,6 +145,8 @@ def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0,
         total_steps: Optimizer steps of the whole run, warm-up included.
         warmup_steps: Linear warm-up steps.
         final_lr: Learning rate at the end of the run.
+        steps_per_epoch: The epoch length the steps are counted in (see
+            `WarmupCosine`).
 
     Returns:
         A serializable `keras.optimizers.schedules.LearningRateSchedule`.
@@ -125,7 +156,8 @@ def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0,
         >>> round(float(schedule(99)), 4)
         0.1
     """
-    return WarmupCosine(base_lr, total_steps, warmup_steps, final_lr)
+    return WarmupCosine(base_lr, total_steps, warmup_steps, final_lr,
+                        steps_per_epoch=steps_per_epoch)
 
 
 def sgd_decay_from_coupled(weight_decay: float, momentum: float) -> float:
@@ -387,7 +419,8 @@ def schedule_from_config(config: TrainConfig, steps_per_epoch: int) -> WarmupCos
         (20, 0, 0.2)
     """
     return warmup_cosine(config.lr, config.total_steps(steps_per_epoch),
-                         config.warmup_steps(steps_per_epoch), config.final_lr)
+                         config.warmup_steps(steps_per_epoch), config.final_lr,
+                         steps_per_epoch=steps_per_epoch)
 
 
 def optimizer_from_config(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

@@ -260,21 +260,26 @@ def check_methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: Data settings a bench method may ask for (`data_options`).
+DATA_OPTIONS = ("resizable", "elastic_batch")
+
+
 def data_options(name: str) -> dict:
     """Data settings a method needs, from its factory's ``data_options`` attribute.
 
     ``{"resizable": True}`` makes the runner load the run's bundle with a
     live image size (`kgrow.data.load(..., resizable=True)`) and evaluate on
-    ``bundle.test_at_live_size()``. Default: ``{}``. A composed name needs
-    what any of its parts needs.
+    ``bundle.test_at_live_size()``; ``{"elastic_batch": True}`` with a live
+    batch size (`kgrow.data.load(..., elastic_batch=True)`). Default: ``{}``.
+    A composed name needs what any of its parts needs.
     """
     options = {}
     for part in method_parts(name):
         options.update(getattr(get_method(part), "data_options", None) or {})
-    unknown = sorted(set(options) - {"resizable"})
+    unknown = sorted(set(options) - set(DATA_OPTIONS))
     if unknown:
         raise ValueError(f"Method {name!r} asks for data options {unknown}; supported: "
-                         "['resizable'].")
+                         f"{list(DATA_OPTIONS)}.")
     return options
 
 

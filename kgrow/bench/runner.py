@@ -201,16 +201,18 @@ class BenchSpec:
             budget="" if base is None else base.budget, seeds=len(self.seeds)).to_dict()
 
 
-def load_data(spec: BenchSpec, seed: int, resizable: bool = False):
+def load_data(spec: BenchSpec, seed: int, resizable: bool = False,
+              elastic_batch: bool = False):
     """The `DataBundle` of one run (fresh: methods may change its selection).
 
-    `resizable`: a live training image size (a method's `data_options`).
+    `resizable`, `elastic_batch`: a live training image or batch size (a
+    method's `data_options`).
     """
     from kgrow import data
     return data.load(spec.dataset, batch_size=spec.train.batch_size,
                      image_size=spec.image_size, augment=spec.train.augment,
                      subset=spec.subset, seed=seed, data_dir=spec.data_dir,
-                     label_mode="onehot", resizable=resizable)
+                     label_mode="onehot", resizable=resizable, elastic_batch=elastic_batch)
 
 
 def live_input_shape(bundle) -> tuple:

@@ -100,6 +100,27 @@ def sync_epoch_length(model):
     return steps
 
 
+def start_epoch_clock(model, epoch):
+    """Sets the controller's epoch clock for `epoch` from the epoch's live length.
+
+    After `sync_epoch_length`: a kgrow bundle's length now (the steps of a
+    pass resumed mid-epoch that already ran count as done), else the steps
+    Keras runs. The length `fit` started with is the planned one (for the
+    warning of schedules that count optimizer steps).
+    """
+    controller = TrainingController.of(model)
+    controller.follow_epochs()  # a restored or replaced optimizer has its own schedule
+    x = _fit_argument(model)
+    params = _fit_local(model, "callbacks", None)
+    params = getattr(params, "params", None) or {}
+    planned = controller.planned_steps
+    if x is not _NO_FIT and data_lib.selection_of(x) is not None:
+        steps, done = len(x), int(data_lib.selection_of(x).skip.numpy())
+    else:
+        steps, done = params.get("steps"), controller.step
+    controller.start_epoch_clock(epoch, steps, done=done, planned=planned)
+
+
 def _sync_progress_target(callbacks, steps):
     # The params dict is shared by every callback of the fit (and identifies
     # the fit to the controller): update it in place, and the progress bar's
@@ -175,10 +196,13 @@ class ControlledCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         attach_fit_selection(self.model)
         self.controller.attach_callback(self)
+        self.controller.planned_steps = (self.params or {}).get("steps")
+        self.controller.follow_epochs()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.begin_epoch(epoch)
         sync_epoch_length(self.model)
+        start_epoch_clock(self.model, epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self.controller.end_epoch(epoch)

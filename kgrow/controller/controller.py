@@ -78,6 +78,7 @@ from kgrow.controller import checkpoint as ckpt
 from kgrow.controller import freezing
 from kgrow.controller.freezing import FrozenLayers
 from kgrow.controller._variables import weights_by_path
+from kgrow.controller.clock import EpochClock
 from kgrow.controller.component import Component, component_class
 from kgrow.controller.ema import EMA, EMAs, resolve_decay
 from kgrow.controller.multipliers import LRGroups
@@ -89,6 +90,17 @@ from kgrow.surgery.graph import rebind
 from kgrow.surgery.transfer import TransferPlan
 
 __all__ = ["TrainingController", "Phase", "ArchitectureWeights"]
+
+# The epoch clock advances after the update, after every other post-update hook.
+CLOCK_HOOK = "epoch_clock"
+ORDER_CLOCK = 10_000
+
+
+def _learning_rate_schedule(optimizer):
+    """The optimizer's `LearningRateSchedule` (through a LossScaleOptimizer), or None."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    lr = getattr(optimizer, "_learning_rate", None)
+    return lr if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) else None
 
 STATE_FORMAT = 2
 # Format 1 kept each built-in kind of state under its own key.
@@ -309,6 +321,9 @@ class TrainingController:
         self._epoch_begun = None
         self._epoch_ended = None
         self._sync_statistics = MovingStatisticsSync()
+        self.clock = EpochClock()
+        self.planned_steps = None  # epoch length the running fit started with
+        self._clock_warned = False
         self._architecture_json = None  # cache of model.to_json(), cleared on rebind
         # object.__setattr__: neither Keras' tracker nor TF's checkpoint
         # dependency tracking must see the controller or the step function.
@@ -671,6 +686,55 @@ class TrainingController:
         if not self._callbacks:
             self._fit = None
             _unfreeze_heap(self)
+
+    # -- epoch clock ----------------------------------------------------------
+    def follow_epochs(self) -> bool:
+        """Makes the optimizer's learning-rate schedule follow the epoch clock.
+
+        Only schedules that can (`kgrow.training.WarmupCosine` built with
+        `steps_per_epoch`) do; see `kgrow.controller.clock`. The clock
+        advances in every training step from the first call on. Called by
+        the controlled callbacks at fit start and at every epoch begin (a
+        restored or replaced optimizer brings its own schedule object).
+
+        Returns:
+            Whether the schedule follows the clock.
+        """
+        if CLOCK_HOOK not in self.hooks:
+            self.hooks.add_post_update(lambda ctx: self.clock.advance(), name=CLOCK_HOOK,
+                                       order=ORDER_CLOCK)
+        schedule = _learning_rate_schedule(getattr(self.model, "optimizer", None))
+        if schedule is None or not hasattr(schedule, "follow_epoch_clock"):
+            return False
+        if getattr(schedule, "clock", None) is self.clock:
+            return True
+        follows = bool(schedule.follow_epoch_clock(self.clock))
+        if follows:
+            self.request_retrace()  # the schedule's ops read the clock now
+        return follows
+
+    def start_epoch_clock(self, epoch: int, steps: Optional[int], done: int = 0,
+                          planned: Optional[int] = None) -> None:
+        """Sets the clock at the begin of `epoch` (`steps` in all, `done` already run).
+
+        Warns once when the epoch's length differs from `planned` (the
+        length the fit started with) and the learning-rate schedule counts
+        optimizer steps: it would then end before or after the last epoch.
+        """
+        schedule = _learning_rate_schedule(getattr(self.model, "optimizer", None))
+        follows = schedule is not None and getattr(schedule, "clock", None) is self.clock
+        if steps is None:  # data of unknown length: epochs of the planned length
+            steps = getattr(schedule, "steps_per_epoch", None) or planned or 1
+        self.clock.start_epoch(epoch, steps, done)
+        if (schedule is not None and not follows and planned and steps != planned
+                and not self._clock_warned):
+            self._clock_warned = True
+            warnings.warn(
+                f"Epoch {epoch} has {steps} steps, the fit started with {planned} per epoch, "
+                f"and the learning-rate schedule {type(schedule).__name__} counts optimizer "
+                f"steps: it will not end with the last epoch. Build it with steps_per_epoch "
+                f"(kgrow.training.WarmupCosine / schedule_from_config) so it follows the "
+                f"epochs.", UserWarning, stacklevel=3)
 
     def begin_epoch(self, epoch: int) -> None:
         """Runs the attached callbacks' epoch-begin work once, in phase order."""

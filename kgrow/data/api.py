@@ -15,7 +15,8 @@ from kgrow.data.selection import LiveSelection
 
 
 def load(name, batch_size=128, image_size=None, augment=None, subset=None, subset_mode="first",
-         seed=0, data_dir=None, label_mode="onehot", selection=None, resizable=False):
+         seed=0, data_dir=None, label_mode="onehot", selection=None, resizable=False,
+         elastic_batch=False):
     """Train/test pipelines of a dataset given by name.
 
     ``"fashion_mnist"`` is built in and works offline: it reads the IDX files
@@ -54,6 +55,12 @@ def load(name, batch_size=128, image_size=None, augment=None, subset=None, subse
             (a ResNet-20 step: about 12% more ops, 0.3 s more per trace).
             With the default ``False`` the shapes are static and other sizes
             are refused with an error.
+        elastic_batch: Let ``bundle.selection.set_batch_size`` change the
+            training batch size between epochs (batch-size adaptation as a
+            model grows); the epoch's step count follows. The training
+            batches then have an unknown batch dimension. With the default
+            ``False`` the batch size is fixed and other sizes are refused.
+            The test pipeline always keeps ``batch_size``.
 
     Returns:
         A `DataBundle`.
@@ -73,7 +80,7 @@ def load(name, batch_size=128, image_size=None, augment=None, subset=None, subse
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"Dataset name must be a non-empty string, got {name!r}.")
     options = _check_options(batch_size, image_size, augment, subset, subset_mode, seed,
-                             label_mode, selection, resizable)
+                             label_mode, selection, resizable, elastic_batch)
     if name.strip().lower().replace("-", "_") in sources.BUILTIN_DATASETS:
         source = sources.load_fashion_mnist(data_dir)
     else:
@@ -83,7 +90,7 @@ def load(name, batch_size=128, image_size=None, augment=None, subset=None, subse
 
 def from_arrays(train, test=None, name="arrays", num_classes=None, batch_size=128,
                 image_size=None, augment=None, subset=None, subset_mode="first", seed=0,
-                label_mode="onehot", selection=None, resizable=False):
+                label_mode="onehot", selection=None, resizable=False, elastic_batch=False):
     """Train/test pipelines from numpy arrays.
 
     Args:
@@ -94,7 +101,7 @@ def from_arrays(train, test=None, name="arrays", num_classes=None, batch_size=12
         name: Name reported in ``bundle.info``.
         num_classes: Number of classes; ``None`` infers ``max label + 1``.
         batch_size, image_size, augment, subset, subset_mode, seed,
-            label_mode, selection, resizable: As in `load`.
+            label_mode, selection, resizable, elastic_batch: As in `load`.
 
     Returns:
         A `DataBundle`. Normalization statistics are the exact per-channel
@@ -109,14 +116,15 @@ def from_arrays(train, test=None, name="arrays", num_classes=None, batch_size=12
         (5, 20)
     """
     options = _check_options(batch_size, image_size, augment, subset, subset_mode, seed,
-                             label_mode, selection, resizable)
+                             label_mode, selection, resizable, elastic_batch)
     source = sources.array_source(train, test, name=name, num_classes=num_classes)
     return _build(source, **options)
 
 
 def from_datasets(train, test=None, num_classes=None, name="datasets", batch_size=128,
                   image_size=None, augment=None, subset=None, subset_mode="first", seed=0,
-                  label_mode="onehot", selection=None, resizable=False):
+                  label_mode="onehot", selection=None, resizable=False,
+                  elastic_batch=False):
     """Train/test pipelines from existing unbatched ``tf.data`` datasets.
 
     The training dataset is read in order every pass (it must yield the same
@@ -131,7 +139,7 @@ def from_datasets(train, test=None, num_classes=None, name="datasets", batch_siz
         num_classes: Number of classes (required).
         name: Name reported in ``bundle.info``.
         batch_size, image_size, augment, subset, subset_mode, seed,
-            label_mode, selection, resizable: As in `load`. ``image_size`` is required
+            label_mode, selection, resizable, elastic_batch: As in `load`. ``image_size`` is required
             when the images vary in size.
 
     Returns:
@@ -150,14 +158,14 @@ def from_datasets(train, test=None, num_classes=None, name="datasets", batch_siz
     if num_classes is None:
         raise ValueError("from_datasets needs num_classes (it cannot be read from a dataset).")
     options = _check_options(batch_size, image_size, augment, subset, subset_mode, seed,
-                             label_mode, selection, resizable)
+                             label_mode, selection, resizable, elastic_batch)
     source = sources.stream_source(train, test, num_classes=num_classes, name=name)
     return _build(source, **options)
 
 
 # -- argument checks --------------------------------------------------------------------
 def _check_options(batch_size, image_size, augment, subset, subset_mode, seed, label_mode,
-                   selection, resizable):
+                   selection, resizable, elastic_batch=False):
     _require_int(batch_size, "batch_size", minimum=1)
     _require_int(seed, "seed", minimum=0)
     if subset is not None:
@@ -177,9 +185,12 @@ def _check_options(batch_size, image_size, augment, subset, subset_mode, seed, l
             f"{type(selection).__name__}.")
     if not isinstance(resizable, (bool, np.bool_)):
         raise ValueError(f"resizable must be True or False, got {resizable!r}.")
+    if not isinstance(elastic_batch, (bool, np.bool_)):
+        raise ValueError(f"elastic_batch must be True or False, got {elastic_batch!r}.")
     return dict(batch_size=int(batch_size), image_size=_image_size(image_size), augment=config,
                 subset=subset, subset_mode=subset_mode, seed=int(seed), label_mode=label_mode,
-                selection=selection, resizable=bool(resizable))
+                selection=selection, resizable=bool(resizable),
+                elastic_batch=bool(elastic_batch))
 
 
 def _require_int(value, name, minimum):
@@ -218,7 +229,7 @@ def _subset_indices(num_train, subset, mode, seed):
 
 
 def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, label_mode,
-           selection, resizable):
+           selection, resizable, elastic_batch):
     channels = source.image_shape[-1]
     if augment.uses_randaugment and channels not in (1, 3):
         raise ValueError(
@@ -248,13 +259,13 @@ def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, l
             f"batch_size={batch_size} is larger than the training set ({num_train} samples); "
             f"the training pipeline drops incomplete batches, so an epoch would be empty.")
     fixed_size = None if resizable else tuple(image_size or source.image_shape[:2])
-    selection = _selection(selection, num_train, batch_size, fixed_size)
+    selection = _selection(selection, num_train, batch_size, fixed_size, elastic_batch)
     settings = PipelineSettings(
         batch_size=batch_size, label_mode=label_mode, num_classes=source.num_classes,
         augment=augment, seed=seed, native_shape=tuple(source.image_shape),
         image_size=image_size, mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in stats.safe_std(std)), pixel_scale=source.pixel_scale,
-        resizable=resizable)
+        resizable=resizable, elastic_batch=elastic_batch)
     return build_bundle(source, selection, settings, keep, indexed_train)
 
 
@@ -275,8 +286,9 @@ def _index_stream(source, keep, mode):
     return ds, len(keep)
 
 
-def _selection(selection, num_train, batch_size, fixed_size):
-    """The bundle's selection (new or the given shared one), pinned to `fixed_size`."""
+def _selection(selection, num_train, batch_size, fixed_size, elastic_batch=False):
+    """The bundle's selection (new or the given shared one), pinned to `fixed_size`
+    and, unless `elastic_batch`, to `batch_size`."""
     if selection is None:
         selection = LiveSelection(num_train, min_active=batch_size)
     elif selection.num_train != num_train:
@@ -291,7 +303,14 @@ def _selection(selection, num_train, batch_size, fixed_size):
         raise ValueError(
             f"The given selection is pinned to the size {selection.fixed_size} by a bundle built "
             f"with resizable=False; a resizable bundle needs its own selection.")
+    elif elastic_batch and selection.fixed_batch_sizes:
+        raise ValueError(
+            f"The given selection serves a bundle of fixed batch size "
+            f"{sorted(selection.fixed_batch_sizes)} (elastic_batch=False); a bundle with "
+            f"elastic_batch=True needs its own selection.")
     if fixed_size is not None:
         selection.fix_size(*fixed_size)
+    if not elastic_batch:
+        selection.fix_batch_size(batch_size)
     selection.min_active = max(selection.min_active, batch_size)
     return selection

@@ -115,7 +115,7 @@ class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset, DataAdapter):
         return tf.constant(len(self), tf.int64)
 
     def __len__(self):
-        return self.selection.num_active // self._batch_size
+        return self.selection.num_active // self.batch_size
 
     def map(self, *args, **kwargs):
         """``tf.data.Dataset.map``, still a `LiveTrainDataset` of the same selection."""
@@ -159,6 +159,12 @@ class LiveTrainDataset(dataset_ops.UnaryUnchangedStructureDataset, DataAdapter):
 
     @property
     def batch_size(self):
+        """The live batch size of the selection (elastic bundles), else the bundle's."""
+        return self.selection.current_batch_size() or self._batch_size
+
+    @property
+    def bundle_batch_size(self):
+        """The batch size the bundle was built with (what its learning rate is tuned for)."""
         return self._batch_size
 
     @property
@@ -245,6 +251,7 @@ class PipelineSettings:
     std: tuple
     pixel_scale: float
     resizable: bool              # follow the selection's live size (H, W unknown)
+    elastic_batch: bool = False  # follow the selection's live batch size (B unknown)
 
     @property
     def channels(self):
@@ -325,13 +332,18 @@ class _PassBuilder:
         else:
             pass_id = sel.epoch.read_value()
             skip = tf.constant(0, tf.int64)
-        # Augmentation strengths too: a pass uses one setting throughout.
+        # Augmentation strengths and the batch size too: a pass uses one
+        # setting throughout.
         scale = sel.augment_scale.read_value()
+        batch = self.s.batch_size
+        if self.s.elastic_batch:
+            live_batch = sel.batch_size.read_value()
+            batch = tf.where(live_batch > 0, live_batch, tf.constant(batch, tf.int64))
         if not self.s.resizable:
-            return pass_id, skip, sel.active.read_value(), self.static_size, scale
+            return pass_id, skip, sel.active.read_value(), self.static_size, scale, batch
         live = sel.image_size.read_value()
         size = live if self.static_size is None else tf.where(live > 0, live, self.static_size)
-        return pass_id, skip, sel.active.read_value(), size, scale
+        return pass_id, skip, sel.active.read_value(), size, scale, batch
 
     def dataset(self, *, advance=True, shuffle=True, augment=True, mixing=True,
                 with_index=False, drop_remainder=True):
@@ -339,16 +351,16 @@ class _PassBuilder:
         use_mixing = mixing and augment and cfg.uses_mixing
 
         def per_pass(_):
-            pass_id, skip, active, size, scale = self._start(advance)
+            pass_id, skip, active, size, scale, batch = self._start(advance)
             pass_seed = _fold(self.base_seed, pass_id)
             # Leave out the first `skip` batches before any image is touched.
-            first = skip * self.s.batch_size
+            first = skip * batch
             if isinstance(self.source, ArraySource):
                 ds = self._array_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
-                                        scale, first)
+                                        scale, first, batch)
             else:
                 ds = self._stream_images(active, size, pass_seed, cfg, shuffle, drop_remainder,
-                                         scale, first)
+                                         scale, first, batch)
             batch_seed = _fold(pass_seed, 2)
             # Batch k keeps its seed whether or not the pass started at batch 0.
             return ds.enumerate(start=skip).map(
@@ -361,11 +373,11 @@ class _PassBuilder:
 
     # Step 2-4 for in-memory sources.
     def _array_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale,
-                      first):
+                      first, b):
         indices = tf.where(active)[:, 0]
         if shuffle:
             indices = tf.random.experimental.stateless_shuffle(indices, _fold(pass_seed, 0))
-        x, y, pixel_scale, b = self.x, self.y, self.s.pixel_scale, self.s.batch_size
+        x, y, pixel_scale = self.x, self.y, self.s.pixel_scale
         if cfg.uses_randaugment:
             seeds = tf.random.stateless_uniform(
                 [tf.shape(indices)[0], 2], _fold(pass_seed, 1),
@@ -390,7 +402,7 @@ class _PassBuilder:
 
     # Step 2-4 for streamed sources (elements (index, image, label)).
     def _stream_images(self, active, size, pass_seed, cfg, shuffle, drop_remainder, scale,
-                       first):
+                       first, batch):
         ds = self.indexed_train.filter(lambda i, image, label: tf.gather(active, i))
         if shuffle:
             shuffle_seed = tf.random.stateless_uniform(
@@ -407,7 +419,7 @@ class _PassBuilder:
             return image, label, i
 
         ds = ds.map(load_one, num_parallel_calls=_AUTOTUNE)
-        return ds.batch(self.s.batch_size, drop_remainder=drop_remainder)
+        return ds.batch(batch, drop_remainder=drop_remainder)
 
     def _rand_augment(self, image, seed, cfg, scale):
         magnitude = cfg.randaugment_magnitude * scale[0]
@@ -517,14 +529,16 @@ class DataBundle:
 
     @property
     def steps_per_epoch(self):
-        """Batches in the next training pass: ``num_active // batch_size``.
+        """Batches in the next training pass: ``num_active // batch_size`` (the live
+        batch size of an ``elastic_batch`` bundle).
 
         Reflects the current selection, so it changes when the selection
         does. Do not pass it to ``fit(steps_per_epoch=...)``: with a finite
         dataset Keras then keeps one iterator across epochs instead of
         starting a new pass every epoch.
         """
-        return self.selection.num_active // self.batch_size
+        return self.selection.num_active // (self.selection.current_batch_size()
+                                             or self.batch_size)
 
     def test_at_live_size(self):
         """``test`` resized (bilinear) to the selection's live image size, read at each pass.

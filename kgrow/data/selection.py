@@ -13,6 +13,11 @@ function:
   "the size the bundle was built with". Only bundles built with
   ``resizable=True`` follow it; a fixed-size bundle pins the selection to its
   size (`fixed_size`) and other sizes are refused.
+* ``batch_size``: int64 scalar; when > 0 the training batches have this
+  many samples (batch-size adaptation) and an epoch ``num_active //
+  batch_size`` steps. 0 means "the bundle's own". Only bundles built with
+  ``elastic_batch=True`` follow it; a bundle of fixed batch size pins the
+  selection (`fixed_batch_sizes`) and other sizes are refused.
 * ``epoch``: int64 scalar, the index of the next training pass. The pipeline
   derives the pass's shuffle order and augmentation seeds from
   ``(seed, epoch)`` and increments it when a pass starts, so every pass is
@@ -55,7 +60,7 @@ AUGMENT_SCALES = ("randaugment", "erasing")
 
 
 class LiveSelection:
-    """Which training samples are active, and the live training image size.
+    """Which training samples are active, and the live training image and batch size.
 
     Args:
         num_train: Number of training samples (indices ``0 .. num_train-1``).
@@ -84,6 +89,8 @@ class LiveSelection:
                 f"({num_train}).")
         self.active = _host_variable(tf.ones([num_train], tf.bool), tf.bool, "kgrow_active")
         self.image_size = _host_variable(tf.zeros([2], tf.int32), tf.int32, "kgrow_image_size")
+        self.batch_size = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_batch_size")
+        self.fixed_batch_sizes = set()
         self.epoch = _host_variable(tf.constant(0, tf.int64), tf.int64, "kgrow_epoch")
         # Multipliers of the bundle's configured augmentation strengths, in
         # AUGMENT_SCALES order (adaptive regularization ramps them).
@@ -109,10 +116,11 @@ class LiveSelection:
         """
         mask = self._to_mask(selection)
         count = int(mask.sum())
-        if count < self.min_active:
+        minimum = max(self.min_active, self.current_batch_size() or 0)
+        if count < minimum:
             raise ValueError(
                 f"The selection keeps {count} training samples, fewer than the minimum of "
-                f"{self.min_active} (the training pipeline drops incomplete batches, so at "
+                f"{minimum} (the training pipeline drops incomplete batches, so at "
                 f"least one full batch must stay active).")
         self.active.assign(mask)
 
@@ -205,6 +213,51 @@ class LiveSelection:
         h, w = (int(v) for v in self.image_size.numpy())
         return (h, w) if h > 0 and w > 0 else None
 
+    # -- batch size -----------------------------------------------------------
+    def set_batch_size(self, batch_size):
+        """Sets the live training batch size from the next pass on; ``None`` clears it.
+
+        Example:
+            >>> sel = LiveSelection(64)
+            >>> sel.set_batch_size(32)
+            >>> sel.current_batch_size()
+            32
+
+        Raises:
+            ValueError: not a positive int, more than the active samples, or
+                the selection serves a bundle of fixed batch size.
+        """
+        if batch_size is None:
+            self.batch_size.assign(0)
+            return
+        size = _positive_int(batch_size, "batch_size")
+        if self.fixed_batch_sizes and size not in self.fixed_batch_sizes:
+            raise ValueError(
+                f"The training batch size of this data is fixed at "
+                f"{sorted(self.fixed_batch_sizes)}; cannot change it to {size}. Build the "
+                f"bundle with elastic_batch=True (kgrow.data.load / from_arrays / "
+                f"from_datasets) to change the batch size during training.")
+        if size > self.num_active:
+            raise ValueError(f"batch_size={size} is larger than the {self.num_active} active "
+                             f"samples; an epoch would be empty.")
+        self.batch_size.assign(size)
+
+    def fix_batch_size(self, batch_size):
+        """Marks that a bundle of fixed batch size `batch_size` reads this selection
+        (done by bundles built with ``elastic_batch=False``)."""
+        size = _positive_int(batch_size, "batch_size")
+        live = self.current_batch_size()
+        if live is not None and live != size:
+            raise ValueError(
+                f"This selection has the live batch size {live}, but a bundle with the fixed "
+                f"batch size {size} is being built on it; build it with elastic_batch=True.")
+        self.fixed_batch_sizes.add(size)
+
+    def current_batch_size(self):
+        """The live batch size, or ``None`` when it is not set."""
+        size = int(self.batch_size.numpy())
+        return size if size > 0 else None
+
     # -- augmentation strength ------------------------------------------------
     def set_augment_scale(self, randaugment=None, erasing=None):
         """Scales the bundle's augmentation strengths from the next pass on.
@@ -287,6 +340,7 @@ class LiveSelection:
             "image_size": [int(v) for v in self.image_size.numpy()],
             "epoch": int(self.epoch.numpy()),
             "augment_scale": [float(v) for v in self.augment_scale.numpy()],
+            "batch_size": int(self.batch_size.numpy()),
         }
 
     def set_state(self, state):
@@ -314,11 +368,18 @@ class LiveSelection:
         # States written before augmentation scales existed: full strength.
         scale = state.get("augment_scale", [1.0] * len(AUGMENT_SCALES))
         self.set_augment_scale(*[float(v) for v in scale])
+        # States written before live batch sizes existed: the bundle's own.
+        batch = int(state.get("batch_size", 0))
+        if batch:
+            self.set_batch_size(batch)
+        else:
+            self.batch_size.assign(0)
         self.skip.assign(0)  # a state is at a pass boundary; see resume_pass
 
     def __repr__(self):
         return (f"LiveSelection(num_train={self.num_train}, num_active={self.num_active}, "
-                f"image_size={self.current_image_size()}, epoch={int(self.epoch.numpy())})")
+                f"image_size={self.current_image_size()}, "
+                f"batch_size={self.current_batch_size()}, epoch={int(self.epoch.numpy())})")
 
 
 def _positive_int(value, name):

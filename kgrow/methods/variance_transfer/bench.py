@@ -9,7 +9,11 @@ at most 4, over the profile's epochs):
 * ``vt_rescale``: + variance transfer (`PairedVarianceTransfer`, sqrt rule);
 * ``vt_rescale_lr``: + per-stage LR adaptation;
 * ``variance_transfer``: the full method (+ fan-in parameterization and
-  muP LR factors).
+  muP LR factors);
+* ``variance_transfer_batch``: the full method with batch-size adaptation:
+  the batch grows with the width, stage ``s`` of ``S`` at about
+  ``(s + 1) / S * 4`` times the profile's batch (the nearest divisor of the
+  training set), learning rates scaled by the rule of the optimizer.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ __all__ = ["METHODS", "ABLATION"]
 
 #: name -> "module:attribute" of the factory (imported when first used).
 METHODS = {name: f"{__name__}:{name}" for name in
-           ("vt_net2net", "vt_plain", "vt_rescale", "vt_rescale_lr", "variance_transfer")}
+           ("vt_net2net", "vt_plain", "vt_rescale", "vt_rescale_lr", "variance_transfer",
+            "variance_transfer_batch")}
 #: The ablation rows in the paper's order (the baseline runs first anyway).
 ABLATION = ("vt_net2net", "vt_plain", "vt_rescale", "vt_rescale_lr", "variance_transfer")
 
@@ -64,3 +69,40 @@ def vt_rescale_lr(build_model, context):
 def variance_transfer(build_model, context):
     """The full method: fan-in parameterization, variance transfer, LR adaptation."""
     return _vt(context)
+
+
+def nearest_divisor(n: int, target: float) -> int:
+    """The divisor of `n` closest to `target` (the smaller one on a tie).
+
+    Example:
+        >>> nearest_divisor(60000, 256), nearest_divisor(10000, 384)
+        (250, 400)
+    """
+    divisors = [d for d in range(1, int(n) + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), d))
+
+
+def stage_batch_sizes(num_train: int, base_batch: int, num_stages: int,
+                      final_multiple: float = 4.0) -> list:
+    """Batch sizes growing linearly with the stage, to `final_multiple` x the base.
+
+    Example:
+        >>> stage_batch_sizes(60000, 128, 4)
+        [125, 250, 375, 500]
+    """
+    return [nearest_divisor(num_train, base_batch * final_multiple * (s + 1) / num_stages)
+            for s in range(num_stages)]
+
+
+def variance_transfer_batch(build_model, context):
+    """The full method with batch-size adaptation (larger batches as the network grows)."""
+    schedule = _schedule(context)
+    sizes = stage_batch_sizes(context.data.selection.num_train, int(context.train.batch_size),
+                              len(schedule.stages))
+    from kgrow.methods.variance_transfer.callback import VarianceTransferGrowth
+    rule = "adam" if str(context.train.optimizer).lower().startswith("adam") else "sgd"
+    return context.build_model(), [VarianceTransferGrowth(schedule, optimizer_rule=rule,
+                                                          batch_sizes=sizes)]
+
+
+variance_transfer_batch.data_options = {"elastic_batch": True}

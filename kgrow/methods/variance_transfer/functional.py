@@ -33,7 +33,8 @@ from kgrow.growth.base import GrowthRequest
 
 __all__ = ["layer_fans", "kernel_layer_roles", "fan_in_initialize", "fan_in_lr_factors",
            "PairedVarianceTransfer", "initial_partitions", "carry_partitions",
-           "partition_lr_scales", "apply_lr_scales", "check_batch_schedule", "OPTIMIZER_RULES"]
+           "partition_lr_scales", "apply_lr_scales", "check_batch_schedule", "OPTIMIZER_RULES",
+           "batch_lr_factor", "BATCH_LR_RULES"]
 
 #: Optimizer families of `fan_in_lr_factors` (muP's tables for SGD and Adam).
 OPTIMIZER_RULES = ("sgd", "adam")
@@ -489,11 +490,20 @@ def apply_lr_scales(controller, scales: Mapping[str, np.ndarray]) -> str:
 
 # -- batch-size adaptation ------------------------------------------------------
 
-def check_batch_schedule(batch_sizes, num_train: int, base_batch: int) -> list:
+#: How the learning rate follows the batch size (`batch_lr_factor`).
+BATCH_LR_RULES = ("linear", "sqrt", None)
+
+
+def check_batch_schedule(batch_sizes, num_train: Optional[int], base_batch: int) -> list:
     """Validates per-stage batch sizes; returns the linear-scaling LR factors ``b / base``.
 
     Larger batches as the model grows keep the per-sample LR with the linear
     scaling rule (Goyal et al., 2017): ``lr = lr_0 * b / b_0``.
+
+    Args:
+        batch_sizes: one batch size per stage.
+        num_train: the training-set size each must divide (None: not checked).
+        base_batch: the batch size the base learning rate is for.
 
     Raises:
         ValueError: a size that is not a positive int, or that does not divide
@@ -506,10 +516,31 @@ def check_batch_schedule(batch_sizes, num_train: int, base_batch: int) -> list:
     """
     out = []
     for b in batch_sizes:
-        if not isinstance(b, (int, np.integer)) or b <= 0:
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0:
             raise ValueError(f"batch sizes must be positive ints, got {b!r}")
-        if num_train % b:
+        if num_train is not None and num_train % b:
             raise ValueError(f"batch size {b} does not divide the {num_train} training samples; "
                              f"use a divisor of {num_train} or a subset that {b} divides.")
         out.append(b / base_batch)
     return out
+
+
+def batch_lr_factor(batch_size: int, base_batch: int, rule: Optional[str] = "linear") -> float:
+    """The learning-rate factor for training at `batch_size` an LR tuned for `base_batch`.
+
+    "linear": ``b / b_0`` (SGD, Goyal et al. 2017); "sqrt": ``sqrt(b / b_0)``
+    (Adam, Malladi et al. 2022, "On the SDEs and scaling rules for adaptive
+    gradient algorithms"); None: 1.
+
+    Example:
+        >>> batch_lr_factor(256, 128), batch_lr_factor(512, 128, "sqrt")
+        (2.0, 2.0)
+    """
+    if rule not in BATCH_LR_RULES:
+        raise ValueError(f"rule must be one of {BATCH_LR_RULES}, got {rule!r}")
+    ratio = float(batch_size) / float(base_batch)
+    if rule == "linear":
+        return ratio
+    if rule == "sqrt":
+        return float(np.sqrt(ratio))
+    return 1.0
