@@ -54,14 +54,11 @@ class MethodSetup:
         sparsity: Passed to `kgrow.flops.count(..., sparsity=...)` when the
             FLOPs meter counts the model: a value, or a callable
             `sparsity(model)` evaluated at each epoch begin. None: dense.
-        needs_sample_ids: The callbacks use prediction hooks: `fit` trains on
-            `data.train_with_ids()` instead of `data.train`.
     """
 
     model: Any
     callbacks: Sequence[Any] = ()
     sparsity: Any = None
-    needs_sample_ids: bool = False
 
 
 @dataclasses.dataclass
@@ -261,7 +258,7 @@ def check_methods(names: Sequence[str]) -> list[str]:
 
 
 #: Data settings a bench method may ask for (`data_options`).
-DATA_OPTIONS = ("resizable", "elastic_batch")
+DATA_OPTIONS = ("resizable", "elastic_batch", "sample_ids")
 
 
 def data_options(name: str) -> dict:
@@ -270,8 +267,10 @@ def data_options(name: str) -> dict:
     ``{"resizable": True}`` makes the runner load the run's bundle with a
     live image size (`kgrow.data.load(..., resizable=True)`) and evaluate on
     ``bundle.test_at_live_size()``; ``{"elastic_batch": True}`` with a live
-    batch size (`kgrow.data.load(..., elastic_batch=True)`). Default: ``{}``.
-    A composed name needs what any of its parts needs.
+    batch size (`kgrow.data.load(..., elastic_batch=True)`); ``{"sample_ids":
+    True}`` makes `fit` train on ``bundle.train_with_ids()`` (for callbacks
+    with prediction hooks, e.g. data sieving). Default: ``{}``. A composed
+    name needs what any of its parts needs.
     """
     options = {}
     for part in method_parts(name):
@@ -353,10 +352,7 @@ def _compose(name: str, parts: Sequence[str], context: MethodContext) -> MethodS
         # combination rule kgrow does not guess.
         given = {part: getattr(setup, field.name) for part, setup in setups
                  if getattr(setup, field.name) is not field.default}
-        # Equal flags (two parts that both need sample ids) agree.
-        agree = (all(isinstance(v, bool) for v in given.values())
-                 and len(set(given.values())) == 1)
-        if len(given) > 1 and not agree:
+        if len(given) > 1:
             raise ValueError(f"Methods {sorted(given)} in {name!r} each set MethodSetup."
                              f"{field.name}; kgrow cannot combine them in one run.")
         if given:

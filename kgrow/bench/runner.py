@@ -321,7 +321,8 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
     keras.utils.set_random_seed(seed)
     train_cfg = dataclasses.replace(spec.train, seed=seed)
     options = registry.data_options(method)
-    bundle = load_data(spec, seed, **options)
+    bundle = load_data(spec, seed, resizable=bool(options.get("resizable")),
+                       elastic_batch=bool(options.get("elastic_batch")))
     # A resizable run's model may be at a stage's resolution when it is evaluated.
     test_data = bundle.test_at_live_size() if options.get("resizable") else bundle.test
     context = registry.MethodContext(
@@ -342,7 +343,7 @@ def run_method(method: str, spec: BenchSpec, seed: int, verbose: int | str = 2,
     callbacks = [clock.head, *setup.callbacks, flops_meter, *extra_callbacks, clock.tail]
     # shuffle=False: the bundle's pipeline already reshuffles every epoch.
     with meters.PeakMemory() as memory:
-        train_data = bundle.train_with_ids() if setup.needs_sample_ids else bundle.train
+        train_data = bundle.train_with_ids() if options.get("sample_ids") else bundle.train
         history = model.fit(counter.wrap(train_data), epochs=train_cfg.epochs,
                             validation_data=test_data, callbacks=callbacks,
                             verbose=verbose, shuffle=False).history

@@ -327,14 +327,17 @@ def test_bench_method_trains_on_ids_and_composes():
                                      train=kgrow.training.TrainConfig(epochs=10, seed=2),
                                      data=bundle, steps_per_epoch=12)
     setup = registry.setup_method("sieve", context)
-    assert setup.needs_sample_ids and isinstance(setup.callbacks[0], DataSieving)
+    assert registry.data_options("sieve") == {"sample_ids": True}
+    assert isinstance(setup.callbacks[0], DataSieving)
     assert setup.callbacks[0].selection is bundle.selection
 
     def also_ids(build_model, ctx):
-        return registry.MethodSetup(build_model(), [], needs_sample_ids=True)
+        return registry.MethodSetup(build_model(), [])
 
+    also_ids.data_options = {"sample_ids": True}
     bench.register_method("ids_demo", also_ids)
     try:
-        assert registry.setup_method("sieve+ids_demo", context).needs_sample_ids
+        assert registry.data_options("sieve+ids_demo") == {"sample_ids": True}
+        assert len(registry.setup_method("sieve+ids_demo", context).callbacks) == 1
     finally:
         bench.unregister_method("ids_demo")

@@ -19,7 +19,7 @@ def factory(fraction=0.25, update_ratio=None, interval_epochs=None):
     """A bench factory: the bench model trained with `DataSieving` on its data.
 
     The callback steers the run's bundle (``context.data.selection``); the
-    runner trains on ``train_with_ids()`` (``needs_sample_ids``), and its
+    runner trains on ``train_with_ids()`` (``data_options``), and its
     FLOPs meter counts the samples the pipeline delivers, so the saving of
     the smaller active set is what the results show.
     """
@@ -28,9 +28,14 @@ def factory(fraction=0.25, update_ratio=None, interval_epochs=None):
         sieve = DataSieving(fraction, update_ratio, interval_epochs,
                             epochs=int(context.train.epochs),
                             selection=context.data.selection, seed=int(context.train.seed))
-        return MethodSetup(model=build_model(), callbacks=[sieve], needs_sample_ids=True)
+        return MethodSetup(model=build_model(), callbacks=[sieve])
     make.__name__ = "sieve"
+    make.data_options = SIEVE_DATA
     return make
+
+
+#: The bench trains sieving runs on batches carrying their sample ids.
+SIEVE_DATA = {"sample_ids": True}
 
 
 def bench_sieve(build_model, context):
@@ -47,3 +52,6 @@ def bench_sieve_15(build_model, context):
     """Bench method `sieve_15`: 15% held out (the paper: no accuracy cost up to 15%;
     SpFDE's 15% + 15% row with `freeze_15`)."""
     return factory(fraction=0.15)(build_model, context)
+
+
+bench_sieve.data_options = bench_sieve_15.data_options = SIEVE_DATA

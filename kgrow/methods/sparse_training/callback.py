@@ -289,6 +289,9 @@ class SparseTraining(ControlledCallback):
             self._apply(masks, current, new, epoch, "initial", s, s, info)
             current = masks.get()
         update = schedule.at(epoch)
+        if update is not None and any(e["epoch"] == int(epoch) and e["kind"] == "update"
+                                      for e in self.events):
+            update = None  # resumed inside this epoch: its update is in the restored masks
         want = self._densities(shapes, self._current)
         # Frozen kernels keep their weights and masks (SpFDE); only a variable
         # without a fitting mask (new or resized by growth) is set up anyway.
