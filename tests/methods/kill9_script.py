@@ -115,7 +115,7 @@ def variance_transfer():
     return model, bundle.train, 4, [grow], [_kill_at(2, 0)], report
 
 
-def autoprog():
+def autoprog(kill_while_scoring=True):
     """AutoProg: killed while it scores the candidates after the supernet epoch."""
     bundle = _bundle(64, 16, 3, 3, resizable=True)
     model = kgrow.models.vit((16, 16, 3), 3, depth=4, dim=16, heads=2, patch_size=4)
@@ -124,10 +124,17 @@ def autoprog():
     search = AutoProg(4, bundle, num_stages=2, supernet_epochs=1, depths=[2, 3, 4],
                       score_samples=32, score_batch_size=16,
                       step_time=lambda c: c["resolution"] ** 2 * c["depth"], verbose=0)
-    _kill_on_call(search, "candidate_losses", 1)
+    if kill_while_scoring:
+        _kill_on_call(search, "candidate_losses", 1)
     return (model, bundle.train, 4, [search], [],
             lambda: ({}, {"chosen": search.chosen,
                           "schedule": search.searched_schedule().to_json()}))
+
+
+def autoprog_supernet_steps():
+    """AutoProg with step checkpoints: killed in the middle of its supernet epoch."""
+    model, data, epochs, callbacks, _, report = autoprog(kill_while_scoring=False)
+    return model, data, epochs, callbacks, [_kill_at(0, 2)], report
 
 
 def _masks(model):
@@ -194,9 +201,10 @@ def combined():
 
 
 SCENARIOS = {f.__name__: f for f in (network_expansion, network_expansion_vit,
-                                     variance_transfer, autoprog, sparse, freeze, sieve,
-                                     combined)}
-STEP_CHECKPOINTS = {"combined": 2}  # the others save at epoch ends
+                                     variance_transfer, autoprog, autoprog_supernet_steps,
+                                     sparse, freeze, sieve, combined)}
+# Mid-epoch checkpoints every 2 steps; the others save at epoch ends.
+STEP_CHECKPOINTS = {"combined": 2, "autoprog_supernet_steps": 2}
 
 
 def main(scenario, directory, out):

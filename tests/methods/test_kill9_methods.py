@@ -5,7 +5,8 @@ run never interrupted ends (weights and the method's own state).
 Kill points (kill9_script.py): Network Expansion in the epoch after a CNN
 width expansion and after a ViT depth expansion from the EMA; variance
 transfer right after its second growth; AutoProg while it scores the
-candidates; MEST inside a mask update; progressive freezing after two
+candidates and, with step checkpoints, in the middle of its supernet epoch
+(the resumed steps sample the same sub-networks); MEST inside a mask update; progressive freezing after two
 blocks froze; data sieving after two sieving updates; and growth + MEST +
 freezing + sieving mid-epoch with step checkpoints.
 """
@@ -23,7 +24,7 @@ from kgrow.controller import checkpoint as ckpt
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "methods", "kill9_script.py")
 SCENARIOS = ["network_expansion", "network_expansion_vit", "variance_transfer", "autoprog",
-             "sparse", "freeze", "sieve", "combined"]
+             "autoprog_supernet_steps", "sparse", "freeze", "sieve", "combined"]
 
 
 def _run(scenario, directory, out, marker=None):

@@ -180,6 +180,7 @@ class AutoProg(Growth):
         self._layers = None
         self._assigned = None
         self._epoch = 0
+        self._batch_offset = 0
         self._t0 = None
         self._train_start = None
 
@@ -275,6 +276,9 @@ class AutoProg(Growth):
         self._epoch = int(epoch)
         self._layers, self._assigned = None, None
         super().on_epoch_begin(epoch, logs)
+        # Resumed inside this epoch: Keras counts its batches from 0 again, but
+        # the sub-network of a step belongs to its place in the whole epoch.
+        self._batch_offset = int(self.controller.step)
         if self.search is not None:
             # What FLOP meters counting at epoch begin see: the middle candidate.
             candidates = self.search["candidates"]
@@ -317,7 +321,7 @@ class AutoProg(Growth):
             if self._trace_probe is not None and len(self._trace_probe) < 4:
                 self._t0 = (None, int(batch), time.perf_counter())
             return
-        index = self._sample(batch)
+        index = self._sample(int(batch) + self._batch_offset)
         self._switch(self.search["candidates"][index])
         self._t0 = (index, int(batch), time.perf_counter())
 
