@@ -22,7 +22,8 @@ fewer blocks save time in proportion, so one line cannot serve both); `probe.png
 shows the points and the global line. For each method whose schedule is known
 before training (the `Growth` callback's schedule) the probe prints the FLOPs
 speedup and the wall-clock speedup predicted by the fit of the family the
-schedule moves along (`kgrow.bench.realization`).
+schedule moves along, interpolating between that family's measured points
+(`kgrow.bench.realization`).
 
 Command line: `kgrow bench probe --profile standard --methods grow_width,grow_depth
 --out runs/probe`; `kgrow bench --probe ...` runs it before a benchmark and
@@ -246,6 +247,9 @@ def family_fits(points: Sequence[Mapping[str, Any]]) -> dict[str, rz.StepTimeFit
     proportion), so a method that moves along one axis is predicted from the
     fit of that axis; the global fit is kept for everything else. A family
     whose points cannot be fitted (fewer than two distinct FLOPs) gets none.
+    A family's fit keeps its measured points: between them a schedule's step
+    times are interpolated from what was measured (the line misses sizes
+    whose channel counts the CPU pads), outside them the line extrapolates.
     """
     full = [p for p in points if p["family"] == "width" and p["size"] == 1.0]
     out = {}
@@ -254,7 +258,7 @@ def family_fits(points: Sequence[Mapping[str, Any]]) -> dict[str, rz.StepTimeFit
         pts += [p for p in full if p not in pts]
         if len({p["flops_per_step"] for p in pts}) >= 2:
             out[family] = rz.fit_step_times([p["flops_per_step"] for p in pts],
-                                            [p["step_s"] for p in pts])
+                                            [p["step_s"] for p in pts], anchored=True)
     return out
 
 

@@ -7,7 +7,12 @@ hardware sustains:
     step_s = overhead_s + flops_per_step / flops_per_s
 
 `fit_step_times` fits that line by least squares to measured steps (see
-`kgrow bench probe`); `predicted_train_s` and `predicted_speedup` apply it to
+`kgrow bench probe`); with ``anchored=True`` the fit also keeps the measured
+points and predicts between them by piecewise-linear interpolation (the line
+only outside their range), because a CPU's FLOP rate is not one number: on
+AVX-512, oneDNN computes convolutions in blocks of 16 channels, so a layer of
+12 channels costs what one of 16 does and a line through all widths misses
+the middle ones by a third; `predicted_train_s` and `predicted_speedup` apply it to
 a schedule given as per-epoch `flops_per_sample` and `samples` (the `curve`
 of a bench run record has exactly these keys), so a method's wall-clock
 speedup can be predicted before a long run, and `realization` says which
@@ -62,12 +67,15 @@ class StepTimeFit:
         rms_rel_error: Root-mean-square relative error of the fit on the
             points it was fitted to (None when not fitted).
         num_points: Number of points fitted.
+        points: Measured ``(flops_per_step, seconds)`` pairs, ascending in
+            FLOPs, that `step_s` interpolates between (empty: the line only).
     """
 
     overhead_s: float
     flops_per_s: float
     rms_rel_error: float | None = None
     num_points: int = 0
+    points: tuple = ()
 
     def __post_init__(self):
         if not self.overhead_s >= 0:
@@ -77,20 +85,38 @@ class StepTimeFit:
                              f"{self.flops_per_s!r}.")
 
     def step_s(self, flops_per_step):
-        """Predicted seconds of a step (array-friendly)."""
-        return self.overhead_s + np.asarray(flops_per_step, dtype=float) / self.flops_per_s
+        """Predicted seconds of a step (array-friendly): between the measured
+        `points` their piecewise-linear interpolation, elsewhere the line.
+
+        Example:
+            >>> fit = StepTimeFit(0.0, 1e9, points=((1e9, 2.0), (3e9, 4.0)))
+            >>> fit.step_s([2e9, 4e9]).tolist()  # interpolated, then the line
+            [3.0, 4.0]
+        """
+        flops = np.asarray(flops_per_step, dtype=float)
+        line = self.overhead_s + flops / self.flops_per_s
+        if len(self.points) < 2:
+            return line
+        xs, ys = (np.asarray(v, dtype=float) for v in zip(*self.points))
+        inside = (flops >= xs[0]) & (flops <= xs[-1])
+        return np.where(inside, np.interp(flops, xs, ys), line)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["points"] = [list(p) for p in self.points]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StepTimeFit":
         """Inverse of `to_dict`."""
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        values["points"] = tuple(tuple(float(v) for v in p) for p in values.get("points", ()))
+        return cls(**values)
 
 
-def fit_step_times(flops_per_step: Sequence[float], seconds: Sequence[float]) -> StepTimeFit:
+def fit_step_times(flops_per_step: Sequence[float], seconds: Sequence[float],
+                   anchored: bool = False) -> StepTimeFit:
     """Least-squares fit of step time as overhead plus FLOPs over throughput.
 
     The residuals are relative (each point weighted by 1/seconds), so small
@@ -100,6 +126,8 @@ def fit_step_times(flops_per_step: Sequence[float], seconds: Sequence[float]) ->
     Args:
         flops_per_step: Training FLOPs of each measured step.
         seconds: Its measured duration.
+        anchored: Keep the points for `StepTimeFit.step_s` to interpolate
+            (points of one shape family: equal FLOPs are averaged).
 
     Raises:
         ValueError: Fewer than two points, mismatched lengths, non-positive
@@ -131,8 +159,11 @@ def fit_step_times(flops_per_step: Sequence[float], seconds: Sequence[float]) ->
         slope = float(np.sum(w * w * x * y) / np.sum(w * w * x * x))
     predicted = overhead + slope * x
     rms = float(np.sqrt(np.mean(((predicted - y) / y) ** 2)))
+    points = ()
+    if anchored:
+        points = tuple((float(f), float(np.mean(y[x == f]))) for f in np.unique(x))
     return StepTimeFit(overhead_s=float(overhead), flops_per_s=float(1.0 / slope),
-                       rms_rel_error=rms, num_points=int(len(x)))
+                       rms_rel_error=rms, num_points=int(len(x)), points=points)
 
 
 def predicted_train_s(fit: StepTimeFit, epochs: Sequence[Mapping[str, float]],

@@ -56,3 +56,25 @@ def test_predicted_speedup_of_a_schedule():
         rz.predicted_train_s(fit, [{"samples": 10}], 100)
     with pytest.raises(ValueError, match="batch_size"):
         rz.predicted_train_s(fit, base, 0)
+
+
+def test_anchored_fit_predicts_measured_points_and_the_line_outside():
+    # A padded middle size: 12 channels cost what 16 do, so the line misses it.
+    flops = [1e9, 2e9, 3e9, 4e9]
+    seconds = [0.05, 0.08, 0.16, 0.2]
+    line = rz.fit_step_times(flops, seconds)
+    anchored = rz.fit_step_times(flops, seconds, anchored=True)
+    assert (anchored.overhead_s, anchored.flops_per_s) == (line.overhead_s, line.flops_per_s)
+    np.testing.assert_allclose(anchored.step_s(flops), seconds)
+    assert abs(float(line.step_s(3e9)) / 0.16 - 1) > 0.1
+    assert float(anchored.step_s(2.5e9)) == pytest.approx(0.12)  # between two points
+    assert float(anchored.step_s(8e9)) == pytest.approx(float(line.step_s(8e9)))
+    assert rz.StepTimeFit.from_dict(anchored.to_dict()) == anchored
+    # A schedule at the measured sizes is predicted from the measured times.
+    base = [{"flops_per_sample": 4e9 / 128, "samples": 1280}] * 3
+    grown = [{"flops_per_sample": f / 128, "samples": 1280} for f in (2e9, 3e9, 4e9)]
+    assert rz.predicted_speedup(anchored, base, grown, 128) == pytest.approx(
+        0.6 / (0.08 + 0.16 + 0.2))
+    # Old probe files have no points: the line alone.
+    old = {k: v for k, v in line.to_dict().items() if k != "points"}
+    assert rz.StepTimeFit.from_dict(old) == line
