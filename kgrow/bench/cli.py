@@ -145,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="number of seeds (default: the profile's, 2 for standard*); "
                              "runs alternate baseline, methods, baseline, methods, ... and "
                              "the report gives median and range of each paired ratio")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the benchmark in --out: runs its results.json already "
+                             "has (same settings) are kept, the missing ones run")
     parser.add_argument("--probe", action="store_true",
                         help="run the step-time probe (`kgrow bench probe`, ~1-2 min) first "
                              "and report its predicted wall-clock speedup next to the "
@@ -292,7 +295,8 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         from kgrow.bench.probe import run_probe
         probe = run_probe(spec, spec.methods, args.out, log=log)
     verbose = args.verbose if args.verbose is not None else (1 if out.isatty() else 2)
-    run_bench(spec, args.out, verbose=verbose, log=log, probe=probe, strategy=strategy)
+    run_bench(spec, args.out, verbose=verbose, log=log, probe=probe, strategy=strategy,
+              resume=getattr(args, "resume", False))
     return 0
 
 

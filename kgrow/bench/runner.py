@@ -477,14 +477,42 @@ def run_order(methods: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, i
     return [(name, seed) for seed in seeds for name in methods]
 
 
+def finished_runs(spec: BenchSpec, out_dir: str) -> dict[str, list]:
+    """The run records of `spec`'s methods and seeds already in `out_dir`'s results.json.
+
+    For resuming a benchmark that was interrupted (or is continued in
+    another session): the runs it finished are kept, paired as they were.
+
+    Raises:
+        ValueError: the results there were measured with other settings
+            (more seeds are fine).
+    """
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    theirs = {k: v for k, v in (saved.get("settings") or {}).items() if k != "seeds"}
+    ours = {k: v for k, v in json.loads(json.dumps(spec.settings())).items() if k != "seeds"}
+    if theirs != ours:
+        changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ValueError(f"{path} holds a benchmark with other settings (they differ in "
+                         f"{changed}); resume with the same profile and flags, or use another "
+                         f"--out.")
+    return {name: [r for r in run.get("per_seed", []) if r["seed"] in spec.seeds]
+            for name, run in saved.get("runs", {}).items() if name in spec.methods}
+
+
 def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
               log: Callable[[str], None] = print,
-              probe: Mapping[str, Any] | None = None, strategy=None) -> dict[str, Any]:
+              probe: Mapping[str, Any] | None = None, strategy=None,
+              resume: bool = False) -> dict[str, Any]:
     """Runs every method of `spec` for every seed and writes the reports.
 
     Runs go in `run_order` (baseline first, then the methods, for each seed
     in turn); results are rewritten after every run, so an interrupted
-    benchmark keeps what finished.
+    benchmark keeps what finished, and with `resume` a second call runs
+    only what is missing (`finished_runs`).
 
     Args:
         spec: The benchmark setting.
@@ -495,25 +523,39 @@ def run_bench(spec: BenchSpec, out_dir: str, verbose: int | str = 2,
             its `probe.json`): adds predicted wall-clock speedups.
         strategy: Train every run under this `tf.distribute` strategy
             (`make_strategy`); with several workers only the chief writes.
+        resume: Keep the runs `out_dir`'s results.json already has.
 
     Returns:
         The `results.json` content.
     """
     records: dict[str, list] = {name: [] for name in spec.methods}
+    if resume:
+        records.update(finished_runs(spec, out_dir))
+    have = {(name, r["seed"]) for name, recs in records.items() for r in recs}
     order = run_order(spec.methods, spec.seeds)
     started = time.perf_counter()
     results = None
     for done, (name, seed) in enumerate(order, 1):
+        if (name, seed) in have:
+            log(f"[kgrow bench] run {done}/{len(order)}: {name} (seed {seed}) - kept from "
+                f"{os.path.join(out_dir, 'results.json')}")
+            continue
         log(f"[kgrow bench] run {done}/{len(order)}: {name} (seed {seed}) - {spec.model} on "
             f"{spec.dataset}, {spec.train.epochs} epochs, profile {spec.profile}")
         records[name].append(run_method(name, spec, seed, verbose=verbose, log=log,
                                         strategy=strategy))
+        records[name].sort(key=lambda r: spec.seeds.index(r["seed"]))
         finished = {k: v for k, v in records.items() if v}
         if registry.BASELINE in finished:
             results = build_results(spec, finished, probe=probe)
             results["environment"]["distribute"] = _strategy_info(strategy)
             if is_chief(strategy):
                 write_results(results, out_dir)
+    if results is None and records.get(registry.BASELINE):  # every run was kept
+        results = build_results(spec, {k: v for k, v in records.items() if v}, probe=probe)
+        results["environment"]["distribute"] = _strategy_info(strategy)
+        if is_chief(strategy):
+            write_results(results, out_dir)
     where = (f"wrote {os.path.join(out_dir, 'results.json')}, results.md, curves.png, "
              f"schedule.png" if is_chief(strategy) else "the chief worker writes the results")
     log(f"[kgrow bench] done in {time.perf_counter() - started:.0f} s; {where}")

@@ -96,3 +96,31 @@ def test_kgrow_report_rerenders_tables_and_schedule_plot(two_methods, tmp_path, 
     assert "zz_other" in (tmp_path / "results.md").read_text()
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
     assert "no " in capsys.readouterr().err
+
+
+def test_resume_keeps_finished_runs_and_runs_the_rest(two_methods, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(method, spec, seed, verbose=2, log=print, strategy=None):
+        calls.append((method, seed))
+        return _fake_record(method, seed, wall=10.0 if method == "baseline" else 5.0)
+    monkeypatch.setattr(runner, "run_method", fake_run)
+    spec = BenchSpec.from_profile("quick", methods=["zz_other"], num_seeds=1, seed=5)
+    runner.run_bench(spec, str(tmp_path), verbose=0, log=lambda line: None)
+    assert calls == [("baseline", 5), ("zz_other", 5)]
+    # The same benchmark with a second seed, continued: only the new runs train.
+    calls.clear()
+    more = BenchSpec.from_profile("quick", methods=["zz_other"], num_seeds=2, seed=5)
+    results = runner.run_bench(more, str(tmp_path), verbose=0, log=lambda line: None,
+                               resume=True)
+    assert calls == [("baseline", 6), ("zz_other", 6)]
+    assert results["runs"]["zz_other"]["seeds"] == [5, 6]
+    assert results["comparisons"]["zz_other"]["n_pairs"] == 2
+    calls.clear()  # everything there: nothing trains, the reports are rewritten
+    assert runner.run_bench(more, str(tmp_path), verbose=0, log=lambda line: None,
+                            resume=True)["runs"]["baseline"]["seeds"] == [5, 6]
+    assert calls == []
+    other = BenchSpec.from_profile("quick", methods=["zz_other"], num_seeds=2, seed=5,
+                                   epochs=2)
+    with pytest.raises(ValueError, match="other settings.*epochs"):
+        runner.run_bench(other, str(tmp_path), verbose=0, log=lambda line: None, resume=True)
