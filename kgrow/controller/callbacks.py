@@ -193,6 +193,19 @@ class ControlledCallback(keras.callbacks.Callback):
         # load_weights) already goes through it, whatever the list order.
         TrainingController.of(model)
 
+    def set_params(self, params):
+        super().set_params(params)
+        # Callbacks built with `epochs=None` (an attribute they declare) lay
+        # their schedule out over the run: they take fit's epochs.
+        epochs = (params or {}).get("epochs")
+        if epochs and getattr(self, "epochs", 0) is None:
+            self.epochs = int(epochs)
+            self.on_run_epochs(self.epochs)
+
+    def on_run_epochs(self, epochs: int) -> None:
+        """Subclass hook: built with ``epochs=None``, the callback now knows the
+        run's epochs (from ``fit``; already stored in ``self.epochs``)."""
+
     def on_train_begin(self, logs=None):
         attach_fit_selection(self.model)
         self.controller.attach_callback(self)

@@ -110,11 +110,6 @@ class DataSieving(ControlledCallback):
         self.events: list[dict] = []
 
     # -- setup ------------------------------------------------------------------
-    def set_params(self, params):
-        super().set_params(params)
-        if self.epochs is None and (params or {}).get("epochs"):
-            self.epochs = int(params["epochs"])
-
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         x = fit_argument(self.model)

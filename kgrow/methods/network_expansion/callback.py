@@ -154,11 +154,8 @@ class NetworkExpansion(Growth):
             self._rebuild_schedule()
         super().set_model(model)
 
-    def set_params(self, params):
-        super().set_params(params)
-        if self.epochs is None and (params or {}).get("epochs"):
-            self.epochs = int(params["epochs"])
-            self._rebuild_schedule()
+    def on_run_epochs(self, epochs: int) -> None:
+        self._rebuild_schedule()
 
     def _rebuild_schedule(self):
         if self.stage_index is not None or self.epochs is None and self.mode == "cnn":
