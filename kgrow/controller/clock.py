@@ -27,7 +27,7 @@ Example:
     >>> clock = EpochClock()
     >>> clock.start_epoch(2, steps=50)            # a sieved epoch: 50 steps, not 100
     >>> for _ in range(25):
-    ...     clock.advance()
+    ...     _ = clock.advance()
     >>> float(clock.position(100))                # halfway through epoch 2 of 100 steps
     250.0
 """

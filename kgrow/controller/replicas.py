@@ -79,9 +79,9 @@ class MovingStatisticsSync:
 
 def num_workers(strategy) -> int:
     """How many machines (worker processes) train under `strategy` (1 without one)."""
-    if strategy is None:
+    if strategy is None or strategy.num_replicas_in_sync < 2:
         return 1
-    local = len(getattr(strategy.extended, "worker_devices", ()) or ()) or 1
+    local = len(strategy.extended.worker_devices) or 1
     return max(1, strategy.num_replicas_in_sync // local)
 
 

@@ -33,9 +33,9 @@ the ids of its samples, right after the forward pass: `fn(batch)` with a
 `PredictionBatch(ids, y_true, y_pred)` (`y_pred` of the training-mode
 forward pass, gradient stopped). They are called once per process with the
 whole global batch: under a strategy of several replicas the replicas'
-shares are all-gathered (floating values as float32) and the first replica
-of each process calls the hooks, so host state kept by a hook is the same
-on every worker. Sample ids travel with the
+shares are gathered (by an all-reduce; values travel as float32, so ids are
+exact up to 2**24 samples) and the first replica of each process calls the
+hooks, so host state kept by a hook is the same on every worker. Sample ids travel with the
 data as `(x, y, {"sample_ids": ids})` (`kgrow.data.DataBundle.train_with_ids`;
 a real sample weight can go under `"sample_weight"` in the same dict), so a
 3-tuple keeps meaning `(x, y, sample_weight)` for Keras. Data sieving counts
@@ -260,11 +260,23 @@ def _call_prediction_hooks(hooks, batch) -> None:
             hook.fn(batch)
         return
 
+    replicas = strategy.num_replicas_in_sync
+    replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+
     def gather(t):
+        # An all-gather by a sum: each replica's share at its own rows of a
+        # zero tensor, summed over replicas (MultiWorkerMirroredStrategy's
+        # all_gather fails inside a train function; its all-reduce is what
+        # the gradients use). float32 carries ids exactly up to 2**24.
         t = tf.convert_to_tensor(t)
-        if t.dtype.is_floating and t.dtype != tf.float32:  # collectives: float32 everywhere
-            t = tf.cast(t, tf.float32)
-        return ctx.all_gather(t, axis=0)
+        dtype = t.dtype
+        rows = tf.shape(t)[0]
+        flat = tf.cast(t, tf.float32)
+        pad = tf.zeros_like(flat[:1])
+        before = tf.repeat(pad, replica * rows, axis=0)
+        after = tf.repeat(pad, (replicas - 1 - replica) * rows, axis=0)
+        whole = ctx.all_reduce("SUM", tf.concat([before, flat, after], axis=0))
+        return whole if dtype.is_floating else tf.cast(tf.round(whole), dtype)
 
     whole = PredictionBatch(*(tf.nest.map_structure(gather, part) for part in batch))
     local = max(1, len(strategy.extended.worker_devices))

@@ -13,7 +13,7 @@ def _bundle(n=48, batch_size=8, **kwargs):
 
 
 def _pass(dataset):
-    return [int(images.shape[0]) for images, _ in dataset]
+    return [int(batch[0].shape[0]) for batch in dataset]
 
 
 def test_live_batch_size_changes_batches_and_epoch_length():

@@ -72,10 +72,13 @@ def spfde():
         model = kgrow.models.get("resnet20", (8, 8, 3), 10, width=0.25)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
     sparse = SparseTraining(0.7, "ems", update_every=1, search_end=3, seed=5)
-    freeze = ProgressiveFreezing(0.15, interval=1, start=1)
+    freeze = ProgressiveFreezing(0.1, interval=1, start=1)
     sieve = DataSieving(0.25, update_ratio=0.5, interval_epochs=1, seed=11)
+    parts = os.environ.get("KGROW_MW_PARTS", "sparse,freeze,sieve").split(",")
+    chosen = [cb for name, cb in (("sparse", sparse), ("freeze", freeze), ("sieve", sieve))
+              if name in parts]
     history = model.fit(bundle.train_with_ids(), epochs=int(epochs), verbose=0,
-                        callbacks=[sparse, freeze, sieve, ControllerCheckpoint(ckpt)])
+                        callbacks=[*chosen, ControllerCheckpoint(ckpt)])
     # The sieved data as tf.distribute deals it out (as fit does): this
     # worker's replicas' sample ids for one pass.
     seen = []
@@ -106,7 +109,7 @@ def autoprog():
                       score_samples=32, score_batch_size=16, verbose=0)
     history = model.fit(bundle.train, epochs=int(epochs), verbose=0, callbacks=[search])
     return model, {"epochs_run": len(history.history["loss"]), "chosen": search.chosen,
-                   "times": [e["times"] for e in search.events if e["kind"] == "chosen"]}
+                   "times": [e["times"] for e in search.events if "times" in e]}
 
 
 model, report = {"growth": growth, "spfde": spfde, "autoprog": autoprog}[scenario]()

@@ -33,6 +33,13 @@ def _kill_at(epoch, batch):
     return AtBatch(epoch, batch, kill_now)
 
 
+class _StepCount(keras.callbacks.Callback):
+    count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+
+
 def _kill_on_call(owner, name, nth):
     """SIGKILL inside the `nth` call of `owner.name` (the call never returns)."""
     original, calls = getattr(owner, name), []
@@ -186,7 +193,7 @@ def combined():
     grow = Growth(GrowthSchedule([Stage(0, width=0.5), Stage(1, width=1.0)]),
                   initializer="orthogonal", verbose=0)
     sparse_cb = SparseTraining(0.7, "ems", update_every=1, search_end=3, seed=5)
-    frz = ProgressiveFreezing(0.15, interval=1, start=2)
+    frz = ProgressiveFreezing(0.05, interval=1, start=2)
     sv = DataSieving(0.25, update_ratio=0.5, interval_epochs=1, seed=11)
 
     def report():
@@ -212,12 +219,14 @@ def main(scenario, directory, out):
     keras.utils.set_random_seed(0)
     model, data, epochs, callbacks, killers, report = SCENARIOS[scenario]()
     save_freq = STEP_CHECKPOINTS.get(scenario, "epoch")
-    callbacks = [*callbacks, *killers, ControllerCheckpoint(directory, save_freq=save_freq)]
-    history = model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks)
+    steps = _StepCount()
+    callbacks = [*callbacks, *killers, steps,
+                 ControllerCheckpoint(directory, save_freq=save_freq)]
+    model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks)
     arrays, decisions = report()
     arrays.update(_prefixed("weight", {v.path: v.numpy() for v in model.weights}))
     np.savez(out, **{k.replace("/", "|"): v for k, v in arrays.items()})
-    decisions["epochs_run"] = len(history.history["loss"])
+    decisions["steps_run"] = steps.count
     with open(out + ".json", "w") as f:
         json.dump(decisions, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 

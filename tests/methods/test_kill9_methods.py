@@ -62,6 +62,6 @@ def test_kill9_and_restart_equals_the_uninterrupted_run(tmp_path, scenario):
     assert any(k.startswith("weight|") for k in got)
     diffs = {k: float(np.abs(got[k].astype(np.float64) - want[k]).max()) for k in want}
     assert max(diffs.values()) <= 1e-6, {k: d for k, d in diffs.items() if d > 1e-6}
-    ran = got_decisions.pop("epochs_run")
-    assert 0 < ran < want_decisions.pop("epochs_run")  # it resumed, not restarted
+    ran = got_decisions.pop("steps_run")
+    assert 0 < ran < want_decisions.pop("steps_run")  # it resumed, not restarted
     assert got_decisions == want_decisions

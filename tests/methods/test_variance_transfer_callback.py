@@ -180,7 +180,8 @@ def test_batch_size_adaptation_follows_the_stages_inside_one_fit():
     # The schedule followed the epochs: it ended at its end, not halfway.
     assert int(model.optimizer.iterations) == 16
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-7)
-    assert VarianceTransferGrowth(GrowthSchedule([Stage(0, width=0.5)]), batch_sizes=[8],
+    two = GrowthSchedule([Stage(0, width=0.5), Stage(1, width=1.0)])
+    assert VarianceTransferGrowth(two, batch_sizes=[8, 16],
                                   optimizer_rule="adam").batch_lr_rule == "sqrt"
 
 
@@ -195,4 +196,5 @@ def test_batch_size_adaptation_refuses_bad_settings_before_training(batch_sizes,
     with pytest.raises(ValueError, match=message):
         _elastic_run(batch_sizes, elastic=elastic)
     with pytest.raises(ValueError, match="batch_lr_rule"):
-        VarianceTransferGrowth(GrowthSchedule([Stage(0, width=0.5)]), batch_lr_rule="cube")
+        VarianceTransferGrowth(GrowthSchedule([Stage(0, width=0.5), Stage(1, width=1.0)]),
+                               batch_lr_rule="cube")
