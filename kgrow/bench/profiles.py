@@ -133,7 +133,9 @@ _add(Profile(
 # and 230-300 ms inside a bench run while shared (`kgrow bench --profile
 # standard --epochs 3 --subset 20000`): 1.5-2.3 min per 60k epoch + ~5 s
 # evaluation, so baseline (18-28 min) plus width growth (1.37x faster,
-# 13-20 min) is ~31-48 min per seed.
+# 13-20 min) is ~31-48 min per seed. Measured on the quiet machine (2 seeds,
+# benchmarks/results/standard_2seeds): 209 ms per step inside the run, baseline
+# 1146 s + 47 s evaluation (93.11%), grow_width 927 s, grow_depth 953 s.
 _add(Profile(
     name="standard",
     description="ResNet-20 at full width (16-32-64 filters) on all 60k Fashion-MNIST "

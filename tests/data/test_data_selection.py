@@ -77,7 +77,7 @@ def test_state_roundtrip_and_mismatch():
     sel.set_epoch(3)
     state = sel.get_state()
     assert state == {"num_train": 6, "active": state["active"], "image_size": [7, 9], "epoch": 3,
-                     "augment_scale": [1.0, 1.0]}
+                     "augment_scale": [1.0, 1.0], "batch_size": 0}
     assert isinstance(state["active"], np.ndarray) and state["active"].tolist() == \
         [False, True, False, False, True, False]
     other = LiveSelection(6)
