@@ -73,6 +73,24 @@ class AtBatch(keras.callbacks.Callback):
             self.action()
 
 
+class StepsPerEpoch(keras.callbacks.Callback):
+    """Batches trained per epoch (`per_epoch`), and in all (`total`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.per_epoch = []
+
+    @property
+    def total(self):
+        return sum(self.per_epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.per_epoch.append(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.per_epoch[-1] += 1
+
+
 class CrashAtEpoch(keras.callbacks.Callback):
     """Raises at the end of epoch `at`: a run killed after that epoch's checkpoint."""
 

@@ -110,9 +110,9 @@ def start_epoch_clock(model, epoch):
     """
     controller = TrainingController.of(model)
     controller.follow_epochs()  # a restored or replaced optimizer has its own schedule
-    x = _fit_argument(model)
-    params = _fit_local(model, "callbacks", None)
-    params = getattr(params, "params", None) or {}
+    fit = _fit_locals(model) or {}
+    x = fit.get("x", _NO_FIT)
+    params = getattr(fit.get("callbacks"), "params", None) or {}
     planned = controller.planned_steps
     if x is not _NO_FIT and data_lib.selection_of(x) is not None:
         steps, done = len(x), int(data_lib.selection_of(x).skip.numpy())

@@ -19,7 +19,8 @@ from kgrow.callbacks import Growth
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.controller import checkpoint as ckpt
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import AtBatch, assert_weights_match, new_mirrored_strategy
+from testing_helpers import (AtBatch, StepsPerEpoch, assert_weights_match,
+                             new_mirrored_strategy)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "callbacks", "step_resume_script.py")
@@ -36,18 +37,7 @@ def determinism():
 _Crash = AtBatch  # raises after batch `batch` of epoch `epoch` (a kill between two steps)
 
 
-class _Steps(keras.callbacks.Callback):
-    """Batches trained per epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.per_epoch = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.per_epoch.append(0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.per_epoch[-1] += 1
+_Steps = StepsPerEpoch
 
 
 def _ran_out(caught):

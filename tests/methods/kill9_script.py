@@ -26,18 +26,11 @@ from kgrow.controller import ControllerCheckpoint, Masks, TrainingController
 from kgrow.schedules import GrowthSchedule, Stage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from testing_helpers import AtBatch, kill_now  # noqa: E402
+from testing_helpers import AtBatch, StepsPerEpoch, kill_now  # noqa: E402
 
 
 def _kill_at(epoch, batch):
     return AtBatch(epoch, batch, kill_now)
-
-
-class _StepCount(keras.callbacks.Callback):
-    count = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.count += 1
 
 
 def _kill_on_call(owner, name, nth):
@@ -219,14 +212,14 @@ def main(scenario, directory, out):
     keras.utils.set_random_seed(0)
     model, data, epochs, callbacks, killers, report = SCENARIOS[scenario]()
     save_freq = STEP_CHECKPOINTS.get(scenario, "epoch")
-    steps = _StepCount()
+    steps = StepsPerEpoch()
     callbacks = [*callbacks, *killers, steps,
                  ControllerCheckpoint(directory, save_freq=save_freq)]
     model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks)
     arrays, decisions = report()
     arrays.update(_prefixed("weight", {v.path: v.numpy() for v in model.weights}))
     np.savez(out, **{k.replace("/", "|"): v for k, v in arrays.items()})
-    decisions["steps_run"] = steps.count
+    decisions["steps_run"] = steps.total
     with open(out + ".json", "w") as f:
         json.dump(decisions, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 

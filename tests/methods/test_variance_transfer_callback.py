@@ -8,7 +8,7 @@ from kgrow import models
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.methods.variance_transfer import VarianceTransferGrowth
 from kgrow.schedules import GrowthSchedule, Stage
-from testing_helpers import CrashAtEpoch, assert_weights_match
+from testing_helpers import CrashAtEpoch, StepsPerEpoch, assert_weights_match
 
 
 class _Probe(keras.callbacks.Callback):
@@ -135,18 +135,6 @@ def test_bench_methods_are_registered_lazily():
         assert callable(registry.get_method(name))
 
 
-class _StepsPerEpoch(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.per_epoch = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.per_epoch.append(0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.per_epoch[-1] += 1
-
-
 def _elastic_run(batch_sizes, elastic=True, epochs=3, **kwargs):
     import kgrow
     from kgrow.training import WarmupCosine
@@ -160,7 +148,7 @@ def _elastic_run(batch_sizes, elastic=True, epochs=3, **kwargs):
     model.compile(keras.optimizers.SGD(schedule, momentum=0.9), "categorical_crossentropy")
     grow = VarianceTransferGrowth(GrowthSchedule([Stage(0, width=0.5), Stage(1, width=1.0)]),
                                   batch_sizes=batch_sizes, verbose=0, **kwargs)
-    steps = _StepsPerEpoch()
+    steps = StepsPerEpoch()
     model.fit(bundle.train, epochs=epochs, verbose=0, callbacks=[grow, steps])
     return bundle, model, grow, steps
 
