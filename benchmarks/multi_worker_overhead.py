@@ -14,7 +14,7 @@ alternate (plain, kgrow, plain, kgrow, ...); the report gives the median
 over groups.
 
 Usage:
-    python benchmarks/multi_worker_overhead.py [--groups 2] [--epochs 4] [--subset 6400]
+    python benchmarks/multi_worker_overhead.py [--groups 3] [--epochs 8] [--subset 6400]
         [--json out.json]
 """
 from __future__ import annotations
@@ -96,8 +96,8 @@ def run_group(mode, args, tmp):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--groups", type=int, default=2, help="worker groups per mode")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--groups", type=int, default=3, help="worker groups per mode")
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--subset", type=int, default=6400)
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

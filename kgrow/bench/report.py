@@ -185,6 +185,49 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
     return out
 
 
+def compare_to_parts(runs: Mapping[str, Mapping[str, Any]],
+                     separator: str = "+") -> dict[str, dict]:
+    """Each composed run against every other run made of some of its parts.
+
+    A composed method's own target is often relative to one of its parts
+    (SpFDE: sparse training + freezing + sieving against sparse training
+    alone; growth + freezing against growth alone), which the comparisons
+    against the baseline do not show. For a run named `"a+b+c"` this
+    compares it (with `compare`, paired by seed) against every run of the
+    benchmark named by a proper subset of its parts, e.g. `"a"` or `"a+c"`.
+
+    Args:
+        runs: Method name -> `aggregate` summary (the baseline is ignored).
+        separator: What joins the parts of a composed name.
+
+    Returns:
+        Composed name -> {reference run name -> `compare` entry}; composed
+        runs without a part run are left out.
+
+    Example:
+        >>> def run(wall, flops, acc):
+        ...     return {"train_wall_s": wall, "train_flops": flops, "test_acc": acc}
+        >>> runs = {"baseline": run(10.0, 8.0, 0.9), "sparse": run(10.0, 1.0, 0.89),
+        ...         "sparse+freeze": run(8.0, 0.75, 0.885)}
+        >>> c = compare_to_parts(runs)["sparse+freeze"]["sparse"]
+        >>> c["speedup_wall"], round(c["acc_delta_pp"], 2)
+        (1.25, -0.5)
+    """
+    def parts(name):
+        return frozenset(p.strip() for p in name.split(separator))
+
+    out: dict[str, dict] = {}
+    for name, run in runs.items():
+        whole = parts(name)
+        if len(whole) < 2:
+            continue
+        for ref, ref_run in runs.items():
+            if ref != name and parts(ref) < whole:
+                entry = compare({ref: ref_run, name: run}, baseline=ref)[name]
+                out.setdefault(name, {})[ref] = entry
+    return out
+
+
 def _ratio(numerator: float, denominator: float) -> float | None:
     return float(numerator) / float(denominator) if denominator else None
 
@@ -276,6 +319,26 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         "Binomial standard error of each test accuracy (test-set size): " + ", ".join(stderr)
         + ".",
     ]
+    by_part = results.get("part_comparisons")
+    if by_part is None:  # results.json written before part comparisons existed
+        by_part = compare_to_parts({k: v for k, v in results["runs"].items()
+                                    if k != "baseline"})
+    if by_part:
+        lines += [
+            "",
+            "Composed methods against the runs of their parts (reference / composed, paired "
+            "by seed as above; Δ acc is composed minus reference):",
+            "",
+            "| run | against | speedup wall | speedup FLOPs | realization | Δ acc pp |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, refs in by_part.items():
+            for ref, comp in refs.items():
+                lines.append(
+                    f"| {name} | {ref} | {_fmt_ratio(comp, 'speedup_wall', '.2f', 'x')}"
+                    f" | {_fmt_ratio(comp, 'speedup_flops', '.2f', 'x')}"
+                    f" | {_fmt_ratio(comp, 'realization', '.0%', '')}"
+                    f" | {_fmt_pm(comp['acc_delta_pp'], comp.get('acc_delta_pp_stderr'), '+.2f')} |")
     notes = results.get("notes")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]

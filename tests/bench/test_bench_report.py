@@ -121,3 +121,29 @@ def test_markdown_and_plot(tmp_path):
     path = tmp_path / "curves.png"
     report.plot_curves(results, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_composed_runs_are_compared_with_their_parts():
+    runs = {"baseline": report.aggregate([_record(0, 20.0, 800.0, 0.90, [0.9]),
+                                          _record(1, 22.0, 800.0, 0.92, [0.92])]),
+            "sparse": report.aggregate([_record(0, 20.0, 100.0, 0.89, [0.89]),
+                                        _record(1, 21.0, 100.0, 0.91, [0.91])]),
+            "freeze": report.aggregate([_record(0, 15.0, 600.0, 0.88, [0.88]),
+                                        _record(1, 16.0, 600.0, 0.90, [0.90])]),
+            "sparse+freeze+sieve": report.aggregate([_record(0, 10.0, 50.0, 0.88, [0.88]),
+                                                     _record(1, 14.0, 50.0, 0.89, [0.89])])}
+    parts = report.compare_to_parts({k: v for k, v in runs.items() if k != "baseline"})
+    assert set(parts) == {"sparse+freeze+sieve"}
+    assert set(parts["sparse+freeze+sieve"]) == {"sparse", "freeze"}
+    vs_sparse = parts["sparse+freeze+sieve"]["sparse"]
+    # Paired by seed: 20/10 and 21/14.
+    assert vs_sparse["speedup_wall_range"] == pytest.approx([1.5, 2.0])
+    assert vs_sparse["speedup_flops"] == pytest.approx(2.0)
+    assert vs_sparse["acc_delta_pp"] == pytest.approx(-1.5)
+    assert parts["sparse+freeze+sieve"]["freeze"]["speedup_flops"] == pytest.approx(12.0)
+    # A run is not its own part, and single methods have no parts.
+    assert report.compare_to_parts({"a": runs["sparse"], "b": runs["freeze"]}) == {}
+    results = {"model": "m", "dataset": "d", "epochs": 1, "seed": 0, "profile": "p",
+               "runs": runs, "comparisons": report.compare(runs)}
+    text = report.to_markdown(results)  # no part_comparisons key: computed from the runs
+    assert "| sparse+freeze+sieve | sparse | 1.75x [1.50-2.00] | 2.00x" in text
