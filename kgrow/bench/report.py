@@ -197,7 +197,8 @@ def compare_to_parts(runs: Mapping[str, Mapping[str, Any]],
     benchmark named by a proper subset of its parts, e.g. `"a"` or `"a+c"`.
 
     Args:
-        runs: Method name -> `aggregate` summary (the baseline is ignored).
+        runs: Method name -> `aggregate` summary (the baseline, a single
+            method, is never a composed run's part).
         separator: What joins the parts of a composed name.
 
     Returns:
@@ -321,8 +322,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     ]
     by_part = results.get("part_comparisons")
     if by_part is None:  # results.json written before part comparisons existed
-        by_part = compare_to_parts({k: v for k, v in results["runs"].items()
-                                    if k != "baseline"})
+        by_part = compare_to_parts(results["runs"])
     if by_part:
         lines += [
             "",

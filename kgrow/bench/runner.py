@@ -430,8 +430,7 @@ def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]],
         "profile": spec.profile, "runs": runs,
         "comparisons": report.compare(runs, registry.BASELINE, fits=fits,
                                       batch_size=spec.train.batch_size),
-        "part_comparisons": report.compare_to_parts(
-            {k: v for k, v in runs.items() if k != registry.BASELINE}, registry.COMPOSE),
+        "part_comparisons": report.compare_to_parts(runs, registry.COMPOSE),
         "settings": spec.settings(), "spec": spec.to_dict(),
         "probe": None if probe is None else {
             k: probe[k] for k in ("fit", "family_fits", "method_families", "png")

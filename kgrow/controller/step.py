@@ -269,14 +269,12 @@ def _call_prediction_hooks(hooks, batch) -> None:
         # all_gather fails inside a train function; its all-reduce is what
         # the gradients use). float32 carries ids exactly up to 2**24.
         t = tf.convert_to_tensor(t)
-        dtype = t.dtype
         rows = tf.shape(t)[0]
-        flat = tf.cast(t, tf.float32)
-        pad = tf.zeros_like(flat[:1])
-        before = tf.repeat(pad, replica * rows, axis=0)
-        after = tf.repeat(pad, (replicas - 1 - replica) * rows, axis=0)
-        whole = ctx.all_reduce("SUM", tf.concat([before, flat, after], axis=0))
-        return whole if dtype.is_floating else tf.cast(tf.round(whole), dtype)
+        placed = tf.pad(tf.cast(t, tf.float32),
+                        [[replica * rows, (replicas - 1 - replica) * rows]]
+                        + [[0, 0]] * (t.shape.rank - 1))
+        whole = ctx.all_reduce("SUM", placed)
+        return whole if t.dtype.is_floating else tf.cast(tf.round(whole), t.dtype)
 
     whole = PredictionBatch(*(tf.nest.map_structure(gather, part) for part in batch))
     local = max(1, len(strategy.extended.worker_devices))

@@ -37,8 +37,6 @@ def determinism():
 _Crash = AtBatch  # raises after batch `batch` of epoch `epoch` (a kill between two steps)
 
 
-_Steps = StepsPerEpoch
-
 
 def _ran_out(caught):
     return [str(w.message) for w in caught if "ran out of data" in str(w.message)]
@@ -75,7 +73,7 @@ def _growth_run(directory=None, crash=None, save_freq=4):
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
     grow = Growth(GrowthSchedule([Stage(0, width=0.5), Stage(2, width=1.0)]),
                   initializer="orthogonal", verbose=0)
-    steps = _Steps()
+    steps = StepsPerEpoch()
     callbacks = [grow, steps]
     saver = None
     if directory is not None:
@@ -145,7 +143,7 @@ def _small_run(directory=None, crash=None, unknown_length=False, save_freq=2,
         train = train.filter(lambda x, y: True)
         assert int(train.cardinality()) == tf.data.UNKNOWN_CARDINALITY
         TrainingController.of(model).attach_selection(bundle.selection)
-    steps = _Steps()
+    steps = StepsPerEpoch()
     callbacks = [steps]
     if directory is not None:
         callbacks.append(ControllerCheckpoint(directory, save_freq=save_freq))

@@ -74,11 +74,8 @@ def spfde():
     sparse = SparseTraining(0.7, "ems", update_every=1, search_end=3, seed=5)
     freeze = ProgressiveFreezing(0.1, interval=1, start=1)
     sieve = DataSieving(0.25, update_ratio=0.5, interval_epochs=1, seed=11)
-    parts = os.environ.get("KGROW_MW_PARTS", "sparse,freeze,sieve").split(",")
-    chosen = [cb for name, cb in (("sparse", sparse), ("freeze", freeze), ("sieve", sieve))
-              if name in parts]
     history = model.fit(bundle.train_with_ids(), epochs=int(epochs), verbose=0,
-                        callbacks=[*chosen, ControllerCheckpoint(ckpt)])
+                        callbacks=[sparse, freeze, sieve, ControllerCheckpoint(ckpt)])
     # The sieved data as tf.distribute deals it out (as fit does): this
     # worker's replicas' sample ids for one pass.
     seen = []
