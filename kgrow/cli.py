@@ -71,7 +71,7 @@ def list_methods(out=sys.stdout) -> int:
         for info in infos:
             print(f"  {info['name']:24s} {info['description']}", file=out)
     print("Combine methods in one run with '+', e.g. kgrow bench --methods "
-          "baseline,grow_width+freeze+sieve ... (see recipes/combined.py).", file=out)
+          "baseline,grow_width+freeze_5+sieve ... (see recipes/combined.py).", file=out)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Several kgrow methods in one `model.fit`, with the ablation: each method alone and all together.
 
-    python recipes/combined.py --combine grow_width+freeze+sieve --profile standard --seeds 2 \
+    python recipes/combined.py --combine grow_width+freeze_5+sieve --profile standard --seeds 2 \
         --out runs/combined
     python recipes/combined.py --combine network_expansion+sieve --profile quick --out runs/ne_sieve
 
@@ -27,7 +27,7 @@ def methods_for(combine: str, parts: bool = True, baseline: bool = True) -> list
 def main(argv=None) -> int:
     parser = cli.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--combine",
-                        help="registered methods joined with '+', e.g. grow_width+freeze+sieve "
+                        help="registered methods joined with '+', e.g. grow_width+freeze_5+sieve "
                              "(required; may come from --config)")
     parser.add_argument("--no-parts", action="store_true",
                         help="run only the baseline and the combination")

@@ -398,6 +398,21 @@ class Growth(ControlledCallback):
         self._next: Optional[Stage] = None
         self.events: list = []
 
+    def planned_changes(self) -> dict:
+        """``{"architecture": the schedule's boundaries}`` (epochs of growth steps).
+
+        Every boundary counts, whatever quantity changes there and whatever a
+        `stage_chooser` picks: width and depth give layers new weights, and a
+        new resolution changes the activations' statistics that a frozen
+        BatchNorm would keep. Stages given with `set_next_stage` between
+        boundaries are not known ahead.
+
+        Example:
+            >>> Growth([Stage(0, width=0.5), Stage(4, width=1.0)], verbose=0).planned_changes()
+            {'architecture': [4]}
+        """
+        return {"architecture": self.schedule.boundaries()}
+
     def set_next_stage(self, stage: Union[Stage, Mapping, None] = None, **sizes) -> Stage:
         """Makes the model take `stage` at the next epoch begin.
 

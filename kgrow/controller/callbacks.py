@@ -24,7 +24,7 @@ from kgrow.controller import checkpoint as ckpt
 from kgrow.controller.controller import Phase, TrainingController
 
 __all__ = ["ControlledCallback", "ControllerCheckpoint", "attach_fit_selection",
-           "fit_argument", "sync_epoch_length"]
+           "fit_argument", "planned_changes", "sync_epoch_length"]
 
 _NO_FIT = object()
 
@@ -136,6 +136,36 @@ def _sync_progress_target(callbacks, steps):
                 callback.progbar.target = steps
 
 
+def planned_changes(model, what: str, exclude=None) -> list:
+    """Epochs of the run at which the model's controlled callbacks plan to change `what`.
+
+    Asks every `ControlledCallback` of the running ``fit`` (all of them, even
+    those whose ``on_train_begin`` has not run yet; outside a fit, those
+    attached to the controller) for its `ControlledCallback.planned_changes`.
+    A callback that plans around others' changes calls this: progressive
+    freezing, for one, waits for the last architecture change, since a layer
+    frozen and then widened would keep its new channels untrained.
+
+    Args:
+        model: the controlled model.
+        what: one of the callbacks' `drives` entries, e.g. "architecture".
+        exclude: a callback not to ask (the caller).
+
+    Returns:
+        Sorted distinct epochs (0-based); the first epoch's own setup (e.g.
+        Growth's shrink to its first stage) is not a change.
+    """
+    callbacks = getattr(_fit_local(model, "callbacks", None), "callbacks", None)
+    if callbacks is None:
+        callbacks = TrainingController.of(model)._callbacks
+    epochs = set()
+    for callback in callbacks:
+        if callback is exclude or not isinstance(callback, ControlledCallback):
+            continue
+        epochs.update(int(e) for e in callback.planned_changes().get(what, ()) if int(e) > 0)
+    return sorted(epochs)
+
+
 def attach_fit_selection(model):
     """Attaches the selection of the kgrow dataset ``model.fit`` trains on.
 
@@ -205,6 +235,18 @@ class ControlledCallback(keras.callbacks.Callback):
     def on_run_epochs(self, epochs: int) -> None:
         """Subclass hook: built with ``epochs=None``, the callback now knows the
         run's epochs (from ``fit``; already stored in ``self.epochs``)."""
+
+    def planned_changes(self) -> dict:
+        """What this callback will change in the run, and at which epochs.
+
+        ``{drives entry: [epochs]}``, e.g. ``{"architecture": [4, 8]}`` for a
+        growth schedule with boundaries at epochs 4 and 8; read by other
+        callbacks through `planned_changes(model, what)` when ``fit`` starts
+        (after ``set_params``, so a schedule laid out over the run's epochs is
+        known). Entries must cover every epoch a change can happen at,
+        run-time choices included. Default: nothing planned.
+        """
+        return {}
 
     def on_train_begin(self, logs=None):
         attach_fit_selection(self.model)

@@ -137,28 +137,30 @@ def test_resnet_width_depth_growth_masks_and_freezing_in_one_fit(policy):
     mask[0] = 0
     masks = Masks.of(controller)
     masks.set({kernel.path: mask})
-    grow = Growth(GrowthSchedule([Stage(0, width=0.5, depth=0.5), Stage(2, width=1.0, depth=1.0)],
-                                 total_epochs=3),
+    grow = Growth(GrowthSchedule([Stage(0, width=0.5, depth=0.5), Stage(1, width=1.0, depth=1.0)],
+                                 total_epochs=4),
                   initializer="zeros", depth_source="identity", verbose=0)
-    freeze = ProgressiveFreezing(0.05, epochs=3, interval=1, start=1)
+    # Freezing starts once the grown layers trained an epoch at their full size.
+    freeze = ProgressiveFreezing(0.05, epochs=4, interval=1, start=2)
     probe = _Probe(x[:16])
-    model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False,
+    model.fit(x, y, batch_size=16, epochs=4, verbose=0, shuffle=False,
               callbacks=[grow, freeze, probe])
 
     # Shrunk, then grown back: the inserted blocks and the widened layers
     # compute in the policy, every variable stays float32.
-    (small, small_pols), (full, full_pols) = probe.models[0], probe.models[2]
+    (small, small_pols), (full, full_pols) = probe.models[0], probe.models[1]
     assert small < full == model.count_params()
     assert len(full_pols) > len(small_pols)
     _check_dtypes(model, policy)
-    # Function preserved by the growth at epoch 2 within one ulp of the
-    # compute dtype (module docstring); no growth at epoch 1: exactly equal.
-    assert probe.diffs[1] == 0.0
-    assert probe.diffs[2] <= ULP[policy], probe.diffs
+    # Function preserved by the growth at epoch 1 within one ulp of the
+    # compute dtype (module docstring); the freeze at epoch 2 (BatchNorm in
+    # inference mode, as the probe predicts): exactly equal.
+    assert probe.diffs[1] <= ULP[policy], probe.diffs
+    assert probe.diffs[2] == 0.0
     # The loss scale and its step counter cross the growth unchanged and had moved.
     if policy == "mixed_float16":
-        assert probe.scale_begin[2] == probe.scale_end[1]
-        assert probe.scale_end[1]["iterations"] == 8
+        assert probe.scale_begin[1] == probe.scale_end[0]
+        assert probe.scale_end[0]["iterations"] == 4
         scales = {s["scale"] for s in probe.scale_end.values()}
         assert scales != {2.0 ** 15}, scales
     # Masked entries exactly zero in the float32 master weights.
@@ -167,13 +169,13 @@ def test_resnet_width_depth_growth_masks_and_freezing_in_one_fit(policy):
     kept = masks.get()[kernel.path]
     assert 0 < kept.mean() < 1
     assert np.all(model.get_layer("stage1_block0_conv1").kernel.numpy()[~kept] == 0.0)
-    # The first freezing block stopped at epoch 1, bit for bit, and stays frozen.
+    # The first freezing block stopped at epoch 2, bit for bit, and stays frozen.
     first = freeze.plan.groups[0]
     assert set(first) <= set(controller.frozen)
-    paths = [p for p in probe.weights[0] if p.split("/")[0] in first]
+    paths = [p for p in probe.weights[1] if p.split("/")[0] in first]
     assert paths
     for p in paths:
-        np.testing.assert_array_equal(probe.weights[1][p], probe.weights[0][p], p)
+        np.testing.assert_array_equal(probe.weights[3][p], probe.weights[1][p], p)
 
 
 def test_vit_network_expansion_keeps_float32_ema_and_the_loss_scale(policy):

@@ -126,6 +126,17 @@ def test_plan_reaches_target_with_fewest_blocks_and_refuses_bad_settings():
         freeze_plan(model, 0.1, epochs=10, interval=0)
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         freeze_plan(model, 1.2, epochs=10, interval=1)
+    late = freeze_plan(model, 0.05, epochs=10, interval=4, earliest=5)
+    assert late.earliest == 5 and min(late.freeze_epochs) >= 5 and late.saving >= 0.05
+    # Off the dT grid, the earliest epoch is the last candidate for T_frz.
+    assert late.start == 5 and late.freeze_epochs == (5,)
+    assert type(late).from_dict(late.to_dict()) == late
+    with pytest.raises(ValueError, match=r"start \(T_frz\) = 3 is before epoch 5"):
+        freeze_plan(model, 0.1, epochs=10, interval=1, start=3, earliest=5)
+    with pytest.raises(ValueError, match="Nothing can freeze"):
+        freeze_plan(model, 0.1, epochs=10, interval=1, earliest=10)
+    with pytest.raises(ValueError, match=r"unreachable.*nothing freezes before epoch 8"):
+        freeze_plan(model, 0.3, epochs=10, interval=1, earliest=8)
     with pytest.raises(ValueError, match="interval"):
         ProgressiveFreezing(0.2, interval=-1)
     with pytest.raises(ValueError, match="beyond the run"):
@@ -206,31 +217,68 @@ def test_callback_freezes_on_schedule_keeps_weights_and_bn_stats_one_retrace_per
             assert mults[epoch][key] == pytest.approx(value, rel=1e-6), (epoch, key)
 
 
-def test_frozen_set_carries_through_width_growth():
+def test_freezing_waits_until_grown_layers_trained_an_epoch_at_their_final_size():
     keras.utils.set_random_seed(2)
     model = _resnet(width=0.5)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
     x, y = _arrays()
     grow = Growth(GrowthSchedule([Stage(0, width=0.5), Stage(2, width=1.0)]),
                   initializer="orthogonal", verbose=0)
-    cb = ProgressiveFreezing(0.15, epochs=5, interval=1, start=1)
+    assert grow.planned_changes() == {"architecture": [2]}
+    cb = ProgressiveFreezing(0.05, epochs=6, interval=1)
     snaps = {}
 
     class Snap(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             snaps[epoch] = _weights(model)
 
-    model.fit(x, y, batch_size=16, epochs=5, verbose=0, shuffle=False,
-              callbacks=[grow, cb, Snap()])
-    controller = TrainingController.of(model)
+    # Freezing listed first: it plans from the whole fit's callbacks, not only
+    # those whose on_train_begin already ran.
+    model.fit(x, y, batch_size=16, epochs=6, verbose=0, shuffle=False,
+              callbacks=[cb, grow, Snap()])
     assert [e["epoch"] for e in grow.events] == [0, 2]
-    groups = cb.plan.groups
-    assert sorted(controller.frozen) == sorted(n for g in groups[:3] for n in g)
-    first = [p for p in snaps[4] if p.split("/")[0] in groups[0]]
-    # frozen at epoch 1, grown at 2 (new entries initialized), then fixed
-    assert snaps[1]["stem_conv/kernel"].shape != snaps[2]["stem_conv/kernel"].shape
-    for p in first:
-        np.testing.assert_array_equal(snaps[4][p], snaps[2][p], p)
+    plan = cb.plan
+    assert plan.earliest == 3 and plan.freeze_epochs and min(plan.freeze_epochs) >= 3
+    assert plan.saving >= 0.05
+    first = cb.events[0]["epoch"]
+    kernel = "stage1_block0_conv1/kernel"
+    # The new input channels of the first block start with zero fan-out
+    # (function-preserving) and must have trained before the block froze.
+    assert snaps[1][kernel].shape[2] * 2 == snaps[2][kernel].shape[2]
+    new_channels = snaps[first - 1][kernel][:, :, snaps[1][kernel].shape[2]:, :]
+    assert np.abs(new_channels).max() > 0.0
+    frozen = [p for p in snaps[5] if p.split("/")[0] in plan.groups[0]]
+    assert kernel in frozen
+    for p in frozen:
+        np.testing.assert_array_equal(snaps[5][p], snaps[first][p], p)
+
+    # T_frz given before the last growth step: refused before the first step.
+    model = _resnet(width=0.5)
+    model.compile(keras.optimizers.SGD(0.05), "categorical_crossentropy")
+    grow = Growth(GrowthSchedule([Stage(0, width=0.5), Stage(2, width=1.0)]), verbose=0)
+    with pytest.raises(ValueError, match=r"start \(T_frz\) = 1 is before epoch 3"):
+        model.fit(x, y, batch_size=16, epochs=6, verbose=0,
+                  callbacks=[grow, ProgressiveFreezing(0.1, epochs=6, interval=1, start=1)])
+    assert not TrainingController.of(model).frozen
+
+
+def test_a_growth_step_after_blocks_froze_stops_training():
+    keras.utils.set_random_seed(3)
+    model = _resnet(width=0.5)
+    model.compile(keras.optimizers.SGD(0.05), "categorical_crossentropy")
+    x, y = _arrays(32)
+    grow = Growth(GrowthSchedule([Stage(0, width=0.5), Stage(1, width=1.0)]), verbose=0)
+
+    class ChooseLater(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:  # a stage chosen at run time, after the first freeze
+                grow.set_next_stage(width=0.75)
+
+    cb = ProgressiveFreezing(0.1, epochs=5, interval=1, start=2)
+    with pytest.raises(RuntimeError, match="architecture changed .* after blocks froze at "
+                                           "epoch 2"):
+        model.fit(x, y, batch_size=16, epochs=5, verbose=0,
+                  callbacks=[grow, cb, ChooseLater()])
 
 
 def _Crash():
@@ -317,7 +365,7 @@ def test_bench_methods_registered_and_reach_their_target_in_short_runs():
     import types
     from kgrow import bench
     from kgrow.methods.progressive_freezing import bench as freeze_bench
-    assert {"freeze", "freeze_15"} <= set(bench.available_methods())
+    assert {"freeze", "freeze_15", "freeze_5"} <= set(bench.available_methods())
     context = types.SimpleNamespace(train=types.SimpleNamespace(epochs=5),
                                     build_model=lambda: _resnet(0.5))
     model, (cb,) = freeze_bench.freeze(None, context)

@@ -11,7 +11,7 @@ Functional form: `find_freeze_blocks`, `prefix_flops`, `freeze_schedule`,
 `schedule_saving`, `freeze_plan` (-> `FreezePlan`), `freeze_blocks`,
 `block_lr_multiplier`, `block_lr_rules`. Callback form: `ProgressiveFreezing`
 (also in `kgrow.callbacks`). Bench methods: `freeze` (25% training-FLOPs
-saving) and `freeze_15` (15%).
+saving), `freeze_15` (15%) and `freeze_5` (5%, for composing after growth).
 
 Example:
     >>> from kgrow import models

@@ -13,6 +13,7 @@ import numpy as np
 
 from kgrow.controller import ControlledCallback, Phase
 from kgrow.controller._variables import trainable_candidates
+from kgrow.controller.callbacks import planned_changes
 from kgrow.methods.progressive_freezing.functional import (GLOBAL_LR_SHAPES,
                                                            PAPER_FREEZE_FRACTION, FreezePlan,
                                                            _check_run, block_lr_rules, check_targets,
@@ -47,6 +48,18 @@ class ProgressiveFreezing(ControlledCallback):
     group per block (`block_lr_multiplier`; values change without retrace);
     the blocks that never freeze and the head follow the global schedule.
 
+    With a growth callback in the same fit (`kgrow.callbacks.Growth` and the
+    methods built on it), nothing freezes before the architecture's last
+    planned change (`planned_changes`) has had an epoch of training: a block
+    frozen and then widened or deepened would keep its new weights untrained
+    forever, and one frozen at the growth step itself would never train
+    them either. The plan is made
+    on the model `fit` starts with, which is the full (final) architecture
+    for Growth, and its saving is a fraction of the run at that
+    architecture, so it adds to the growth's saving. An architecture change
+    after the first freeze (a stage chosen at run time) stops training with
+    an error.
+
     Logs `freeze/blocks` (blocks frozen), `freeze/frozen_fraction` (share of
     the trainable parameters frozen) and `freeze/step_flops_saving` (training
     FLOPs of one step saved now) at every epoch end. The plan, the schedule
@@ -75,8 +88,10 @@ class ProgressiveFreezing(ControlledCallback):
 
     Raises:
         ValueError: a bad setting (target outside (0, 1), interval < 1, T_frz
-            beyond the run) at construction; an unreachable target when
-            training begins, before the first step.
+            beyond the run) at construction; an unreachable target, or T_frz
+            before the architecture's last change, when training begins,
+            before the first step.
+        RuntimeError: the architecture changed after blocks froze.
 
     Attributes:
         plan: the `FreezePlan` (set when training begins).
@@ -124,31 +139,44 @@ class ProgressiveFreezing(ControlledCallback):
         self.plan: Optional[FreezePlan] = None
         self.frozen_blocks = 0
         self.events: list = []
+        # Architecture changes (`controller.growth_history`) seen at the first
+        # freeze: one more afterwards would grow frozen layers.
+        self._changes_at_freeze: Optional[int] = None
 
     # -- state ---------------------------------------------------------------
     def _get_state(self) -> dict:
         return {"plan": self.plan.to_dict(), "frozen_blocks": int(self.frozen_blocks),
-                "events": list(self.events)}
+                "events": list(self.events), "changes_at_freeze": self._changes_at_freeze}
 
     def _set_state(self, state) -> None:
         self.plan = FreezePlan.from_dict(state["plan"])
         self.frozen_blocks = int(state["frozen_blocks"])
         self.events = list(state.get("events", []))
+        self._changes_at_freeze = state.get("changes_at_freeze")
 
     # -- Keras hooks ---------------------------------------------------------
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         epochs = int(self.epochs if self.epochs is not None else self.params["epochs"])
         interval = self.interval if self.interval is not None else default_interval(epochs)
-        # Planned now, before the first step, so a bad setting fails early; a
-        # restored checkpoint then replaces it with the saved plan.
+        self.plan, self.frozen_blocks, self.events = None, 0, []
+        self._changes_at_freeze = None
+        # A checkpoint restored before this (ControllerCheckpoint earlier in
+        # the list) sets the saved plan now; the model may then be a grown
+        # stage, not the architecture the plan was made on.
+        self.controller.register_state(self.STATE_NAME, self._get_state, self._set_state)
+        if self.plan is not None:
+            return
+        changes = [e for e in planned_changes(self.model, "architecture", exclude=self)
+                   if e < epochs]
+        # Planned before the first step, so a bad setting fails early; a
+        # checkpoint restored after this replaces it with the saved plan.
         self.plan = freeze_plan(self.model, self.target_saving, epochs, interval, self.start,
                                 blocks_per_event=self.blocks_per_event, blocks=self.blocks,
                                 unit=self.unit,
                                 freeze_fraction=self.freeze_fraction,
-                                input_shape=self.input_shape, sparsity=self.sparsity)
-        self.frozen_blocks, self.events = 0, []
-        self.controller.register_state(self.STATE_NAME, self._get_state, self._set_state)
+                                input_shape=self.input_shape, sparsity=self.sparsity,
+                                earliest=changes[-1] + 1 if changes else 0)
 
     def on_train_end(self, logs=None):
         self.controller.unregister_state(self.STATE_NAME)
@@ -156,8 +184,20 @@ class ProgressiveFreezing(ControlledCallback):
 
     def controlled_epoch_begin(self, epoch: int) -> None:
         plan = self.plan
+        changes = len(self.controller.growth_history)
+        if self._changes_at_freeze is not None and changes != self._changes_at_freeze:
+            raise RuntimeError(
+                f"ProgressiveFreezing: the architecture changed (growth step "
+                f"{self.controller.growth_history[-1]}) after blocks froze at epoch "
+                f"{self.events[0]['epoch']}; grown frozen layers would keep their new weights "
+                f"untrained. Freezing waits for the architecture changes the other callbacks "
+                f"plan (ControlledCallback.planned_changes, e.g. a Growth schedule's "
+                f"boundaries; here the last is before epoch {plan.earliest}); a stage chosen at "
+                f"run time (set_next_stage) must come before that.")
         k = plan.frozen_at(epoch)
         if k > self.frozen_blocks:
+            if self._changes_at_freeze is None:
+                self._changes_at_freeze = changes
             layers = freeze_blocks(self.controller, plan.groups[self.frozen_blocks:k])
             self.events.append({"epoch": int(epoch), "blocks": int(k), "layers": layers})
             if self.verbose:

@@ -308,6 +308,8 @@ class FreezePlan:
         costs: training FLOPs per sample with 0..len(groups) leading groups frozen.
         target: the target saving asked for.
         saving: the training-FLOPs saving of the plan over the run.
+        earliest: first epoch a block may freeze at (with growth: the first
+            epoch after the architecture's last planned change; else 0).
     """
     groups: tuple
     freeze_epochs: tuple
@@ -318,6 +320,7 @@ class FreezePlan:
     target: float
     saving: float
     blocks_per_event: int = 1
+    earliest: int = 0
 
     @property
     def num_frozen(self) -> int:
@@ -337,14 +340,14 @@ class FreezePlan:
                 "freeze_epochs": list(self.freeze_epochs), "start": self.start,
                 "interval": self.interval, "epochs": self.epochs, "costs": list(self.costs),
                 "target": self.target, "saving": self.saving,
-                "blocks_per_event": self.blocks_per_event}
+                "blocks_per_event": self.blocks_per_event, "earliest": self.earliest}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FreezePlan":
         return cls(tuple(tuple(g) for g in d["groups"]), tuple(int(e) for e in d["freeze_epochs"]),
                    int(d["start"]), int(d["interval"]), int(d["epochs"]),
                    tuple(float(c) for c in d["costs"]), float(d["target"]), float(d["saving"]),
-                   int(d.get("blocks_per_event", 1)))
+                   int(d.get("blocks_per_event", 1)), int(d.get("earliest", 0)))
 
 
 def _cap_blocks(model, groups, fraction) -> int:
@@ -381,7 +384,8 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
                 start: Optional[int] = None,
                 *, blocks_per_event: int = 1, blocks: BlocksSpec = None, unit: str = "block",
                 freeze_fraction: float = PAPER_FREEZE_FRACTION, input_shape=None,
-                sparsity=None, groups: Optional[Sequence[Sequence[str]]] = None) -> FreezePlan:
+                sparsity=None, groups: Optional[Sequence[Sequence[str]]] = None,
+                earliest: int = 0) -> FreezePlan:
     """How many leading blocks to freeze, and when, to save `target_saving` of the training FLOPs.
 
     The saving is over the whole run (`schedule_saving`): frozen blocks still
@@ -399,6 +403,11 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
       freezes fall on the same dT grid as, e.g., sparse-mask updates); then
       the fewest blocks
       reaching it from that T_frz are kept.
+    * `earliest` (with a growth method in front: the first epoch after the
+      architecture's last planned change): nothing freezes before it. A derived
+      T_frz is the latest grid epoch >= `earliest` (or `earliest` itself);
+      a given `start` before it is refused. The saving stays a fraction of
+      the run at this (the final) architecture, so it adds to the growth's.
 
     The head (layers after the last group) never freezes, and at least one
     layer with weights always stays trainable.
@@ -417,14 +426,15 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
             is derived, in (0, 1].
         input_shape, sparsity: passed to `kgrow.flops.count`.
         groups: precomputed groups (skips `find_freeze_blocks`).
+        earliest: first epoch a block may freeze at (0: any).
 
     Returns:
         a `FreezePlan`.
 
     Raises:
-        ValueError: target outside (0, 1), interval < 1, start beyond the run,
-            or a target no split reaches (the message gives the largest
-            reachable saving).
+        ValueError: target outside (0, 1), interval < 1, start beyond the run
+            or before `earliest`, or a target no split reaches (the message
+            gives the largest reachable saving).
 
     Example:
         >>> from kgrow import models
@@ -436,6 +446,18 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
     check_targets(target_saving, freeze_fraction)
     target = float(target_saving)
     epochs, interval, start = _check_run(epochs, interval, start)
+    earliest = _check_int("earliest", earliest, 0)
+    if earliest >= epochs:
+        raise ValueError(
+            f"Nothing can freeze: blocks may freeze from epoch {earliest} on (with growth: "
+            f"after every layer trained an epoch at its final size), and the run's last epoch "
+            f"is {epochs - 1}. End the growth earlier or train longer.")
+    if start is not None and start < earliest:
+        raise ValueError(
+            f"start (T_frz) = {start} is before epoch {earliest}, the first at which blocks may "
+            f"freeze (with growth: the epoch after the architecture's last change; a block "
+            f"frozen earlier would get new weights that never train). Give start >= "
+            f"{earliest}, or start=None to derive it.")
     groups = ([list(g) for g in groups] if groups is not None
               else find_freeze_blocks(model, blocks, unit))
     if blocks_per_event == "auto":
@@ -444,7 +466,7 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
             try:
                 return freeze_plan(model, target, epochs, interval, start, blocks_per_event=per,
                                    freeze_fraction=freeze_fraction, input_shape=input_shape,
-                                   sparsity=sparsity, groups=groups)
+                                   sparsity=sparsity, groups=groups, earliest=earliest)
             except ValueError as err:
                 if "unreachable" not in str(err):
                     raise
@@ -470,20 +492,23 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
                 return k
         return None
 
+    after = f" (nothing freezes before epoch {earliest})" if earliest else ""
     if start is None:
         cap = _cap_blocks(model, groups, float(freeze_fraction))
         # On the interval grid, so that the freezes coincide with updates every
         # dT epochs of other techniques (SpFDE syncs them with MEST's mask updates).
-        start = next((t for t in range((epochs - 1) // interval * interval, -1, -interval)
-                      if saving(cap, t) >= target - 1e-12), None)
+        candidates = list(range((epochs - 1) // interval * interval, earliest - 1, -interval))
+        if earliest % interval:
+            candidates.append(earliest)
+        start = next((t for t in candidates if saving(cap, t) >= target - 1e-12), None)
         if start is None:
-            best = saving(cap, 0)
+            best = saving(cap, earliest)
             raise ValueError(
                 f"target_saving={target:.3f} is unreachable: freezing the first {cap} of "
                 f"{len(groups)} blocks (freeze_fraction={freeze_fraction:.3f} of the layers), "
-                f"{per} every {interval} epoch(s) from epoch 0 saves at most {best:.3f} of the "
-                f"training FLOPs over {epochs} epochs. Lower the target, shorten the interval, "
-                "raise freeze_fraction or blocks_per_event.")
+                f"{per} every {interval} epoch(s) from epoch {earliest} saves at most "
+                f"{best:.3f} of the training FLOPs over {epochs} epochs{after}. Lower the "
+                "target, shorten the interval, raise freeze_fraction or blocks_per_event.")
     else:
         cap = len(groups)
     k = fewest(start, cap)
@@ -492,12 +517,13 @@ def freeze_plan(model, target_saving: float, epochs: int, interval: int,
         raise ValueError(
             f"target_saving={target:.3f} is unreachable: freezing all {cap} freezable blocks, "
             f"{per} every {interval} epoch(s) from T_frz={start} saves at most {best:.3f} of the "
-            f"training FLOPs over {epochs} epochs. Lower the target, start earlier "
+            f"training FLOPs over {epochs} epochs{after}. Lower the target, start earlier "
             "(or let T_frz be derived: start=None), shorten the interval or raise "
             "blocks_per_event.")
     return FreezePlan(tuple(tuple(g) for g in groups),
                       tuple(freeze_schedule(k, start, interval, epochs, per)), int(start),
-                      int(interval), int(epochs), tuple(costs), target, saving(k, start), per)
+                      int(interval), int(epochs), tuple(costs), target, saving(k, start), per,
+                      earliest)
 
 
 # --------------------------------------------------------------------------- actions
