@@ -168,8 +168,8 @@ _add(Profile(
 # ResNet-20) took a median 1.06 s at batch 128 on the shared machine: 2.8 min
 # per 20k epoch, so 6 epochs of baseline (~17 min) plus a method of at most
 # the same cost stay within ~45 min per seed with evaluation.
-# On the quiet machine (benchmarks/results/standard_sparse, seed 0): 1.0 s per
-# step, baseline 942 s + 115 s evaluation, 91.29%.
+# On the quiet machine (benchmarks/results/standard_sparse, seeds 0 / 1): 1.0 /
+# 0.9 s per step, baseline 942 / 822 s + ~100 s evaluation, 91.29 / 91.63%.
 _add(Profile(
     name="standard-sparse",
     description="SpFDE's widened ResNet-32 (widen 2: 32-64-128 filters) on 20k Fashion-MNIST "
