@@ -53,12 +53,11 @@ class ProgressiveFreezing(ControlledCallback):
     planned change (`planned_changes`) has had an epoch of training: a block
     frozen and then widened or deepened would keep its new weights untrained
     forever, and one frozen at the growth step itself would never train
-    them either. The plan is made
-    on the model `fit` starts with, which is the full (final) architecture
-    for Growth, and its saving is a fraction of the run at that
-    architecture, so it adds to the growth's saving. An architecture change
-    after the first freeze (a stage chosen at run time) stops training with
-    an error.
+    them either. The plan is made on the model `fit` starts with, which is
+    the full (final) architecture for Growth, and its saving is a fraction
+    of the run at that architecture, so it adds to the growth's saving. An
+    architecture change after the first freeze (a stage chosen at run time)
+    stops training with an error.
 
     Logs `freeze/blocks` (blocks frozen), `freeze/frozen_fraction` (share of
     the trainable parameters frozen) and `freeze/step_flops_saving` (training
