@@ -79,7 +79,7 @@ def rerender(directory: str, out=sys.stdout) -> int:
     """`kgrow report DIR`: writes DIR's tables and plots again from results.json."""
     import json
 
-    from kgrow.bench.runner import render_results
+    from kgrow.bench.runner import compare_runs, render_results
     path = os.path.join(directory, "results.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -91,6 +91,11 @@ def rerender(directory: str, out=sys.stdout) -> int:
     except json.JSONDecodeError as err:
         print(f"kgrow report: {path} is not valid JSON ({err}).", file=sys.stderr)
         return 2
+    batch_size = (results.get("settings") or {}).get("batch_size")
+    if results.get("runs", {}).get("baseline") and batch_size:
+        # The per-seed records are the measurements; the comparisons are derived.
+        results = {**results, **compare_runs(results["runs"], results.get("probe"),
+                                             int(batch_size))}
     for written in render_results(results, directory):
         print(f"wrote {written}", file=out)
     return 0

@@ -159,6 +159,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="train under a tf.distribute strategy: mirrored (this "
                              "machine's devices) or multi_worker (the workers TF_CONFIG "
                              "lists; run the same command on each, only the chief writes)")
+    parser.add_argument("--local-workers", type=int, default=None, metavar="N",
+                        help="start N workers of this command on this machine and train "
+                             "under MultiWorkerMirroredStrategy (TF_CONFIG on free localhost "
+                             "ports; worker 0 prints and writes, worker i logs to "
+                             "OUT/worker<i>.log)")
     _add_overrides(parser)
     _add_common(parser)
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
@@ -267,10 +272,24 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         return 0
     if not args.out:
         raise SystemExit("kgrow bench: --out DIR is required to run a benchmark.")
+    from kgrow.bench import launch
     from kgrow.bench.runner import make_strategy
+    distribute = getattr(args, "distribute", "none")
+    local_workers = getattr(args, "local_workers", None)
+    if local_workers is not None:
+        if distribute not in ("none", "multi_worker"):
+            raise SystemExit(f"kgrow bench: --local-workers trains under multi_worker; it "
+                             f"cannot be combined with --distribute {distribute}.")
+        if not launch.is_launched_worker():
+            try:
+                return launch.launch_local_workers(local_workers, launch.this_command(),
+                                                   args.out, out=out)
+            except ValueError as err:
+                raise SystemExit(f"kgrow bench: {err}") from None
+        distribute = "multi_worker"
     try:
         # First: a multi-worker strategy must exist before other TensorFlow work.
-        strategy = make_strategy(getattr(args, "distribute", "none"))
+        strategy = make_strategy(distribute)
     except ValueError as err:
         raise SystemExit(f"kgrow bench: {err}") from None
     try:
@@ -307,7 +326,8 @@ def run_with_paper(args: argparse.Namespace, title: str, paper_lines, out=sys.st
     printed under `title` so the two tables read side by side.
     """
     status = run(args, out=out)
-    if status == 0 and args.out:
+    from kgrow.bench.launch import is_launched_worker
+    if status == 0 and args.out and not is_launched_worker():  # the launcher prints it
         try:
             with open(os.path.join(args.out, "results.md"), encoding="utf-8") as f:
                 print(f.read(), file=out)

@@ -218,3 +218,63 @@ def flops_speedup(baseline_epochs: Sequence[Mapping[str, float]],
     def total(epochs):
         return sum(float(e["flops_per_sample"]) * float(e["samples"]) for e in epochs)
     return total(baseline_epochs) / total(method_epochs)
+
+
+def equal_work_overhead(baseline_curve: Sequence[Mapping[str, float]],
+                        method_curve: Sequence[Mapping[str, float]],
+                        rel_tol: float = 1e-6) -> dict[str, Any] | None:
+    """What a method's machinery costs per sample where it trains the baseline's model.
+
+    A method's wall-clock saving mixes the work it removes with what its own
+    callbacks cost. In the epochs where it does the baseline's work per
+    sample (same `flops_per_sample`: e.g. after the last width growth, or
+    every epoch of data sieving, which trains fewer samples of the same
+    model), the ratio of seconds per sample is that cost alone: hooks,
+    collectives, the controller's train step, a dataset carrying sample ids.
+    Left out: the first epoch (tracing) and every epoch whose FLOPs per
+    sample differ from the epoch before, because the model changed as it
+    began (a growth step and the new model's trace).
+
+    Args:
+        baseline_curve: The baseline run's `curve` (cumulative `wall_s`,
+            `samples` and `flops_per_sample` per epoch).
+        method_curve: The method's run `curve` with the same seed.
+        rel_tol: Relative tolerance of "same FLOPs per sample".
+
+    Returns:
+        `{"overhead": method s/sample / baseline s/sample - 1, "epochs": [1-based
+        epochs compared]}` over the summed time and samples of those epochs,
+        or None when no epoch qualifies.
+
+    Example:
+        >>> base = [{"wall_s": w, "samples": 100, "flops_per_sample": 4.0}
+        ...         for w in (12.0, 22.0, 32.0)]
+        >>> grown = [{"wall_s": 5.0, "samples": 75, "flops_per_sample": 1.0},
+        ...          {"wall_s": 14.0, "samples": 75, "flops_per_sample": 4.0},
+        ...          {"wall_s": 22.4, "samples": 75, "flops_per_sample": 4.0}]
+        >>> r = equal_work_overhead(base, grown)
+        >>> r["epochs"], round(r["overhead"], 3)
+        ([3], 0.12)
+    """
+    def per_epoch(curve):
+        walls = [float(p["wall_s"]) for p in curve]
+        return [w - (walls[i - 1] if i else 0.0) for i, w in enumerate(walls)]
+
+    def same(a, b):
+        return (a is not None and b is not None
+                and abs(float(a) - float(b)) <= rel_tol * abs(float(b)))
+
+    base_s, method_s = per_epoch(baseline_curve), per_epoch(method_curve)
+    epochs = [i for i in range(1, min(len(baseline_curve), len(method_curve)))
+              if same(method_curve[i].get("flops_per_sample"),
+                      baseline_curve[i].get("flops_per_sample"))
+              and same(method_curve[i].get("flops_per_sample"),
+                       method_curve[i - 1].get("flops_per_sample"))
+              and baseline_curve[i].get("samples") and method_curve[i].get("samples")]
+    if not epochs:
+        return None
+    base_rate = sum(base_s[i] for i in epochs) / sum(float(baseline_curve[i]["samples"])
+                                                     for i in epochs)
+    method_rate = sum(method_s[i] for i in epochs) / sum(float(method_curve[i]["samples"])
+                                                         for i in epochs)
+    return {"overhead": method_rate / base_rate - 1.0, "epochs": [i + 1 for i in epochs]}

@@ -110,7 +110,10 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
     each value is the median over seeds, with `<key>_range` = [min, max];
     `acc_delta_pp_std` and `acc_delta_pp_stderr` are the sample std and the
     standard error of the per-seed paired accuracy differences. Without them
-    the ratios are those of the means.
+    the ratios are those of the means. Where every pair has epochs in which
+    the method trains the baseline's model (`rz.equal_work_overhead`),
+    `equal_work_overhead` is the method's extra time per sample there and
+    `equal_work_epochs` the epochs compared, per seed.
 
     Args:
         runs: Method name -> `aggregate` summary.
@@ -168,6 +171,10 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
             per_seed["predicted_realization"] = [
                 rz.realization(p, f) for p, f in zip(per_seed["predicted_speedup_wall"],
                                                      per_seed["speedup_flops"])]
+        overheads = [rz.equal_work_overhead(b.get("curve") or [], m.get("curve") or [])
+                     for b, m in pairs]
+        if all(o is not None for o in overheads):
+            per_seed["equal_work_overhead"] = [o["overhead"] for o in overheads]
         entry: dict[str, Any] = {}
         for key, values in per_seed.items():
             if key == "acc_delta_pp":
@@ -180,6 +187,8 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
         if len(pairs) > 1:
             entry["acc_delta_pp_std"] = _std(per_seed["acc_delta_pp"])
             entry["acc_delta_pp_stderr"] = entry["acc_delta_pp_std"] / math.sqrt(len(pairs))
+        if "equal_work_overhead" in per_seed:
+            entry["equal_work_epochs"] = [o["epochs"] for o in overheads]
         entry["n_pairs"] = len(pairs)
         out[name] = entry
     return out
@@ -262,7 +271,8 @@ def _fmt_ratio(comp: Mapping[str, Any], key: str, fmt: str, unit: str) -> str:
     text = format(value, fmt) + unit
     spread = comp.get(f"{key}_range")
     if spread:
-        text += f" [{format(spread[0], fmt)}-{format(spread[1], fmt)}]"
+        dash = " to " if fmt.startswith("+") else "-"  # a signed range reads badly with '-'
+        text += f" [{format(spread[0], fmt)}{dash}{format(spread[1], fmt)}]"
     return text
 
 
@@ -320,6 +330,18 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         "Binomial standard error of each test accuracy (test-set size): " + ", ".join(stderr)
         + ".",
     ]
+    overheads = [(name, comp) for name, comp in comparisons.items()
+                 if comp.get("equal_work_overhead") is not None]
+    if overheads:
+        lines += ["", "Time per sample in the epochs where a method trains the baseline's "
+                  "model (same FLOPs per sample; the first epoch and each epoch whose FLOPs "
+                  "per sample changed as it began, i.e. a growth step, left out), method against baseline: the cost of "
+                  "its machinery alone (median [min-max] over seeds; epochs compared):", ""]
+        for name, comp in overheads:
+            epochs = "; ".join(",".join(str(e) for e in seed)
+                               for seed in comp.get("equal_work_epochs", []))
+            lines.append(f"- {name}: {_fmt_ratio(comp, 'equal_work_overhead', '+.1%', '')}"
+                         f" (epochs {epochs})")
     by_part = results.get("part_comparisons")
     if by_part is None:  # results.json written before part comparisons existed
         by_part = compare_to_parts(results["runs"])

@@ -416,10 +416,6 @@ def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]],
             speedup it predicts from each run's per-epoch FLOPs.
     """
     runs = {name: report.aggregate(recs) for name, recs in records.items()}
-    fits = {}
-    if probe is not None:
-        from kgrow.bench.probe import method_fit
-        fits = {name: method_fit(probe, name) for name in records}
     sources = sorted({r["peak_mem_source"] for recs in records.values() for r in recs})
     notes = [WALL_NOTE, FLOPS_NOTE, MEMORY_NOTE.format(source=", ".join(sources))]
     notes += [f"{name} seed {r['seed']}: {n}" for name, recs in records.items()
@@ -428,15 +424,29 @@ def build_results(spec: BenchSpec, records: Mapping[str, Sequence[Mapping]],
         "model": spec.model, "dataset": spec.dataset, "epochs": spec.train.epochs,
         "seed": spec.seeds[0], "seeds": list(spec.seeds), "n_seeds": len(spec.seeds),
         "profile": spec.profile, "runs": runs,
-        "comparisons": report.compare(runs, registry.BASELINE, fits=fits,
-                                      batch_size=spec.train.batch_size),
-        "part_comparisons": report.compare_to_parts(runs, registry.COMPOSE),
+        **compare_runs(runs, probe, spec.train.batch_size),
         "settings": spec.settings(), "spec": spec.to_dict(),
         "probe": None if probe is None else {
             k: probe[k] for k in ("fit", "family_fits", "method_families", "png")
             if k in probe},
         "environment": _environment(), "notes": notes,
     }
+
+
+def compare_runs(runs: Mapping[str, Any], probe: Mapping[str, Any] | None,
+                 batch_size: int) -> dict[str, Any]:
+    """The `comparisons` and `part_comparisons` of `results.json` from its `runs`.
+
+    `kgrow report` calls it again on a finished bench, so its tables carry
+    the comparisons of the kgrow that renders them.
+    """
+    fits = {}
+    if probe is not None and "fit" in probe:
+        from kgrow.bench.probe import method_fit
+        fits = {name: method_fit(probe, name) for name in runs}
+    return {"comparisons": report.compare(runs, registry.BASELINE, fits=fits,
+                                          batch_size=batch_size),
+            "part_comparisons": report.compare_to_parts(runs, registry.COMPOSE)}
 
 
 def write_results(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:

@@ -1,0 +1,130 @@
+"""Several MultiWorkerMirroredStrategy workers of one command, on this machine.
+
+`kgrow bench --local-workers N ...` (and every recipe, which shares the bench
+flags) starts N copies of the command it was given, each with its own
+`TF_CONFIG` naming all N on free localhost ports, and trains under
+MultiWorkerMirroredStrategy: the way to try, test and measure a multi-worker
+run before taking it to several machines (where each machine starts the
+command itself with its `TF_CONFIG`; README "Several machines").
+
+The chief (worker 0) prints to this terminal and writes the results; worker
+`i`'s output goes to `worker<i>.log` in the output directory. When a worker
+fails the others are stopped (a collective would wait for it forever) and its
+log's end is shown.
+
+Example (a small 2-worker run; each process is a full TensorFlow):
+    kgrow bench --profile quick --methods grow_width --local-workers 2 --out runs/mw
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Sequence, TextIO
+
+#: Set in every worker a launch starts (its index), so it trains instead of launching.
+WORKER_ENV = "KGROW_LOCAL_WORKER"
+
+
+def is_launched_worker() -> bool:
+    """Whether this process is one of the workers `launch_local_workers` started."""
+    return WORKER_ENV in os.environ
+
+
+def this_command(argv: Sequence[str] | None = None) -> list[str]:
+    """The command line that started this process, to start it again.
+
+    `python -m package ...` is restarted with `-m` (running the package's
+    `__main__.py` as a script would put the package folder first on the
+    import path); a script or console entry point is restarted by path.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        module = spec.name[:-len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return [sys.executable, "-m", module, *argv[1:]]
+    return [sys.executable, *argv]
+
+
+def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
+                         out: TextIO = sys.stdout, poll_s: float = 0.5) -> int:
+    """Runs `command` as `num_workers` MultiWorkerMirroredStrategy workers on localhost.
+
+    Args:
+        num_workers: Number of worker processes (>= 2).
+        command: The full command (`this_command()`); every worker runs it
+            with `TF_CONFIG` and `KGROW_LOCAL_WORKER` set.
+        log_dir: Where `worker<i>.log` of workers 1.. go (created).
+        out: Where the chief's output goes.
+        poll_s: How often the workers are checked.
+
+    Returns:
+        0 when every worker finished cleanly, else the first failure's exit
+        status.
+
+    Raises:
+        ValueError: fewer than 2 workers.
+    """
+    from kgrow.bench.runner import local_tf_configs
+    if int(num_workers) != num_workers or num_workers < 2:
+        raise ValueError(f"--local-workers needs at least 2 workers, got {num_workers!r} "
+                         f"(one worker is a plain run: leave the flag out).")
+    os.makedirs(log_dir, exist_ok=True)
+    logs = [None] + [os.path.join(log_dir, f"worker{i}.log") for i in range(1, num_workers)]
+    procs, files = [], []
+    print(f"[kgrow] starting {num_workers} local workers (MultiWorkerMirroredStrategy); "
+          f"worker 0 prints here, the others to {', '.join(logs[1:])}", file=out, flush=True)
+    try:
+        for i, config in enumerate(local_tf_configs(num_workers)):
+            env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1",
+                       **{WORKER_ENV: str(i)})
+            if i == 0:
+                proc = subprocess.Popen(list(command), env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, bufsize=1)
+            else:
+                files.append(open(logs[i], "w", encoding="utf-8"))
+                proc = subprocess.Popen(list(command), env=env, stdout=files[-1],
+                                        stderr=subprocess.STDOUT)
+            procs.append(proc)
+        return _wait(procs, logs, out, poll_s)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for f in files:
+            f.close()
+
+
+def _wait(procs, logs, out, poll_s) -> int:
+    import threading
+    chief = procs[0]
+
+    def relay():  # the chief's lines, as they come
+        for line in chief.stdout:
+            out.write(line)
+            out.flush()
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            index, code = failed[0]
+            reader.join(timeout=5)
+            print(f"[kgrow] worker {index} exited with status {code}; stopping the others.",
+                  file=out, flush=True)
+            if logs[index]:
+                with open(logs[index], encoding="utf-8", errors="replace") as f:
+                    tail = f.read()[-3000:]
+                print(f"--- end of {logs[index]} ---\n{tail}", file=out, flush=True)
+            return int(code)
+        if all(c == 0 for c in codes):
+            reader.join(timeout=30)
+            return 0
+        time.sleep(poll_s)
