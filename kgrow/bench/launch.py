@@ -7,7 +7,10 @@ MultiWorkerMirroredStrategy: the way to try, test and measure a multi-worker
 run before taking it to several machines (where each machine starts the
 command itself with its `TF_CONFIG`; README "Several machines").
 
-The chief (worker 0) prints to this terminal and writes the results; worker
+Each worker gets its share of the machine's cores: TensorFlow's thread pools
+sized to it (`worker_threads`) and, where the OS allows, pinned to it
+(`worker_cores`; `KGROW_PIN_WORKERS=0` leaves placement to the OS). The
+chief (worker 0) prints to this terminal and writes the results; worker
 `i`'s output goes to `worker<i>.log` in the output directory. When a worker
 fails the others are stopped (a collective would wait for it forever) and its
 log's end is shown.
@@ -47,8 +50,53 @@ def this_command(argv: Sequence[str] | None = None) -> list[str]:
     return [sys.executable, *argv]
 
 
+def worker_threads(num_workers: int) -> dict[str, str]:
+    """TensorFlow's thread-pool sizes for each of `num_workers` workers on this machine.
+
+    Every TensorFlow process sizes its pools to all the machine's cores, so N
+    local workers run N times more busy threads than there are cores; their
+    spinning threads then take turns on the cores and a step can take three
+    times as long in one epoch as in the next (measured with 2 workers on 2
+    cores). Each worker gets its share of the cores instead, as `torchrun`
+    does with OMP_NUM_THREADS. Values already in the environment are kept.
+
+    Example:
+        >>> import os
+        >>> share = worker_threads(os.cpu_count() or 1)
+        >>> int(share["TF_NUM_INTRAOP_THREADS"]) >= 1
+        True
+    """
+    share = str(max(1, (os.cpu_count() or 1) // int(num_workers)))
+    names = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+    return {name: os.environ.get(name, share) for name in names}
+
+
+def worker_cores(num_workers: int) -> list[set[int]] | None:
+    """Which of this process's cores each worker runs on, or None where it cannot be set.
+
+    Unpinned, the step time of 2 workers on 2 cores switched between two
+    modes from one epoch to the next (236-292 ms and 426-673 ms per step of
+    full-width ResNet-20, either thread setting); pinned, every epoch took
+    428-445 ms: slower than the good mode, but a run measures the same thing
+    throughout, which timing kgrow's overhead needs.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    mine = sorted(os.sched_getaffinity(0))
+    share = len(mine) // int(num_workers)
+    if share < 1:
+        return None
+    return [set(mine[i * share:(i + 1) * share]) for i in range(int(num_workers))]
+
+
+def _pin_to(cores):
+    def pin():
+        os.sched_setaffinity(0, cores)
+    return pin
+
+
 def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
-                         out: TextIO = sys.stdout, poll_s: float = 0.5) -> int:
+                         out: TextIO | None = None, poll_s: float = 0.5) -> int:
     """Runs `command` as `num_workers` MultiWorkerMirroredStrategy workers on localhost.
 
     Args:
@@ -56,7 +104,7 @@ def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
         command: The full command (`this_command()`); every worker runs it
             with `TF_CONFIG` and `KGROW_LOCAL_WORKER` set.
         log_dir: Where `worker<i>.log` of workers 1.. go (created).
-        out: Where the chief's output goes.
+        out: Where the chief's output goes (default: this process's stdout).
         poll_s: How often the workers are checked.
 
     Returns:
@@ -67,25 +115,31 @@ def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
         ValueError: fewer than 2 workers.
     """
     from kgrow.bench.runner import local_tf_configs
+    out = sys.stdout if out is None else out
     if int(num_workers) != num_workers or num_workers < 2:
         raise ValueError(f"--local-workers needs at least 2 workers, got {num_workers!r} "
                          f"(one worker is a plain run: leave the flag out).")
     os.makedirs(log_dir, exist_ok=True)
+    threads = worker_threads(num_workers)
+    cores = worker_cores(num_workers) if os.environ.get("KGROW_PIN_WORKERS", "1") != "0" else None
     logs = [None] + [os.path.join(log_dir, f"worker{i}.log") for i in range(1, num_workers)]
     procs, files = [], []
-    print(f"[kgrow] starting {num_workers} local workers (MultiWorkerMirroredStrategy); "
-          f"worker 0 prints here, the others to {', '.join(logs[1:])}", file=out, flush=True)
+    print(f"[kgrow] starting {num_workers} local workers (MultiWorkerMirroredStrategy), "
+          f"{', '.join(f'{k}={v}' for k, v in threads.items())} each; worker 0 prints here, "
+          f"the others to {', '.join(logs[1:])}", file=out, flush=True)
     try:
         for i, config in enumerate(local_tf_configs(num_workers)):
-            env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1",
+            env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1", **threads,
                        **{WORKER_ENV: str(i)})
+            pin = _pin_to(cores[i]) if cores else None
             if i == 0:
                 proc = subprocess.Popen(list(command), env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                        stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                        preexec_fn=pin)
             else:
                 files.append(open(logs[i], "w", encoding="utf-8"))
                 proc = subprocess.Popen(list(command), env=env, stdout=files[-1],
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, preexec_fn=pin)
             procs.append(proc)
         return _wait(procs, logs, out, poll_s)
     finally:

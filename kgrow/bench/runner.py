@@ -264,9 +264,9 @@ def make_strategy(name: str | None):
 def local_tf_configs(num_workers: int = 2) -> list[str]:
     """`TF_CONFIG` values for `num_workers` workers on this machine, on free ports.
 
-    For trying MultiWorkerMirroredStrategy on one machine (the tests and
-    `benchmarks/multi_worker_overhead.py` start their workers this way):
-    start worker `i` with `TF_CONFIG=local_tf_configs(n)[i]`.
+    For trying MultiWorkerMirroredStrategy on one machine (`kgrow bench
+    --local-workers N` and the tests start their workers this way): start
+    worker `i` with `TF_CONFIG=local_tf_configs(n)[i]`.
 
     Example:
         >>> import json
@@ -401,6 +401,10 @@ def _environment() -> dict[str, Any]:
             # 0 means TensorFlow's choice; see benchmarks/cpu_settings.py.
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            # Set per worker by `--local-workers` (kgrow.bench.launch.worker_threads).
+            "thread_env": {k: os.environ[k] for k in ("TF_NUM_INTRAOP_THREADS",
+                                                      "TF_NUM_INTEROP_THREADS",
+                                                      "OMP_NUM_THREADS") if k in os.environ},
             "jit_compile": False}
 
 

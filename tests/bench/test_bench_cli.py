@@ -48,6 +48,8 @@ def test_baseline_always_first():
     (["--profile", "huge"], "Unknown profile 'huge'.*quick"),
     (["--epochs", "0"], "epochs"),
     ([], "--out DIR is required"),
+    (["--local-workers", "2", "--distribute", "mirrored"], "cannot be combined"),
+    (["--local-workers", "1"], "at least 2 workers.*leave the flag out"),
 ])
 def test_errors_are_clear(argv, message, tmp_path):
     args = ["bench", *argv] + (["--out", str(tmp_path)] if argv else [])

@@ -124,3 +124,42 @@ def test_composed_spfde_run_through_the_harness():
     assert record["train_flops"] < 0.5 * base["train_flops"]
     assert [e["samples"] for e in record["curve"]] == [
         32 * int(p["sieve/active_samples"] // 32) for p in record["curve"]]
+
+
+def _ramp(record, key):
+    return [p[key] for p in record["curve"]]
+
+
+@pytest.mark.parametrize("combination, model, model_kwargs, epochs", [
+    ("network_expansion+sieve", "resnet_cifar", MODEL_KWARGS, 4),
+    ("variance_transfer+freeze_5", "resnet_cifar", MODEL_KWARGS, 5),
+    ("sparse_mest_ems+grow_depth", "resnet_cifar", MODEL_KWARGS, 4),
+    ("autoprog+sieve", "vit", {"patch_size": 7, "dim": 16, "heads": 2, "depth": 4}, 4),
+])
+def test_named_combinations_compose_in_one_fit(combination, model, model_kwargs, epochs):
+    # Issue 19's pairs, each in one fit through the harness: every part acts, and
+    # each part's state survives the other part's changes.
+    spec = BenchSpec.from_profile("quick", epochs=epochs, subset=512, batch_size=32,
+                                  model=model, model_kwargs=model_kwargs, seed=3)
+    record = run_method(combination, spec, 3, verbose=0, log=lambda line: None)
+    last = record["curve"][-1]
+    parts = combination.split("+")
+    if "sieve" in parts:
+        assert _ramp(record, "sieve/active_samples") == [384] * epochs  # 25% held out
+        assert record["samples_seen"] == epochs * 384
+    if parts[0] in ("network_expansion", "variance_transfer"):
+        widths = _ramp(record, "grow/width")
+        assert widths[0] < 1.0 and widths[-1] == 1.0 and widths == sorted(widths)
+    if "freeze_5" in parts:
+        # Frozen only after the last growth, on the full-width model.
+        frozen = _ramp(record, "freeze/blocks")
+        assert frozen[-1] >= 1
+        assert all(b == 0 for b, w in zip(frozen, _ramp(record, "grow/width")) if w < 1.0)
+    if "sparse_mest_ems" in parts:
+        depths = _ramp(record, "grow/depth")
+        assert depths[0] < depths[-1]
+        # The masks cover the blocks depth growth added: the sparsity holds after it.
+        assert last["sparse/sparsity"] > 0.85
+    if parts[0] == "autoprog":
+        assert len({p.get("grow/resolution", p.get("grow/patches")) for p in
+                    record["curve"]}) >= 1 and last["grow/depth"] == 4

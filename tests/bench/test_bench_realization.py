@@ -78,3 +78,36 @@ def test_anchored_fit_predicts_measured_points_and_the_line_outside():
     # Old probe files have no points: the line alone.
     old = {k: v for k, v in line.to_dict().items() if k != "points"}
     assert rz.StepTimeFit.from_dict(old) == line
+
+
+def _curve(seconds, samples, flops_per_sample):
+    # Per-epoch seconds -> the bench's cumulative wall_s.
+    walls = np.cumsum(seconds)
+    return [{"wall_s": float(w), "samples": n, "flops_per_sample": f}
+            for w, n, f in zip(walls, samples, flops_per_sample)]
+
+
+def test_equal_work_overhead_compares_only_steady_epochs_at_the_baseline_model():
+    base = _curve([30.0, 10.0, 10.0, 10.0, 10.0], [100] * 5, [4.0] * 5)
+    # Grown at epoch 3 (its FLOPs change as it begins: a growth step and a
+    # retrace, 20 s); sieving trains 80 samples per epoch; the machinery costs 5%.
+    method = _curve([5.0, 5.0, 20.0, 8.4, 8.4], [80] * 5, [1.0, 1.0, 4.0, 4.0, 4.0])
+    result = rz.equal_work_overhead(base, method)
+    assert result["epochs"] == [4, 5]
+    assert result["overhead"] == pytest.approx(0.05)
+    # A faster method at equal work has a negative overhead.
+    faster = _curve([5.0, 5.0, 20.0, 7.6, 7.6], [80] * 5, [1.0, 1.0, 4.0, 4.0, 4.0])
+    assert rz.equal_work_overhead(base, faster)["overhead"] == pytest.approx(-0.05)
+
+
+def test_equal_work_overhead_leaves_out_the_first_epoch_and_other_models():
+    base = _curve([30.0, 10.0, 10.0], [100] * 3, [4.0] * 3)
+    # Same model every epoch: the first epoch (tracing) is still left out.
+    same = rz.equal_work_overhead(base, _curve([60.0, 11.0, 12.0], [100] * 3, [4.0] * 3))
+    assert same["epochs"] == [2, 3] and same["overhead"] == pytest.approx(0.15)
+    # Never the baseline's model (sparse, frozen, narrower): nothing to compare.
+    assert rz.equal_work_overhead(base, _curve([5.0] * 3, [100] * 3, [3.0] * 3)) is None
+    # Frozen in the last epoch: its FLOPs differ, so only epoch 2 counts.
+    frozen = rz.equal_work_overhead(base, _curve([30.0, 10.0, 7.0], [100] * 3,
+                                                 [4.0, 4.0, 3.0]))
+    assert frozen["epochs"] == [2] and frozen["overhead"] == pytest.approx(0.0)

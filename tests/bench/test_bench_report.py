@@ -147,3 +147,34 @@ def test_composed_runs_are_compared_with_their_parts():
                "runs": runs, "comparisons": report.compare(runs)}
     text = report.to_markdown(results)  # no part_comparisons key: computed from the runs
     assert "| sparse+freeze+sieve | sparse | 1.75x [1.50-2.00] | 2.00x" in text
+
+
+def test_compare_reports_the_overhead_at_equal_work(tmp_path):
+    def curve(seconds, fps):
+        walls, out = 0.0, []
+        for i, (s, f) in enumerate(zip(seconds, fps)):
+            walls += s
+            out.append({"epoch": i + 1, "wall_s": walls, "samples": 100,
+                        "flops_per_sample": f, "train_loss": 1.0, "test_acc": 0.9})
+        return out
+
+    def rec(seed, seconds, fps):
+        return {"seed": seed, "train_wall_s": sum(seconds), "train_flops": 1.0,
+                "test_acc": 0.9, "peak_mem_mb": 1.0, "eval_wall_s": 0.0, "num_test": 1000,
+                "curve": curve(seconds, fps)}
+
+    full, grown = [4.0] * 4, [1.0, 1.0, 4.0, 4.0]
+    runs = {"baseline": report.aggregate([rec(0, [20, 10, 10, 10], full),
+                                          rec(1, [20, 10, 10, 20], full)]),
+            "grow": report.aggregate([rec(0, [5, 5, 15, 10.2], grown),
+                                      rec(1, [5, 5, 15, 21.0], grown)]),
+            "sparse": report.aggregate([rec(s, [5] * 4, [0.5] * 4) for s in (0, 1)])}
+    comps = report.compare(runs)
+    assert comps["grow"]["equal_work_overhead"] == pytest.approx(0.035)  # median of 2%, 5%
+    assert comps["grow"]["equal_work_overhead_range"] == pytest.approx([0.02, 0.05])
+    assert comps["grow"]["equal_work_epochs"] == [[4], [4]]
+    assert "equal_work_overhead" not in comps["sparse"]
+    md = report.to_markdown({"model": "m", "dataset": "d", "epochs": 4, "seed": 0,
+                             "profile": "p", "runs": runs, "comparisons": comps})
+    assert "- grow: +3.5% [+2.0% to +5.0%] (epochs 4; 4)" in md
+    assert "- sparse:" not in md
