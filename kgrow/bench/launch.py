@@ -54,11 +54,11 @@ def worker_threads(num_workers: int) -> dict[str, str]:
     """TensorFlow's thread-pool sizes for each of `num_workers` workers on this machine.
 
     Every TensorFlow process sizes its pools to all the machine's cores, so N
-    local workers run N times more busy threads than there are cores; their
-    spinning threads then take turns on the cores and a step can take three
-    times as long in one epoch as in the next (measured with 2 workers on 2
-    cores). Each worker gets its share of the cores instead, as `torchrun`
-    does with OMP_NUM_THREADS. Values already in the environment are kept.
+    local workers would run N times more busy threads than there are cores.
+    Each worker gets its share of the cores instead, as `torchrun` does with
+    OMP_NUM_THREADS. Values already in the environment are kept. (Sizing
+    alone did not steady the step time of 2 workers on 2 cores; pinning did,
+    see `worker_cores`.)
 
     Example:
         >>> import os
@@ -76,9 +76,10 @@ def worker_cores(num_workers: int) -> list[set[int]] | None:
 
     Unpinned, the step time of 2 workers on 2 cores switched between two
     modes from one epoch to the next (236-292 ms and 426-673 ms per step of
-    full-width ResNet-20, either thread setting); pinned, every epoch took
-    428-445 ms: slower than the good mode, but a run measures the same thing
-    throughout, which timing kgrow's overhead needs.
+    full-width ResNet-20 under plain Keras, with either thread setting);
+    pinned, 20 of 24 epochs of the same model took 408-449 ms (four took
+    238-266 ms): slower than the good mode, but mostly steady, which timing a
+    method against a baseline needs.
     """
     if not hasattr(os, "sched_getaffinity"):
         return None
@@ -124,9 +125,11 @@ def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
     cores = worker_cores(num_workers) if os.environ.get("KGROW_PIN_WORKERS", "1") != "0" else None
     logs = [None] + [os.path.join(log_dir, f"worker{i}.log") for i in range(1, num_workers)]
     procs, files = [], []
+    placed = (f"pinned to cores {', '.join(str(sorted(c)) for c in cores)}" if cores
+              else "placed by the OS")
     print(f"[kgrow] starting {num_workers} local workers (MultiWorkerMirroredStrategy), "
-          f"{', '.join(f'{k}={v}' for k, v in threads.items())} each; worker 0 prints here, "
-          f"the others to {', '.join(logs[1:])}", file=out, flush=True)
+          f"{', '.join(f'{k}={v}' for k, v in threads.items())} each, {placed}; worker 0 "
+          f"prints here, the others to {', '.join(logs[1:])}", file=out, flush=True)
     try:
         for i, config in enumerate(local_tf_configs(num_workers)):
             env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1", **threads,
