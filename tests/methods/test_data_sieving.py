@@ -78,6 +78,10 @@ def test_every_sample_is_used_at_least_once_over_a_run():
     # the settings check is what makes it hold: too few updates are refused
     with pytest.raises(ValueError, match="Not every sample would be used"):
         plan_sieve(100, 0.25, 0.3, epochs=2)
+    # a run with no update at all says how long it must be, not an impossible ratio
+    for ratio in (0.3, None):
+        with pytest.raises(ValueError, match="give no update.*Train at least 2 epochs"):
+            plan_sieve(100, 0.25, ratio, epochs=1)
     # without a ratio the paper's 0.3 is raised just enough to cycle the queue
     assert plan_sieve(100, 0.25, None, epochs=3).k == 13  # 25 back in 2 updates
     with pytest.raises(ValueError, match="removes no whole batch"):

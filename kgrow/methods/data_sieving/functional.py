@@ -349,6 +349,12 @@ def plan_sieve(num_train, fraction, update_ratio, epochs, interval=None, batch_s
                          f"only {active} are active; use a smaller update_ratio or fraction.")
     updates = updates_in_run(epochs, interval)
     needed = updates_to_cycle(removed, k)
+    if updates == 0:
+        # No update ratio helps: the removed samples would never train.
+        raise ValueError(
+            f"Not every sample would be used: {epochs} epoch(s) with an update every "
+            f"{interval} epochs give no update, so the {removed} removed samples never come "
+            f"back. Train at least {interval + 1} epochs, or leave sieving out.")
     if updates < needed:
         raise ValueError(
             f"Not every sample would be used: bringing back all {removed} initially removed "
