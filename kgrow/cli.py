@@ -79,6 +79,7 @@ def rerender(directory: str, out=sys.stdout) -> int:
     """`kgrow report DIR`: writes DIR's tables and plots again from results.json."""
     import json
 
+    from kgrow.bench.registry import BASELINE
     from kgrow.bench.runner import compare_runs, render_results
     path = os.path.join(directory, "results.json")
     try:
@@ -92,7 +93,7 @@ def rerender(directory: str, out=sys.stdout) -> int:
         print(f"kgrow report: {path} is not valid JSON ({err}).", file=sys.stderr)
         return 2
     batch_size = (results.get("settings") or {}).get("batch_size")
-    if results.get("runs", {}).get("baseline") and batch_size:
+    if results.get("runs", {}).get(BASELINE) and batch_size:
         # The per-seed records are the measurements; the comparisons are derived.
         results = {**results, **compare_runs(results["runs"], results.get("probe"),
                                              int(batch_size))}

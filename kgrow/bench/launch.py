@@ -20,9 +20,13 @@ Example (a small 2-worker run; each process is a full TensorFlow):
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Sequence, TextIO
 
@@ -48,6 +52,30 @@ def this_command(argv: Sequence[str] | None = None) -> list[str]:
         module = spec.name[:-len(".__main__")] if spec.name.endswith(".__main__") else spec.name
         return [sys.executable, "-m", module, *argv[1:]]
     return [sys.executable, *argv]
+
+
+def local_tf_configs(num_workers: int = 2) -> list[str]:
+    """`TF_CONFIG` values for `num_workers` workers on this machine, on free ports.
+
+    For trying MultiWorkerMirroredStrategy on one machine (`kgrow bench
+    --local-workers N` and the tests start their workers this way): start
+    worker `i` with `TF_CONFIG=local_tf_configs(n)[i]`.
+
+    Example:
+        >>> import json
+        >>> [json.loads(c)["task"] for c in local_tf_configs(2)]
+        [{'type': 'worker', 'index': 0}, {'type': 'worker', 'index': 1}]
+    """
+    socks = [socket.socket() for _ in range(int(num_workers))]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        workers = [f"localhost:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+            for i in range(len(workers))]
 
 
 def worker_threads(num_workers: int) -> dict[str, str]:
@@ -90,12 +118,6 @@ def worker_cores(num_workers: int) -> list[set[int]] | None:
     return [set(mine[i * share:(i + 1) * share]) for i in range(int(num_workers))]
 
 
-def _pin_to(cores):
-    def pin():
-        os.sched_setaffinity(0, cores)
-    return pin
-
-
 def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
                          out: TextIO | None = None, poll_s: float = 0.5) -> int:
     """Runs `command` as `num_workers` MultiWorkerMirroredStrategy workers on localhost.
@@ -115,7 +137,6 @@ def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
     Raises:
         ValueError: fewer than 2 workers.
     """
-    from kgrow.bench.runner import local_tf_configs
     out = sys.stdout if out is None else out
     if int(num_workers) != num_workers or num_workers < 2:
         raise ValueError(f"--local-workers needs at least 2 workers, got {num_workers!r} "
@@ -134,7 +155,7 @@ def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
         for i, config in enumerate(local_tf_configs(num_workers)):
             env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1", **threads,
                        **{WORKER_ENV: str(i)})
-            pin = _pin_to(cores[i]) if cores else None
+            pin = functools.partial(os.sched_setaffinity, 0, cores[i]) if cores else None
             if i == 0:
                 proc = subprocess.Popen(list(command), env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -159,7 +180,6 @@ def launch_local_workers(num_workers: int, command: Sequence[str], log_dir: str,
 
 
 def _wait(procs, logs, out, poll_s) -> int:
-    import threading
     chief = procs[0]
 
     def relay():  # the chief's lines, as they come

@@ -25,6 +25,7 @@ import keras
 
 from kgrow import training
 from kgrow.bench import meters, profiles, registry, report
+from kgrow.bench.launch import local_tf_configs  # noqa: F401 (its old home; the tests use it)
 
 MEMORY_NOTE = ("peak_mem_mb is the highest resident set size (RSS) of the whole process "
                "while the run trained: the kernel's peak (VmHWM, reset at the run's start) "
@@ -259,32 +260,6 @@ def make_strategy(name: str | None):
                              '"task": {"type": "worker", "index": 0}}')
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"Unknown strategy {name!r}; use none, mirrored or multi_worker.")
-
-
-def local_tf_configs(num_workers: int = 2) -> list[str]:
-    """`TF_CONFIG` values for `num_workers` workers on this machine, on free ports.
-
-    For trying MultiWorkerMirroredStrategy on one machine (`kgrow bench
-    --local-workers N` and the tests start their workers this way): start
-    worker `i` with `TF_CONFIG=local_tf_configs(n)[i]`.
-
-    Example:
-        >>> import json
-        >>> [json.loads(c)["task"] for c in local_tf_configs(2)]
-        [{'type': 'worker', 'index': 0}, {'type': 'worker', 'index': 1}]
-    """
-    import json
-    import socket
-    socks = [socket.socket() for _ in range(int(num_workers))]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        workers = [f"localhost:{s.getsockname()[1]}" for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-            for i in range(len(workers))]
 
 
 def is_chief(strategy) -> bool:

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import time
@@ -11,15 +12,23 @@ from kgrow.bench import launch
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+def _readme_command():
+    # The README's own example, run as written; only the data and epochs are shrunk.
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines()
+             if line.startswith("kgrow bench") and "--local-workers 2" in line]
+    assert len(lines) == 1, lines
+    words = shlex.split(lines[0])
+    assert words[words.index("--out") + 1] == "runs/mw"
+    return [sys.executable, "-m", "kgrow", *words[1:], "--subset", "512", "--epochs", "2",
+            "--verbose", "0"]
+
+
 def test_bench_runs_as_two_local_workers_and_only_the_chief_writes(tmp_path):
-    out = tmp_path / "mw"
+    out = tmp_path / "runs" / "mw"
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     env.pop(launch.WORKER_ENV, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "kgrow", "bench", "--profile", "quick", "--subset", "512",
-         "--epochs", "1", "--methods", "baseline", "--local-workers", "2", "--verbose", "0",
-         "--out", str(out)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_readme_command(), env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "starting 2 local workers" in proc.stdout
     assert proc.stdout.count("[kgrow bench] done in") == 1  # the chief's lines, relayed once
@@ -27,8 +36,9 @@ def test_bench_runs_as_two_local_workers_and_only_the_chief_writes(tmp_path):
     # TensorFlow's class behind tf.distribute.MultiWorkerMirroredStrategy.
     assert results["environment"]["distribute"] == {"strategy": "CollectiveAllReduceStrategy",
                                                     "replicas": 2}
-    # Both workers trained the global batch split in two: 512 samples, 4 steps of 128.
-    assert results["runs"]["baseline"]["per_seed"][0]["samples_seen"] == 512
+    # Both workers trained the global batch split in two: 512 samples (4 steps of 128)
+    # per epoch, for the 2 epochs.
+    assert results["runs"]["baseline"]["per_seed"][0]["samples_seen"] == 2 * 512
     assert "the chief worker writes the results" in (out / "worker1.log").read_text()
 
 

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from kgrow.bench.runner import local_tf_configs
+from kgrow.bench.launch import local_tf_configs
 
 SCRIPT = pathlib.Path(__file__).with_name("multi_worker_script.py")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
