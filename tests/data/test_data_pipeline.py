@@ -143,3 +143,25 @@ def test_augment_config_can_be_passed_directly():
             assert same or mirrored
             flipped += mirrored and not same
     assert 0 < flipped < 16
+
+
+def test_distributed_iterators_read_the_pipeline_without_autotuning_threads(monkeypatch):
+    # Each device's stage of a distributed iterator is a dataset TF builds
+    # with default options; its autotuning thread stalled every epoch start
+    # under MultiWorkerMirroredStrategy (kgrow.data.pipeline).
+    import tensorflow as tf
+    from tensorflow.python.data.ops import multi_device_iterator_ops as mdi
+
+    built, build = [], mdi._create_device_dataset
+
+    def recording(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(mdi, "_create_device_dataset", recording)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    bundle = id_bundle(n=16, batch_size=4)
+    assert bundle.train.options().autotune.enabled is False
+    images, _ = next(iter(strategy.experimental_distribute_dataset(bundle.train)))
+    assert images.shape == (4, 6, 6, 3)
+    assert built and all(ds.options().autotune.enabled is False for ds in built)
