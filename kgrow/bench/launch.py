@@ -84,9 +84,8 @@ def worker_threads(num_workers: int) -> dict[str, str]:
     Every TensorFlow process sizes its pools to all the machine's cores, so N
     local workers would run N times more busy threads than there are cores.
     Each worker gets its share of the cores instead, as `torchrun` does with
-    OMP_NUM_THREADS. Values already in the environment are kept. (Sizing
-    alone did not steady the step time of 2 workers on 2 cores; pinning did,
-    see `worker_cores`.)
+    OMP_NUM_THREADS. Values already in the environment are kept; each worker
+    also runs on cores of its own (`worker_cores`).
 
     Example:
         >>> import os
@@ -102,12 +101,14 @@ def worker_threads(num_workers: int) -> dict[str, str]:
 def worker_cores(num_workers: int) -> list[set[int]] | None:
     """Which of this process's cores each worker runs on, or None where it cannot be set.
 
-    Unpinned, the step time of 2 workers on 2 cores switched between two
-    modes from one epoch to the next (236-292 ms and 426-673 ms per step of
-    full-width ResNet-20 under plain Keras, with either thread setting);
-    pinned, 20 of 24 epochs of the same model took 408-449 ms (four took
-    238-266 ms): slower than the good mode, but mostly steady, which timing a
-    method against a baseline needs.
+    Workers on cores of their own do not take turns on one core, so a method
+    and its baseline are timed under the same placement. Pinned, full-width
+    ResNet-20 under plain Keras took 206-223 ms per step in every epoch after
+    the first (2 workers on 2 cores, 12 epochs, 2 seeds). Earlier, unpinned
+    runs had switched between 236-292 ms and 426-673 ms per step from one
+    epoch to the next; those slow epochs included the input iterator's
+    teardown stall fixed since (`kgrow.data.pipeline`), and unpinned
+    placement was not timed again after the fix.
     """
     if not hasattr(os, "sched_getaffinity"):
         return None
