@@ -25,7 +25,6 @@ import keras
 
 from kgrow import training
 from kgrow.bench import meters, profiles, registry, report
-from kgrow.bench.launch import local_tf_configs  # noqa: F401 (its old home; the tests use it)
 
 MEMORY_NOTE = ("peak_mem_mb is the highest resident set size (RSS) of the whole process "
                "while the run trained: the kernel's peak (VmHWM, reset at the run's start) "
