@@ -2,14 +2,15 @@
 
 Example:
     >>> from kgrow import bench
-    >>> {"network_expansion", "network_expansion_vit"} <= set(bench.available_methods())
+    >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit"} <= set(
+    ...     bench.available_methods())
     True
 """
 from __future__ import annotations
 
 from kgrow.methods.network_expansion.callback import NetworkExpansion
 
-__all__ = ["METHODS", "bench_cnn", "bench_vit", "factory"]
+__all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_vit", "factory"]
 
 
 def factory(mode: str, **options):
@@ -41,6 +42,16 @@ def bench_cnn(build_model, context):
     return factory("cnn")(build_model, context)
 
 
+def bench_cnn_quarter(build_model, context):
+    """Bench method `network_expansion_w25`: the CNN recipe from a quarter width.
+
+    Width 1/4 -> 1 in 4 equal stages (1/4, 1/2, 3/4, 1), otherwise as
+    `network_expansion`: the schedule of the variance-transfer methods, for a
+    like-for-like comparison and a larger FLOPs saving.
+    """
+    return factory("cnn", num_stages=4, start_width=0.25)(build_model, context)
+
+
 def bench_vit(build_model, context):
     """Bench method `network_expansion_vit`: half the blocks -> all, in 2 stages.
 
@@ -52,4 +63,5 @@ def bench_vit(build_model, context):
 
 #: name -> "module:attribute" of the factory (imported when first used).
 METHODS = {"network_expansion": f"{__name__}:bench_cnn",
+           "network_expansion_w25": f"{__name__}:bench_cnn_quarter",
            "network_expansion_vit": f"{__name__}:bench_vit"}
