@@ -178,6 +178,7 @@ def test_batch_size_adaptation_follows_the_stages_inside_one_fit():
     ([8, 24], True, "does not divide the 64 training samples"),
     ([8], True, "one batch size per stage"),
     ([8, 0], True, "positive ints"),
+    ([1, 16], True, "odd and the model has strided 1x1"),  # would abort in oneDNN
 ])
 def test_batch_size_adaptation_refuses_bad_settings_before_training(batch_sizes, elastic,
                                                                      message):

@@ -7,6 +7,7 @@ docs/methods/variance_transfer.md.
 from kgrow.methods.variance_transfer.functional import (BATCH_LR_RULES, OPTIMIZER_RULES,
                                                         PairedVarianceTransfer, apply_lr_scales,
                                                         batch_lr_factor, carry_partitions,
+                                                        check_batch_kernels,
                                                         check_batch_schedule, fan_in_initialize,
                                                         fan_in_lr_factors, initial_partitions,
                                                         kernel_layer_roles, layer_fans,
@@ -14,7 +15,7 @@ from kgrow.methods.variance_transfer.functional import (BATCH_LR_RULES, OPTIMIZE
 
 __all__ = ["PairedVarianceTransfer", "fan_in_initialize", "fan_in_lr_factors", "layer_fans",
            "kernel_layer_roles", "initial_partitions", "carry_partitions", "partition_lr_scales",
-           "apply_lr_scales", "check_batch_schedule", "batch_lr_factor", "OPTIMIZER_RULES",
+           "apply_lr_scales", "check_batch_kernels", "check_batch_schedule", "batch_lr_factor", "OPTIMIZER_RULES",
            "BATCH_LR_RULES"]
 from kgrow.methods.variance_transfer.callback import VarianceTransferGrowth  # noqa: E402
 

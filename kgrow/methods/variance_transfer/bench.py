@@ -71,14 +71,21 @@ def variance_transfer(build_model, context):
     return _vt(context)
 
 
-def nearest_divisor(n: int, target: float) -> int:
-    """The divisor of `n` closest to `target` (the smaller one on a tie).
+def nearest_divisor(n: int, target: float, multiple_of: int = 1) -> int:
+    """The divisor of `n` closest to `target` (the smaller one on a tie) that is
+    a multiple of `multiple_of`.
+
+    Raises:
+        ValueError: `n` has no divisor that is a multiple of `multiple_of`.
 
     Example:
-        >>> nearest_divisor(60000, 256), nearest_divisor(10000, 384)
-        (250, 400)
+        >>> nearest_divisor(60000, 256), nearest_divisor(10000, 384), nearest_divisor(60000, 384, 2)
+        (250, 400, 400)
     """
-    divisors = [d for d in range(1, int(n) + 1) if n % d == 0]
+    divisors = [d for d in range(multiple_of, int(n) + 1, multiple_of) if n % d == 0]
+    if not divisors:
+        raise ValueError(f"{n} training samples have no batch size that is a multiple of "
+                         f"{multiple_of}; use a subset that is.")
     return min(divisors, key=lambda d: (abs(d - target), d))
 
 
@@ -86,11 +93,15 @@ def stage_batch_sizes(num_train: int, base_batch: int, num_stages: int,
                       final_multiple: float = 4.0) -> list:
     """Batch sizes growing linearly with the stage, to `final_multiple` x the base.
 
+    Even divisors of the training set only: odd batches crash TensorFlow's
+    oneDNN on the narrow strided shortcuts of grown ResNets
+    (`check_batch_kernels`).
+
     Example:
         >>> stage_batch_sizes(60000, 128, 4)
-        [125, 250, 375, 500]
+        [120, 250, 400, 500]
     """
-    return [nearest_divisor(num_train, base_batch * final_multiple * (s + 1) / num_stages)
+    return [nearest_divisor(num_train, base_batch * final_multiple * (s + 1) / num_stages, 2)
             for s in range(num_stages)]
 
 

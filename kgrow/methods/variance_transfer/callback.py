@@ -10,6 +10,7 @@ from kgrow.controller.callbacks import fit_argument
 from kgrow.methods.variance_transfer.functional import (BATCH_LR_RULES, OPTIMIZER_RULES,
                                                         PairedVarianceTransfer, apply_lr_scales,
                                                         batch_lr_factor, carry_partitions,
+                                                        check_batch_kernels,
                                                         check_batch_schedule,
                                                         fan_in_initialize, fan_in_lr_factors,
                                                         initial_partitions, layer_fans,
@@ -175,6 +176,7 @@ class VarianceTransferGrowth(Growth):
                              f"size is fixed at {sorted(selection.fixed_batch_sizes)}; build it "
                              "with elastic_batch=True.")
         check_batch_schedule(self.batch_sizes, selection.num_train, 1)
+        check_batch_kernels(self.batch_sizes, self.model)
         self.base_batch = int(data.bundle_batch_size)
 
     def _set_stage_batch(self, stage: int) -> bool:

@@ -33,7 +33,8 @@ from kgrow.growth.base import GrowthRequest
 
 __all__ = ["layer_fans", "kernel_layer_roles", "fan_in_initialize", "fan_in_lr_factors",
            "PairedVarianceTransfer", "initial_partitions", "carry_partitions",
-           "partition_lr_scales", "apply_lr_scales", "check_batch_schedule", "OPTIMIZER_RULES",
+           "partition_lr_scales", "apply_lr_scales", "check_batch_schedule",
+           "check_batch_kernels", "OPTIMIZER_RULES",
            "batch_lr_factor", "BATCH_LR_RULES"]
 
 #: Optimizer families of `fan_in_lr_factors` (muP's tables for SGD and Adam).
@@ -523,6 +524,50 @@ def check_batch_schedule(batch_sizes, num_train: Optional[int], base_batch: int)
                              f"use a divisor of {num_train} or a subset that {b} divides.")
         out.append(b / base_batch)
     return out
+
+
+def check_batch_kernels(batch_sizes, model) -> None:
+    """Refuses odd batch sizes for a model with strided 1x1 convolutions.
+
+    TensorFlow 2.21's oneDNN backward-weights kernel of a 1x1 convolution with
+    stride > 1 writes past its workspace when the batch is odd and the layer
+    reads fewer channels than the kernel's block (16 with AVX-512, 8 with
+    AVX2): the process aborts with a heap-corruption message (oneDNN issue
+    #6035, measured here with a ResNet shortcut at batch 125, 4 input channels).
+    Width growth makes exactly such layers (a ResNet-20 shortcut at width 1/4
+    reads 4 channels), so an odd stage batch is refused before training,
+    whatever the widths; even sizes are unaffected. Skipped when oneDNN is off
+    (``TF_ENABLE_ONEDNN_OPTS=0``).
+
+    Raises:
+        ValueError: an odd size and a strided 1x1 convolution in `model`.
+
+    Example:
+        >>> import keras
+        >>> x = keras.Input((8, 8, 4))
+        >>> m = keras.Model(x, keras.layers.Conv2D(8, 1, strides=2)(x))
+        >>> check_batch_kernels([120, 250], m)
+        >>> check_batch_kernels([125], m)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch sizes [125] are odd and the model has strided 1x1 convolutions (['conv2d']): ...
+    """
+    import os
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
+        return
+    odd = [int(b) for b in batch_sizes if int(b) % 2]
+    if not odd:
+        return
+    strided = [layer.name for layer in model._flatten_layers(include_self=False)
+               if isinstance(layer, keras.layers.Conv2D)
+               and tuple(layer.kernel_size) == (1, 1) and max(layer.strides) > 1]
+    if strided:
+        raise ValueError(
+            f"batch sizes {odd} are odd and the model has strided 1x1 convolutions "
+            f"({strided[:3]}): TensorFlow's oneDNN kernel for their weight gradient corrupts "
+            "memory at odd batch sizes once growth narrows them below 16 channels (oneDNN "
+            "issue #6035; the process aborts). Use even batch sizes, or set "
+            "TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow.")
 
 
 def batch_lr_factor(batch_size: int, base_batch: int, rule: Optional[str] = "linear") -> float:
