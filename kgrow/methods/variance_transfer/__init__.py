@@ -15,8 +15,8 @@ from kgrow.methods.variance_transfer.functional import (BATCH_LR_RULES, OPTIMIZE
 
 __all__ = ["PairedVarianceTransfer", "fan_in_initialize", "fan_in_lr_factors", "layer_fans",
            "kernel_layer_roles", "initial_partitions", "carry_partitions", "partition_lr_scales",
-           "apply_lr_scales", "check_batch_kernels", "check_batch_schedule", "batch_lr_factor", "OPTIMIZER_RULES",
-           "BATCH_LR_RULES"]
+           "apply_lr_scales", "check_batch_kernels", "check_batch_schedule", "batch_lr_factor",
+           "OPTIMIZER_RULES", "BATCH_LR_RULES"]
 from kgrow.methods.variance_transfer.callback import VarianceTransferGrowth  # noqa: E402
 
 __all__ += ["VarianceTransferGrowth"]

@@ -79,8 +79,10 @@ def nearest_divisor(n: int, target: float, multiple_of: int = 1) -> int:
         ValueError: `n` has no divisor that is a multiple of `multiple_of`.
 
     Example:
-        >>> nearest_divisor(60000, 256), nearest_divisor(10000, 384), nearest_divisor(60000, 384, 2)
-        (250, 400, 400)
+        >>> nearest_divisor(60000, 256), nearest_divisor(10000, 384)
+        (250, 400)
+        >>> nearest_divisor(60000, 384), nearest_divisor(60000, 384, multiple_of=2)
+        (375, 400)
     """
     divisors = [d for d in range(multiple_of, int(n) + 1, multiple_of) if n % d == 0]
     if not divisors:

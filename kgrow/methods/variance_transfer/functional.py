@@ -21,6 +21,7 @@ Four pieces, each a function of plain data:
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from typing import Mapping, Optional
@@ -550,9 +551,8 @@ def check_batch_kernels(batch_sizes, model) -> None:
         >>> check_batch_kernels([125], m)
         Traceback (most recent call last):
         ...
-        ValueError: batch sizes [125] are odd and the model has strided 1x1 convolutions (['conv2d']): ...
+        ValueError: batch sizes [125] are odd and the model has strided 1x1 convolutions ...
     """
-    import os
     if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
         return
     odd = [int(b) for b in batch_sizes if int(b) % 2]
