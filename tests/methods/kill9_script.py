@@ -82,19 +82,22 @@ def network_expansion():
 
 
 def network_expansion_vit():
-    """ViT depth expansion 2 -> 4 blocks from the EMA; killed in the epoch after it."""
+    """ViT depth expansion 2 -> 4 blocks from the EMA, weight decay scaled by depth;
+    killed in the epoch after it."""
     bundle = _bundle(64, 12, 1, 3)
     model = kgrow.models.get("vit", (12, 12, 1), 3, depth=4, dim=16, heads=2, patch_size=4,
                              drop_path=0.1)
     model.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.05), "categorical_crossentropy")
     TrainingController.of(model).attach_selection(bundle.selection)
-    expand = NetworkExpansion("vit", depths=(2, 4), steps_per_epoch=bundle.steps_per_epoch,
-                              verbose=0)
+    expand = NetworkExpansion("vit", depths=(2, 4), scale_weight_decay=True,
+                              steps_per_epoch=bundle.steps_per_epoch, verbose=0)
 
     def report():
         ema = TrainingController.of(model).ema(NetworkExpansion.EMA_NAME).values()
+        # The resumed optimizer runs at the stage's weight decay.
         return (_prefixed("ema", ema),
-                {"events": [[e["epoch"], e["kind"]] for e in expand.events]})
+                {"events": [[e["epoch"], e["kind"]] for e in expand.events],
+                 "weight_decay": float(model.optimizer.weight_decay)})
 
     return model, bundle.train, 3, [expand], [_kill_at(2, 1)], report
 

@@ -1,4 +1,5 @@
-"""AutoProg's elastic supernet, per-stage search, weight recycling and resume."""
+"""AutoProg's elastic supernet, per-stage search and weight recycling (its kill -9
+resume: test_kill9_methods.py)."""
 import json
 
 import keras
@@ -9,14 +10,13 @@ import tensorflow as tf
 import kgrow
 from kgrow import models
 from kgrow.callbacks import Growth
-from kgrow.controller import ControllerCheckpoint, TrainingController
+from kgrow.controller import TrainingController
 from kgrow.methods.autoprog import search as search_lib
 from kgrow.methods.autoprog.search_callback import AutoProg
 from kgrow.methods.autoprog.supernet import (build_supernet, extract_subnetwork,
                                              set_subnetwork)
 from kgrow.schedules import GrowthSchedule
 from kgrow.surgery import interpolation_mapping, set_depth
-from testing_helpers import CrashAtEpoch, assert_weights_match
 
 
 def _vit(depth=4, image=16):
@@ -143,7 +143,7 @@ def _step_time(candidate):  # deterministic: a cost model instead of timings
     return candidate["resolution"] ** 2 * candidate["depth"]
 
 
-def _run(bundle, *, directory=None, crash_at=None, extra=(), **kwargs):
+def _run(bundle, *, extra=(), **kwargs):
     keras.utils.set_random_seed(5)
     model = _vit(depth=4, image=16)
     model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
@@ -151,15 +151,7 @@ def _run(bundle, *, directory=None, crash_at=None, extra=(), **kwargs):
     search = AutoProg(EPOCHS, bundle, num_stages=2, supernet_epochs=1, depths=[2, 3, 4],
                       score_samples=32, score_batch_size=16, step_time=_step_time,
                       verbose=0, **kwargs)
-    callbacks = [*extra, search]
-    if directory is not None:
-        callbacks.append(ControllerCheckpoint(directory))
-    if crash_at is not None:
-        callbacks.append(_Crash(crash_at))
-    return model, search, callbacks
-
-
-_Crash = CrashAtEpoch
+    return model, search, [*extra, search]
 
 
 class _ScoreTwice(keras.callbacks.Callback):
@@ -232,34 +224,6 @@ def test_autoprog_searches_recycles_logs_and_its_schedule_replays(tmp_path):
     replay_model.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=[replay])
     assert [(e["epoch"], e["sizes"]["resolution"], e["sizes"]["depth"], e["image_size"])
             for e in replay.events] == [(0, 0.75, 0.75, [12, 12]), (2, 1.0, 1.0, [16, 16])]
-
-
-def test_kill_during_the_search_and_resume_equals_an_uninterrupted_run(tmp_path):
-    tf.config.experimental.enable_op_determinism()
-    try:
-        bundle = _bundle()
-        reference, ref_search, cbs = _run(bundle)
-        reference.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=cbs)
-
-        directory = str(tmp_path / "ckpt")
-        bundle = _bundle()
-        # Killed at the end of the supernet epoch: the checkpoint holds the
-        # supernet, its sampler position and the pending search.
-        crashed, search, cbs = _run(bundle, directory=directory, crash_at=0)
-        with pytest.raises(RuntimeError, match="simulated kill"):
-            crashed.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=cbs)
-        assert search.search is not None and not search.chosen
-
-        bundle = _bundle()
-        resumed, search, cbs = _run(bundle, directory=directory)
-        history = resumed.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=cbs)
-        assert len(history.history["loss"]) == EPOCHS - 1
-        assert search.searched_schedule() == ref_search.searched_schedule()
-        assert search.chosen == ref_search.chosen
-        assert_weights_match(resumed, reference)
-    finally:
-        from tensorflow.python.framework import config as tf_config
-        tf_config.disable_op_determinism()
 
 
 def test_bench_factory_needs_resizable_data_and_sets_up_autoprog():

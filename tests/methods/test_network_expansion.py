@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kgrow import data, models
+from kgrow import models
 from kgrow.callbacks import NetworkExpansion
-from kgrow.controller import ControllerCheckpoint, TrainingController
+from kgrow.controller import TrainingController
 from kgrow.controller.optimizer import optimizer_state
 from kgrow.methods.network_expansion import (PAPER_EMA_HALF_LIFE_FRACTION, cnn_schedule,
                                              depth_weight_decay, ema_decay, expand_depth,
                                              expand_width, vit_schedule)
 from kgrow.surgery import find_blocks
 
-from testing_helpers import CrashAtEpoch, assert_weights_match, randomize_weights
+from testing_helpers import randomize_weights
 
 
 def _vit(depth=6, drop_path=0.1, image=12, patch=4, classes=3):
@@ -251,49 +251,23 @@ def test_training_continues_after_expansion_under_mirrored_strategy(mirrored_str
     assert history.history["loss"][2] != history.history["loss"][1]
 
 
-def _Crash():
-    return CrashAtEpoch(1)
-
-
-def _resumable_run(directory=None, crash=False):
-    keras.utils.set_random_seed(11)
-    bundle = data.load("fashion_mnist", subset=96, subset_mode="random", batch_size=32, seed=3)
-    model = _vit(4, image=28, patch=7, classes=10)
-    model.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.05), "categorical_crossentropy")
-    TrainingController.of(model).attach_selection(bundle.selection)
-    cb = NetworkExpansion("vit", depths=(2, 4), scale_weight_decay=True,
-                          steps_per_epoch=bundle.steps_per_epoch, verbose=0)
-    callbacks = [cb]
-    if directory is not None:
-        callbacks.append(ControllerCheckpoint(directory))
-    if crash:  # after the checkpoint: killed once the expansion epoch was saved
-        callbacks.append(_Crash())
-    return bundle, model, cb, callbacks
-
-
-def test_run_killed_after_expansion_resumes_to_the_same_weights(tmp_path):
-    tf.config.experimental.enable_op_determinism()
-    try:
-        bundle, reference, _, cbs = _resumable_run()
-        reference.fit(bundle.train, epochs=3, verbose=0, callbacks=cbs)
-        ref_ema = TrainingController.of(reference).ema(NetworkExpansion.EMA_NAME).values()
-
-        directory = str(tmp_path / "ckpt")
-        bundle, crashed, cb, cbs = _resumable_run(directory, crash=True)
-        with pytest.raises(RuntimeError, match="simulated kill"):
-            crashed.fit(bundle.train, epochs=3, verbose=0, callbacks=cbs)
-        assert [e["epoch"] for e in cb.events] == [0, 1]  # killed after the expansion
-
-        bundle, resumed, cb, cbs = _resumable_run(directory)
-        history = resumed.fit(bundle.train, epochs=3, verbose=0, callbacks=cbs)
-        assert len(history.history["loss"]) == 1  # only epoch 2 was left
-        assert resumed.optimizer.weight_decay == pytest.approx(0.05)
-        assert_weights_match(resumed, reference)
-        ema = TrainingController.of(resumed).ema(NetworkExpansion.EMA_NAME).values()
-        assert max(float(np.abs(ema[p] - ref_ema[p]).max()) for p in ref_ema) <= 1e-6
-    finally:
-        from tensorflow.python.framework import config as tf_config
-        tf_config.disable_op_determinism()
+def test_vit_bench_methods_set_the_schedule_from_the_model_and_the_optimizer_option():
+    from kgrow.bench.registry import MethodContext, get_method
+    from kgrow.training import TrainConfig
+    context = MethodContext(model_name="vit", model_kwargs=dict(depth=6, dim=16, heads=2,
+                                                                patch_size=4),
+                            input_shape=(12, 12, 1), num_classes=3,
+                            train=TrainConfig(epochs=6), data=None, steps_per_epoch=7)
+    got = {}
+    for name in ("network_expansion_vit", "network_expansion_vit_carry",
+                 "network_expansion_vit3"):
+        model, (cb,) = get_method(name)(None, context)
+        cb.set_model(model)  # the schedule's depths are final once the model is known
+        got[name] = ([(s.epoch, round(s.depth * 6)) for s in cb.schedule.stages],
+                     cb.reset_optimizer, cb.steps_per_epoch)
+    assert got == {"network_expansion_vit": ([(0, 3), (3, 6)], True, 7),
+                   "network_expansion_vit_carry": ([(0, 3), (3, 6)], False, 7),
+                   "network_expansion_vit3": ([(0, 2), (2, 4), (4, 6)], True, 7)}
 
 
 # -- bad settings ---------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Example:
     >>> from kgrow import bench
-    >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit"} <= set(
+    >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit",
+    ...  "network_expansion_vit_carry", "network_expansion_vit3"} <= set(
     ...     bench.available_methods())
     True
 """
@@ -10,13 +11,30 @@ from __future__ import annotations
 
 from kgrow.methods.network_expansion.callback import NetworkExpansion
 
-__all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_vit", "factory"]
+__all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_vit", "bench_vit_carry",
+           "bench_vit_thirds", "factory", "thirds"]
 
 
-def factory(mode: str, **options):
+def thirds(full_depth: int) -> tuple:
+    """Depths of the authors' 3-stage schedule (4 -> 8 -> 12 for DeiT-B) for any depth.
+
+    Example:
+        >>> thirds(12), thirds(6)
+        ((4, 8, 12), (2, 4, 6))
+    """
+    full_depth = int(full_depth)
+    if full_depth < 3:
+        raise ValueError(f"a 3-stage depth schedule needs at least 3 blocks, the model has "
+                         f"{full_depth}")
+    return tuple(max(1, round(full_depth * k / 3)) for k in (1, 2, 3))
+
+
+def factory(mode: str, depth_schedule=None, **options):
     """A bench factory running `NetworkExpansion(mode, **options)` on the bench model.
 
     Stage counts are capped by the run's epochs (at least one epoch per stage).
+    ``depth_schedule`` (ViT): a function of the model's block count giving
+    the depths, for schedules that are fractions of the model's depth.
     """
     def make(build_model, context):
         del build_model
@@ -24,10 +42,14 @@ def factory(mode: str, **options):
         kwargs = dict(options)
         if mode == "cnn" and "stage_epochs" not in kwargs:
             kwargs["num_stages"] = min(kwargs.get("num_stages", 3), epochs)
+        model = context.build_model()
         if mode == "vit":
             # kgrow bundles have no static length; the EMA decay needs it.
             kwargs.setdefault("steps_per_epoch", int(context.steps_per_epoch))
-        return context.build_model(), [NetworkExpansion(mode, epochs=epochs, **kwargs)]
+            if depth_schedule is not None:
+                from kgrow.surgery import find_stages
+                kwargs["depths"] = depth_schedule(sum(s.depth for s in find_stages(model)))
+        return model, [NetworkExpansion(mode, epochs=epochs, **kwargs)]
     make.__name__ = f"network_expansion_{mode}"
     return make
 
@@ -61,7 +83,27 @@ def bench_vit(build_model, context):
     return factory("vit")(build_model, context)
 
 
+def bench_vit_carry(build_model, context):
+    """Bench method `network_expansion_vit_carry`: `network_expansion_vit` with the
+    optimizer moments carried through the expansion (new blocks' moments start
+    at zero) instead of reset: the option for runs too short to absorb the
+    reset's first large AdamW steps.
+    """
+    return factory("vit", reset_optimizer=False)(build_model, context)
+
+
+def bench_vit_thirds(build_model, context):
+    """Bench method `network_expansion_vit3`: a third of the blocks, two thirds, all.
+
+    The authors' other schedule (DeiT-B 4 -> 8 -> 12) in 3 equal stages,
+    otherwise as `network_expansion_vit`: more of the run at small depth.
+    """
+    return factory("vit", depth_schedule=thirds)(build_model, context)
+
+
 #: name -> "module:attribute" of the factory (imported when first used).
 METHODS = {"network_expansion": f"{__name__}:bench_cnn",
            "network_expansion_w25": f"{__name__}:bench_cnn_quarter",
-           "network_expansion_vit": f"{__name__}:bench_vit"}
+           "network_expansion_vit": f"{__name__}:bench_vit",
+           "network_expansion_vit_carry": f"{__name__}:bench_vit_carry",
+           "network_expansion_vit3": f"{__name__}:bench_vit_thirds"}
