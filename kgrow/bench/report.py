@@ -182,8 +182,9 @@ def compare(runs: Mapping[str, Mapping[str, Any]], baseline: str = "baseline",
             entry[key] = _median(values)
             if len(pairs) > 1:
                 entry[f"{key}_range"] = _range(values)
-        # The accuracy difference of the means equals the mean paired difference.
-        entry["acc_delta_pp"] = 100.0 * (run["test_acc"] - base["test_acc"])
+        # The mean paired difference: a method run on fewer seeds than the
+        # baseline (e.g. an interrupted --resume) is compared on its own seeds only.
+        entry["acc_delta_pp"] = float(np.mean(per_seed["acc_delta_pp"]))
         if len(pairs) > 1:
             entry["acc_delta_pp_std"] = _std(per_seed["acc_delta_pp"])
             entry["acc_delta_pp_stderr"] = entry["acc_delta_pp_std"] / math.sqrt(len(pairs))

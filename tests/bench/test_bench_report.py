@@ -76,6 +76,16 @@ def test_compare_pairs_runs_by_seed():
         report.compare({"fast": fast})
 
 
+def test_compare_a_method_on_fewer_seeds_only_against_its_own_seeds():
+    # An interrupted --resume: the baseline has seeds 0 and 1, the method only seed 1.
+    base = report.aggregate([_record(0, 10.0, 8.0, 0.80, [0.8]),
+                             _record(1, 12.0, 8.0, 0.90, [0.9])])
+    late = report.aggregate([_record(1, 6.0, 4.0, 0.88, [0.88])])
+    c = report.compare({"baseline": base, "late": late})["late"]
+    assert c["n_pairs"] == 1 and c["speedup_wall"] == 2.0
+    assert c["acc_delta_pp"] == pytest.approx(-2.0)  # 88 - 90, not 88 - the mean 85
+
+
 def test_compare_single_seed_has_no_spread():
     base = report.aggregate([_record(0, 10.0, 8.0, 0.80, [0.8])])
     fast = report.aggregate([_record(0, 5.0, 2.0, 0.79, [0.79])])

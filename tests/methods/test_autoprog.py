@@ -331,10 +331,28 @@ def test_kill_and_resume_across_a_resolution_and_depth_growth(tmp_path):
 # -- bench and recipe -------------------------------------------------------------------------
 def test_bench_methods_ask_for_resizable_data():
     from kgrow.bench import registry
-    names = ["prog", "prog_randinit", "prog_stacking", "prog_interpolation", "prog_mogrow"]
+    names = ["prog", "prog_randinit", "prog_stacking", "prog_interpolation", "prog_mogrow",
+             "prog_carry"]
     assert set(names) <= set(registry.available_methods())
     assert all(registry.data_options(n) == {"resizable": True} for n in names)
     assert registry.data_options("baseline") == {}
+
+
+def test_prog_bench_methods_reset_or_carry_the_optimizer_moments():
+    from kgrow.bench.registry import MethodContext, get_method
+    from kgrow.training import TrainConfig
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 16, 16, 1)).astype("float32"), rng.integers(0, 3, 32)
+    context = MethodContext(
+        model_name="vit", model_kwargs=dict(depth=4, dim=16, heads=2, patch_size=4),
+        input_shape=(16, 16, 1), num_classes=3, train=TrainConfig(epochs=4),
+        data=kgrow.data.from_arrays((x, y), (x[:8], y[:8]), batch_size=8, resizable=True),
+        steps_per_epoch=4)
+    resets = {}
+    for name in ("prog", "prog_carry"):
+        _, (prog,) = get_method(name)(None, context)
+        resets[name] = (prog.reset_optimizer, prog.operator, len(prog.schedule.stages))
+    assert resets == {"prog": (True, "mogrow", 4), "prog_carry": (False, "mogrow", 4)}
 
 
 def test_recipe_reads_a_replay_schedule(tmp_path):

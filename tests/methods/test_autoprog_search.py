@@ -249,6 +249,12 @@ def test_bench_factory_needs_resizable_data_and_sets_up_autoprog():
     assert isinstance(search, AutoProg) and len(search.schedule.stages) == 4
     assert search.supernet_epochs == 1  # 3-epoch stages: 2 of them for the winner
     assert TrainingController.of(model).selection is ctx.data.selection
+    assert search.reset_optimizer  # the paper's
+    from kgrow.bench.registry import get_method
+    carry = get_method("autoprog_carry")
+    assert carry.data_options == {"resizable": True}
+    _, (search,) = carry(lambda **kw: _vit(), context(True))
+    assert not search.reset_optimizer and len(search.schedule.stages) == 4
 
 
 def test_scoring_subset_follows_the_compute_budget():

@@ -267,7 +267,7 @@ def test_vit_bench_methods_set_the_schedule_from_the_model_and_the_optimizer_opt
                      cb.reset_optimizer, cb.steps_per_epoch)
     assert got == {"network_expansion_vit": ([(0, 3), (3, 6)], True, 7),
                    "network_expansion_vit_carry": ([(0, 3), (3, 6)], False, 7),
-                   "network_expansion_vit3": ([(0, 2), (2, 4), (4, 6)], True, 7)}
+                   "network_expansion_vit3": ([(0, 2), (2, 4), (4, 6)], False, 7)}
 
 
 # -- bad settings ---------------------------------------------------------------

@@ -4,7 +4,9 @@
   resolution and depth from half, MoGrow, optimizer moments reset);
 * ``prog_randinit``, ``prog_stacking``, ``prog_interpolation``,
   ``prog_mogrow``: the growth-operator ablation, the same schedule with each
-  operator (``prog_mogrow`` is ``prog``).
+  operator (``prog_mogrow`` is ``prog``);
+* ``prog_carry``: ``prog`` with the optimizer moments carried through each
+  growth instead of reset.
 
 They need the bench's data with a live image size, which they ask for with
 ``data_options = {"resizable": True}``; the runner then evaluates on the
@@ -13,12 +15,13 @@ by its own module.
 
 Example:
     >>> from kgrow import bench
-    >>> {"prog", "prog_randinit", "prog_mogrow"} <= set(bench.available_methods())
+    >>> {"prog", "prog_randinit", "prog_mogrow", "prog_carry", "autoprog_carry"} <= set(
+    ...     bench.available_methods())
     True
 """
 from __future__ import annotations
 
-__all__ = ["METHODS", "factory", "bench_prog"]
+__all__ = ["METHODS", "factory", "bench_prog", "prog_carry"]
 
 
 def factory(operator: str = "mogrow", **options):
@@ -55,9 +58,13 @@ bench_prog.data_options = {"resizable": True}
 
 _ablation = {f"prog_{op}": factory(op) for op in ("randinit", "stacking", "interpolation",
                                                    "mogrow")}
+prog_carry = factory("mogrow", reset_optimizer=False)
+prog_carry.__name__ = "prog_carry"
 globals().update(_ablation)
 
 #: Bench method name -> lazy "module:attribute" factory.
 METHODS = {"prog": "kgrow.methods.autoprog.bench:bench_prog",
+           "prog_carry": "kgrow.methods.autoprog.bench:prog_carry",
            "autoprog": "kgrow.methods.autoprog.search_callback:bench_autoprog",
+           "autoprog_carry": "kgrow.methods.autoprog.search_callback:bench_autoprog_carry",
            **{name: f"kgrow.methods.autoprog.bench:{name}" for name in _ablation}}

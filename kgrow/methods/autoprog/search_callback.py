@@ -40,7 +40,7 @@ from kgrow.methods.autoprog import supernet as supernet_lib
 from kgrow.schedules import GrowthSchedule, Stage
 from kgrow.surgery import GrowthResult
 
-__all__ = ["AutoProg", "bench_autoprog"]
+__all__ = ["AutoProg", "bench_autoprog", "bench_autoprog_carry"]
 
 STATE_NAME = "autoprog"
 # A training step costs about three forward passes (forward, and backward
@@ -611,10 +611,10 @@ def _median_all(timings) -> Optional[float]:
 
 
 # -- benchmark method (registered lazily as "autoprog") -----------------------
-def bench_autoprog(build_model, context):
+def bench_autoprog(build_model, context, **options):
     """Bench method `autoprog`: the paper's defaults (4 stages, 2 supernet
     epochs when stages last >= 5 epochs, else 1; MoGrow; scoring on 4% of the
-    training set) on the bench's ViT.
+    training set) on the bench's ViT. `options` go to `AutoProg`.
 
     Needs a resizable data bundle (`context.data` loaded with
     `resizable=True`), whose selection is attached to the controller.
@@ -633,8 +633,16 @@ def bench_autoprog(build_model, context):
     supernet_epochs = 2 if epochs // stages >= 5 else 1
     TrainingController.of(model).attach_selection(bundle.selection)
     return model, [AutoProg(epochs, bundle, num_stages=stages,
-                            supernet_epochs=supernet_epochs, verbose=0)]
+                            supernet_epochs=supernet_epochs, verbose=0, **options)]
+
+
+def bench_autoprog_carry(build_model, context):
+    """Bench method `autoprog_carry`: `autoprog` with the optimizer moments
+    carried through every growth instead of reset (for short runs, where the
+    reset's first large AdamW steps cost accuracy the run cannot win back)."""
+    return bench_autoprog(build_model, context, reset_optimizer=False)
 
 
 # The bench loads its data with a live image size for methods that ask.
 bench_autoprog.data_options = {"resizable": True}
+bench_autoprog_carry.data_options = {"resizable": True}
