@@ -86,6 +86,9 @@ def test_schedules():
     assert [(s.epoch, s.width, s.depth) for s in cnn_schedule(10, 3, 0.25, 0.5).stages] == [
         (0, 0.25, 0.5), (3, 0.625, 0.75), (6, 1.0, 1.0)]
     assert [s.epoch for s in cnn_schedule(10, 3, stage_epochs=[0, 5, 8]).stages] == [0, 5, 8]
+    assert [(s.epoch, s.width, s.depth) for s in cnn_schedule(
+        8, widths=(0.25, 0.5, 1.0), start_depth=0.5).stages] == [
+        (0, 0.25, 0.5), (2, 0.5, 0.75), (5, 1.0, 1.0)]
     assert [(s.epoch, s.depth) for s in vit_schedule(9, (6, 9, 12)).stages] == [
         (0, 0.5), (3, 0.75), (6, 1.0)]
     with pytest.raises(ValueError, match="at most 2\\*d"):
@@ -270,6 +273,21 @@ def test_vit_bench_methods_set_the_schedule_from_the_model_and_the_optimizer_opt
                    "network_expansion_vit3": ([(0, 2), (2, 4), (4, 6)], False, 7)}
 
 
+def test_cnn_bench_methods_schedules():
+    from kgrow.bench.registry import MethodContext, get_method
+    from kgrow.training import TrainConfig
+    context = MethodContext(model_name="resnet20", model_kwargs={}, input_shape=(12, 12, 1),
+                            num_classes=3, train=TrainConfig(epochs=12), data=None,
+                            steps_per_epoch=5)
+    got = {}
+    for name in ("network_expansion", "network_expansion_w25", "network_expansion_w25_long"):
+        _, (cb,) = get_method(name)(None, context)
+        got[name] = [(s.epoch, s.width) for s in cb.schedule.stages]
+    assert got == {"network_expansion": [(0, 0.5), (4, 0.75), (8, 1.0)],
+                   "network_expansion_w25": [(0, 0.25), (3, 0.5), (6, 0.75), (9, 1.0)],
+                   "network_expansion_w25_long": [(0, 0.25), (3, 0.5), (6, 1.0)]}
+
+
 # -- bad settings ---------------------------------------------------------------
 
 def test_bad_settings_fail_before_training():
@@ -281,6 +299,11 @@ def test_bad_settings_fail_before_training():
             NetworkExpansion("vit", ema_half_life_epochs=bad)
     with pytest.raises(ValueError, match="mode must be one of"):
         NetworkExpansion("mlp")
+    for bad in ((0.5, 0.25, 1.0), (0.25, 0.5), (0.0, 1.0)):
+        with pytest.raises(ValueError, match="widths must increase|each of widths"):
+            NetworkExpansion("cnn", widths=bad)
+    with pytest.raises(ValueError, match="one first epoch per width"):
+        NetworkExpansion("cnn", widths=(0.5, 1.0), stage_epochs=(0, 2, 4))
     with pytest.raises(ValueError, match="'expansion'"):
         NetworkExpansion("vit", expansion="sideways")
 

@@ -3,7 +3,8 @@
 Example:
     >>> from kgrow import bench
     >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit",
-    ...  "network_expansion_vit_carry", "network_expansion_vit3"} <= set(
+    ...  "network_expansion_vit_carry", "network_expansion_vit3",
+    ...  "network_expansion_w25_long"} <= set(
     ...     bench.available_methods())
     True
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 from kgrow.methods.network_expansion.callback import NetworkExpansion
 
-__all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_vit", "bench_vit_carry",
-           "bench_vit_thirds", "factory", "thirds"]
+__all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_cnn_quarter_long", "bench_vit",
+           "bench_vit_carry", "bench_vit_thirds", "factory", "stage_starts", "thirds"]
 
 
 def thirds(full_depth: int) -> tuple:
@@ -29,17 +30,36 @@ def thirds(full_depth: int) -> tuple:
     return tuple(max(1, round(full_depth * k / 3)) for k in (1, 2, 3))
 
 
-def factory(mode: str, depth_schedule=None, **options):
+def stage_starts(fractions, epochs: int) -> tuple:
+    """First epoch of each stage from fractions of the run, at least one epoch each.
+
+    Example:
+        >>> stage_starts((0, 0.25, 0.5), 12), stage_starts((0, 0.25, 0.5), 3)
+        ((0, 3, 6), (0, 1, 2))
+    """
+    starts = []
+    for f in fractions:
+        starts.append(max(int(f * epochs), starts[-1] + 1 if starts else 0))
+    if starts[-1] >= epochs:
+        raise ValueError(f"{len(starts)} stages need at least {len(starts)} epochs, the run "
+                         f"has {epochs}")
+    return tuple(starts)
+
+
+def factory(mode: str, depth_schedule=None, stage_fractions=None, **options):
     """A bench factory running `NetworkExpansion(mode, **options)` on the bench model.
 
     Stage counts are capped by the run's epochs (at least one epoch per stage).
     ``depth_schedule`` (ViT): a function of the model's block count giving
     the depths, for schedules that are fractions of the model's depth.
+    ``stage_fractions`` (CNN): each stage's start as a fraction of the run.
     """
     def make(build_model, context):
         del build_model
         epochs = int(context.train.epochs)
         kwargs = dict(options)
+        if stage_fractions is not None:
+            kwargs["stage_epochs"] = stage_starts(stage_fractions, epochs)
         if mode == "cnn" and "stage_epochs" not in kwargs:
             kwargs["num_stages"] = min(kwargs.get("num_stages", 3), epochs)
         model = context.build_model()
@@ -74,6 +94,20 @@ def bench_cnn_quarter(build_model, context):
     return factory("cnn", num_stages=4, start_width=0.25)(build_model, context)
 
 
+def bench_cnn_quarter_long(build_model, context):
+    """Bench method `network_expansion_w25_long`: 1/4 -> 1/2 -> full width, the full
+    model for the second half of the run.
+
+    Stages start at 0, 1/4 and 1/2 of the run (12 epochs: 0, 3, 6). Same
+    start as `network_expansion_w25`, but the last expansion comes at half
+    time instead of three quarters, while the learning rate is still half
+    its peak: the new filters of the last expansion get time and learning
+    rate to catch up, paid for with full-width epochs.
+    """
+    return factory("cnn", widths=(0.25, 0.5, 1.0),
+                   stage_fractions=(0.0, 0.25, 0.5))(build_model, context)
+
+
 def bench_vit(build_model, context):
     """Bench method `network_expansion_vit`: half the blocks -> all, in 2 stages.
 
@@ -105,6 +139,7 @@ def bench_vit_thirds(build_model, context):
 #: name -> "module:attribute" of the factory (imported when first used).
 METHODS = {"network_expansion": f"{__name__}:bench_cnn",
            "network_expansion_w25": f"{__name__}:bench_cnn_quarter",
+           "network_expansion_w25_long": f"{__name__}:bench_cnn_quarter_long",
            "network_expansion_vit": f"{__name__}:bench_vit",
            "network_expansion_vit_carry": f"{__name__}:bench_vit_carry",
            "network_expansion_vit3": f"{__name__}:bench_vit_thirds"}

@@ -53,6 +53,8 @@ class NetworkExpansion(Growth):
         start_width: CNN width fraction of the first stage, in (0, 1].
         start_depth: CNN depth fraction of the first stage (None: full depth).
         stage_epochs: first epoch of each CNN stage (default equal lengths).
+        widths: CNN width of each stage, increasing to 1 (default
+            ``linspace(start_width, 1, num_stages)``), e.g. ``(0.25, 0.5, 1)``.
         fan_out: CNN: norm of the new channels' fan-out relative to the
             existing rows (0: zero, exact).
         depths: ViT blocks per stage (default: half the blocks, then all).
@@ -82,7 +84,8 @@ class NetworkExpansion(Growth):
     def __init__(self, mode: str = "cnn", *, epochs: Optional[int] = None,
                  num_stages: int = 3, start_width: float = 0.5,
                  start_depth: Optional[float] = None,
-                 stage_epochs: Optional[Sequence[int]] = None, fan_out: float = 0.0,
+                 stage_epochs: Optional[Sequence[int]] = None,
+                 widths: Optional[Sequence[float]] = None, fan_out: float = 0.0,
                  depths: Optional[Sequence[int]] = None, expansion: str = "expansion",
                  ema_half_life_epochs: Optional[float] = None,
                  steps_per_epoch: Optional[int] = None,
@@ -101,6 +104,7 @@ class NetworkExpansion(Growth):
         self.epochs = epochs
         self._schedule_args = dict(num_stages=num_stages, start_width=start_width,
                                    start_depth=start_depth, stage_epochs=stage_epochs,
+                                   widths=None if widths is None else tuple(widths),
                                    depths=None if depths is None else tuple(depths))
         self.ema_half_life_epochs = ema_half_life_epochs
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int)
@@ -111,7 +115,7 @@ class NetworkExpansion(Growth):
         self.base_weight_decay = None
         self.full_depth = None
         # Fails now on a bad fraction; the real schedule needs the run length.
-        placeholder = max(num_stages, len(depths or (6, 12)),
+        placeholder = max(num_stages, len(depths or (6, 12)), len(widths or ()),
                           1 + max(stage_epochs or [0]))
         schedule = self._make_schedule(epochs or placeholder, full_depth=None)
         if mode == "cnn":
@@ -130,7 +134,8 @@ class NetworkExpansion(Growth):
         a = self._schedule_args
         if self.mode == "cnn":
             return cnn_schedule(epochs, num_stages=a["num_stages"], start_width=a["start_width"],
-                                start_depth=a["start_depth"], stage_epochs=a["stage_epochs"])
+                                start_depth=a["start_depth"], stage_epochs=a["stage_epochs"],
+                                widths=a["widths"])
         depths = a["depths"]
         if depths is None:
             full = full_depth or 12

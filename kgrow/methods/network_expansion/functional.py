@@ -73,20 +73,34 @@ def _check_fraction(label: str, value) -> float:
 
 def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.5,
                  start_depth: Optional[float] = None,
-                 stage_epochs: Optional[Sequence[int]] = None) -> GrowthSchedule:
+                 stage_epochs: Optional[Sequence[int]] = None,
+                 widths: Optional[Sequence[float]] = None) -> GrowthSchedule:
     """CNN expansion: width (and optionally depth) from a fraction to the full model.
 
-    Sizes are `linspace(start, 1, num_stages)`; stages are equal-length
+    Sizes are `linspace(start, 1, num_stages)` unless `widths` lists each
+    stage's width (increasing, ending at 1); stages are equal-length
     (``total_epochs / num_stages``, the paper's choice) unless
     `stage_epochs` gives each stage's first epoch.
 
     Example:
         >>> [(s.epoch, s.width) for s in cnn_schedule(9).stages]
         [(0, 0.5), (3, 0.75), (6, 1.0)]
+        >>> [(s.epoch, s.width) for s in cnn_schedule(12, widths=(0.25, 0.5, 1.0),
+        ...                                          stage_epochs=(0, 3, 6)).stages]
+        [(0, 0.25), (3, 0.5), (6, 1.0)]
     """
     start_width = _check_fraction("start_width", start_width)
     if start_depth is not None:
         start_depth = _check_fraction("start_depth", start_depth)
+    if widths is not None:
+        widths = [_check_fraction("each of widths", w) for w in widths]
+        if not widths or widths[-1] != 1.0 or any(b <= a for a, b in zip(widths, widths[1:])):
+            raise ValueError(f"widths must increase and end at the full width 1.0, got "
+                             f"{list(widths)}")
+        if stage_epochs is not None and len(stage_epochs) != len(widths):
+            raise ValueError(f"stage_epochs has {len(stage_epochs)} entries for "
+                             f"{len(widths)} widths; give one first epoch per width")
+        num_stages, start_width = len(widths), widths[0]
     if stage_epochs is None:
         if total_epochs < num_stages:
             raise ValueError(f"{num_stages} stages need at least {num_stages} epochs, got "
@@ -97,7 +111,8 @@ def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.
     stages = []
     for i, epoch in enumerate(stage_epochs):
         t = 1.0 if n == 1 else i / (n - 1)
-        sizes = {"width": start_width + (1.0 - start_width) * t}
+        sizes = {"width": widths[i] if widths is not None
+                 else start_width + (1.0 - start_width) * t}
         if start_depth is not None:
             sizes["depth"] = start_depth + (1.0 - start_depth) * t
         stages.append(Stage(epoch, **sizes))
