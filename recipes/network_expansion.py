@@ -13,6 +13,9 @@ Examples:
     # CNN, quick profile, zero vs small orthogonal fan-out, equal vs late stages
     python recipes/network_expansion.py --mode cnn --profile quick --out runs/ne_cnn \
         --fan-out 0 0.1 --stages equal late
+    # CNN, 1/4 -> 1/2 -> full width, the full model for the second half of the run
+    python recipes/network_expansion.py --mode cnn --widths 0.25 0.5 1 --stages half \
+        --out runs/ne_half
     # keras.applications ResNet50 (the paper's bottleneck family)
     python recipes/network_expansion.py --mode cnn --profile quick --model ResNet50 \
         --image-size 32 --out runs/ne_r50
@@ -31,17 +34,21 @@ from kgrow import bench, models
 from kgrow.bench import cli as bench_cli
 from kgrow.methods.network_expansion import bench as ne_bench
 
-STAGE_CHOICES = ("equal", "late")
+STAGE_CHOICES = ("equal", "late", "half")
 
 
 def stage_epochs(choice: str, epochs: int, num_stages: int):
-    """First epoch of each CNN stage: "equal" lengths (the paper) or "late"
+    """First epoch of each CNN stage: "equal" lengths (the paper), "late"
     (every growth one stage later: the narrow stages are longer, the
-    full-width stage is one stage length at the end)."""
+    full-width stage is one stage length at the end) or "half" (the narrow
+    stages share the first half, the full model trains the second half)."""
     if choice == "equal":
         return None
     if choice == "late":
         return [0] + [((i + 1) * epochs) // (num_stages + 1) for i in range(1, num_stages)]
+    if choice == "half":
+        fractions = [i / (2 * max(1, num_stages - 1)) for i in range(num_stages - 1)] + [0.5]
+        return list(ne_bench.stage_starts(fractions, epochs))
     raise ValueError(f"--stages takes {STAGE_CHOICES}, got {choice!r}")
 
 
@@ -68,6 +75,9 @@ def parse_args(argv=None):
                         help="CNN stage lengths")
     parser.add_argument("--num-stages", type=int, default=3)
     parser.add_argument("--start-width", type=float, default=0.5)
+    parser.add_argument("--widths", type=float, nargs="+", default=None,
+                        help="CNN width of each stage, ending at 1 (e.g. 0.25 0.5 1); "
+                             "overrides --num-stages and --start-width")
     parser.add_argument("--depths", type=int, nargs="+", default=None,
                         help="ViT blocks per stage (default: half, then all)")
     parser.add_argument("--expansion", choices=("expansion", "stack"), default="expansion")
@@ -85,13 +95,15 @@ def main(argv=None) -> int:
     epochs = args.epochs or bench.get_profile(args.profile).epochs
     names = [] if args.no_baseline else ["baseline"]
     if args.mode == "cnn":
-        num_stages = min(args.num_stages, epochs)
+        num_stages = len(args.widths) if args.widths else min(args.num_stages, epochs)
+        sizes = (dict(widths=tuple(args.widths)) if args.widths
+                 else dict(num_stages=num_stages, start_width=args.start_width))
         for f in args.fan_out:
             for s in args.stages:
                 name = f"network_expansion_f{f:g}_{s}"
                 bench.register_method(name, ne_bench.factory(
-                    "cnn", num_stages=num_stages, start_width=args.start_width, fan_out=f,
-                    stage_epochs=stage_epochs(s, epochs, num_stages)), overwrite=True)
+                    "cnn", fan_out=f, stage_epochs=stage_epochs(s, epochs, num_stages),
+                    **sizes), overwrite=True)
                 names.append(name)
     else:
         name = f"network_expansion_vit_{args.expansion}"

@@ -3,6 +3,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# pytest-xdist runs one process per core: each gets its share of the cores for
+# TensorFlow's op kernels (and the subprocesses it starts inherit it), as the
+# local workers of `kgrow bench --local-workers` do, instead of every process
+# sizing its pools to all the cores and contending for them. Inter-op pools stay
+# as they are: MirroredStrategy replicas run their ops side by side.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -135,7 +135,7 @@ def _ramp(record, key):
     # Variance transfer adds channels in cancelling pairs: widths with even steps.
     ("variance_transfer+freeze_5", "resnet_cifar", {"depth": 8, "width": 0.5}, 5),
     # Depth growth needs stages of several blocks to start from fewer.
-    ("sparse_mest_ems+grow_depth", "resnet_cifar", {"depth": 20, "width": 0.25}, 4),
+    ("sparse_mest_ems+grow_depth", "resnet_cifar", {"depth": 14, "width": 0.25}, 4),
     ("autoprog+sieve", "vit", {"patch_size": 7, "dim": 16, "heads": 2, "depth": 4}, 4),
 ])
 def test_named_combinations_compose_in_one_fit(combination, model, model_kwargs, epochs):

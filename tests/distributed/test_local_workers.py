@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from kgrow.bench import launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -23,6 +25,9 @@ def _readme_command():
             "--verbose", "0"]
 
 
+# Slow (90 s on 2 cores): two full bench processes. Growth, AutoProg and SpFDE under
+# two workers are in test_multi_worker.py, the launcher's own logic below.
+@pytest.mark.slow
 def test_bench_runs_as_two_local_workers_and_only_the_chief_writes(tmp_path):
     out = tmp_path / "runs" / "mw"
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")

@@ -288,6 +288,34 @@ def test_cnn_bench_methods_schedules():
                    "network_expansion_w25_long": [(0, 0.25), (3, 0.5), (6, 1.0)]}
 
 
+def test_recipe_registers_the_cnn_stage_choices(monkeypatch):
+    import importlib.util
+    import pathlib
+    from kgrow.bench.registry import MethodContext, get_method
+    from kgrow.training import TrainConfig
+    path = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "network_expansion.py"
+    spec = importlib.util.spec_from_file_location("ne_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    assert recipe.stage_epochs("half", 12, 3) == [0, 3, 6]
+    assert recipe.stage_epochs("late", 12, 3) == [0, 6, 9]
+    ran = {}
+    monkeypatch.setattr(recipe.bench_cli, "run", lambda args: ran.setdefault("args", args) and 0)
+    recipe.main(["--mode", "cnn", "--widths", "0.25", "0.5", "1", "--stages", "equal", "half",
+                 "--epochs", "12", "--out", "unused"])
+    assert ran["args"].methods == ("baseline,network_expansion_f0_equal,"
+                                   "network_expansion_f0_half")
+    context = MethodContext(model_name="resnet20", model_kwargs={}, input_shape=(12, 12, 1),
+                            num_classes=3, train=TrainConfig(epochs=12), data=None,
+                            steps_per_epoch=5)
+    got = {}
+    for name in ("network_expansion_f0_equal", "network_expansion_f0_half"):
+        _, (cb,) = get_method(name)(None, context)
+        got[name] = [(s.epoch, s.width) for s in cb.schedule.stages]
+    assert got == {"network_expansion_f0_equal": [(0, 0.25), (4, 0.5), (8, 1.0)],
+                   "network_expansion_f0_half": [(0, 0.25), (3, 0.5), (6, 1.0)]}
+
+
 # -- bad settings ---------------------------------------------------------------
 
 def test_bad_settings_fail_before_training():
