@@ -109,6 +109,9 @@ def test_run_method_runs_extra_callbacks_in_its_fit():
     assert counter.batches == 4 and record["samples_seen"] == 512
 
 
+# Slow: SpFDE's three parts in one fit also run in test_multi_worker.py (two workers)
+# and in the kill -9 "combined" scenario.
+@pytest.mark.slow
 def test_composed_spfde_run_through_the_harness():
     # Sparse training + freezing + sieving in one fit on the bench: each part's state
     # reaches the curve, and the FLOPs follow the masks, frozen blocks and sieved data.

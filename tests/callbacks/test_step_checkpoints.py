@@ -242,6 +242,8 @@ def _script(directory, out, pause=False):
     return [sys.executable, SCRIPT, str(directory), str(out)], env
 
 
+# Slow: test_resume_kill9.py's "mid_epoch" case SIGKILLs the README path mid-epoch too.
+@pytest.mark.slow
 def test_sigkill_mid_epoch_and_restart_equals_uninterrupted_run(tmp_path, determinism):
     directory, out = tmp_path / "ckpt", tmp_path / "out.npz"
     # Slowed down between steps, so that it is killed in the middle of an epoch.

@@ -25,11 +25,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(ROOT, "tests", "methods", "kill9_script.py")
 # Network Expansion's CNN mode is a Growth configuration, whose kill -9 resume
 # tests/callbacks/test_resume_kill9.py covers (`network_expansion` runs by hand).
-# autoprog_supernet_steps is slow (55 s): mid-epoch step checkpoints are in "combined",
-# AutoProg's own resume in "autoprog".
+# Slow (outside the default suite): autoprog_supernet_steps (mid-epoch step checkpoints
+# are in "combined", AutoProg's own resume in "autoprog"); freeze and sieve alone
+# ("combined" kills a run that has frozen blocks and sieved twice).
 SCENARIOS = ["network_expansion_vit", "variance_transfer", "autoprog",
              pytest.param("autoprog_supernet_steps", marks=pytest.mark.slow), "sparse",
-             "freeze", "sieve", "combined"]
+             pytest.param("freeze", marks=pytest.mark.slow),
+             pytest.param("sieve", marks=pytest.mark.slow), "combined"]
 
 
 def _run(scenario, directory, out, marker=None):

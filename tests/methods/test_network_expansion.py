@@ -233,6 +233,41 @@ def test_cnn_expansion_in_fit_is_function_preserving_width_and_depth():
     assert sorted(tuple(v.shape) for v in model.weights) == full_shapes
 
 
+def test_cnn_parameterization_initializes_fan_in_aware_and_scales_lr_with_width():
+    from kgrow.controller.lr_scales import LRScales
+    from kgrow.surgery import kernel_layer_roles
+    x, y = _data(image=8)
+    model = models.resnet_cifar(8, (8, 8, 1), 3, width=0.5)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
+    roles = kernel_layer_roles(model)
+    first = next(n for n, r in roles.items() if r == "input")
+    head = next(n for n, r in roles.items() if r == "output")
+    cb = NetworkExpansion("cnn", num_stages=2, start_width=0.5, parameterize=True, verbose=0)
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # after NetworkExpansion re-initialized it
+            fan_in = self.model.get_layer(head).kernel.shape[0]
+            seen["head_std"] = (float(np.std(self.model.get_layer(head).kernel.numpy())),
+                                1.0 / fan_in)
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen[epoch] = {p: np.unique(a).tolist()
+                           for p, a in LRScales.of(cb.controller).get().items()}
+            seen[f"paths{epoch}"] = {n: [v.path for v in self.model.get_layer(n).trainable_weights]
+                                     for n in (first, head)}
+
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb, Probe()])
+    assert seen["head_std"][0] == pytest.approx(seen["head_std"][1], rel=0.3)
+    assert cb.lr_rule == "sgd"
+    # Half width, muP for SGD against the full model: the input layer at
+    # fan_out / ref_fan_out, the output layer at ref_fan_in / fan_in, hidden 1.
+    assert seen[0] == {**{p: [0.5] for p in seen["paths0"][first]},
+                       **{p: [2.0] for p in seen["paths0"][head]}}
+    assert seen[1] == {}  # full width: every factor is 1
+    assert [e["kind"] for e in cb.events] == ["shrink-to-start", "grow"]
+
+
 @pytest.mark.parametrize("mode", ["cnn", "vit"])
 def test_training_continues_after_expansion_under_mirrored_strategy(mirrored_strategy, mode):
     x, y = _data()
@@ -332,6 +367,10 @@ def test_bad_settings_fail_before_training():
             NetworkExpansion("cnn", widths=bad)
     with pytest.raises(ValueError, match="one first epoch per width"):
         NetworkExpansion("cnn", widths=(0.5, 1.0), stage_epochs=(0, 2, 4))
+    with pytest.raises(ValueError, match="parameterize must be"):
+        NetworkExpansion("cnn", parameterize="lamb")
+    with pytest.raises(ValueError, match="width expansion, mode='cnn'"):
+        NetworkExpansion("vit", parameterize=True)
     with pytest.raises(ValueError, match="'expansion'"):
         NetworkExpansion("vit", expansion="sideways")
 
@@ -347,3 +386,10 @@ def test_bad_settings_fail_before_training():
     assert all(np.array_equal(v.numpy(), before[v.path]) for v in flat.weights)
     with pytest.raises(ValueError, match="no repeated blocks"):
         expand_depth(flat, {}, 4)
+    flat.compile(keras.optimizers.RMSprop(), "categorical_crossentropy")
+    with pytest.raises(ValueError, match="neither SGD nor an Adam variant"):
+        flat.fit(x, y, epochs=2, verbose=0,
+                 callbacks=[NetworkExpansion("cnn", num_stages=2, parameterize=True,
+                                             verbose=0)])
+    assert int(flat.optimizer.iterations.numpy()) == 0
+    assert all(np.array_equal(v.numpy(), before[v.path]) for v in flat.weights)

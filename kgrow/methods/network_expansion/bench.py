@@ -4,7 +4,7 @@ Example:
     >>> from kgrow import bench
     >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit",
     ...  "network_expansion_vit_carry", "network_expansion_vit3",
-    ...  "network_expansion_w25_long"} <= set(
+    ...  "network_expansion_w25_long", "network_expansion_w25_mup"} <= set(
     ...     bench.available_methods())
     True
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from kgrow.methods.network_expansion.callback import NetworkExpansion
 
-__all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_cnn_quarter_long", "bench_vit",
+__all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_cnn_quarter_long",
+           "bench_cnn_quarter_mup", "bench_vit",
            "bench_vit_carry", "bench_vit_thirds", "factory", "stage_starts", "thirds"]
 
 
@@ -108,6 +109,16 @@ def bench_cnn_quarter_long(build_model, context):
                    stage_fractions=(0.0, 0.25, 0.5))(build_model, context)
 
 
+def bench_cnn_quarter_mup(build_model, context):
+    """Bench method `network_expansion_w25_mup`: `network_expansion_w25` under the
+    fan-in-aware parameterization (``parameterize=True``): the re-initialization and
+    per-layer learning rates of variance transfer's full method, with Network
+    Expansion's orthogonal filters, on the same 1/4 -> 1 schedule.
+    """
+    return factory("cnn", num_stages=4, start_width=0.25,
+                   parameterize=True)(build_model, context)
+
+
 def bench_vit(build_model, context):
     """Bench method `network_expansion_vit`: half the blocks -> all, in 2 stages.
 
@@ -140,6 +151,7 @@ def bench_vit_thirds(build_model, context):
 METHODS = {"network_expansion": f"{__name__}:bench_cnn",
            "network_expansion_w25": f"{__name__}:bench_cnn_quarter",
            "network_expansion_w25_long": f"{__name__}:bench_cnn_quarter_long",
+           "network_expansion_w25_mup": f"{__name__}:bench_cnn_quarter_mup",
            "network_expansion_vit": f"{__name__}:bench_vit",
            "network_expansion_vit_carry": f"{__name__}:bench_vit_carry",
            "network_expansion_vit3": f"{__name__}:bench_vit_thirds"}

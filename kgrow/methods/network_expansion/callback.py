@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
+
 from kgrow.callbacks.growth import Growth
 from kgrow.methods.network_expansion.functional import (PAPER_EMA_HALF_LIFE_FRACTION,
                                                         _check_half_life, cnn_schedule,
                                                         depth_weight_decay, ema_decay,
                                                         vit_schedule)
+from kgrow.surgery.parameterization import (OPTIMIZER_RULES, fan_in_initialize,
+                                            fan_in_lr_factors, layer_fans, optimizer_rule)
 
 __all__ = ["NetworkExpansion"]
 
@@ -69,6 +73,13 @@ class NetworkExpansion(Growth):
             expansion (default: the largest rate of the model).
         scale_weight_decay: ViT: weight decay of each stage is the compiled
             one times ``depth / final_depth``.
+        parameterize: CNN: train under the fan-in-aware parameterization
+            (`kgrow.surgery.fan_in_initialize` at the start of a fresh run,
+            and after every expansion per-layer LR factors relative to the
+            full model, `kgrow.surgery.fan_in_lr_factors`, set as the
+            controller's per-entry LR scales). True picks muP's rule from
+            the compiled optimizer (SGD: "sgd"; Adam, AdamW, Adamax, Nadam:
+            "adam"); or give "sgd" / "adam". Default False (the paper).
         seed: seed of new filters.
         verbose: 1 prints one line per expansion.
 
@@ -91,7 +102,7 @@ class NetworkExpansion(Growth):
                  steps_per_epoch: Optional[int] = None,
                  reset_optimizer: Optional[bool] = None,
                  max_drop_path: Optional[float] = None, scale_weight_decay: bool = False,
-                 seed: int = 0, verbose: int = 1):
+                 parameterize=False, seed: int = 0, verbose: int = 1):
         from kgrow.growth import Orthogonal
         if mode not in MODES:
             raise ValueError(f"NetworkExpansion mode must be one of {MODES}, got {mode!r}")
@@ -100,7 +111,16 @@ class NetworkExpansion(Growth):
                              f"last online ones) or 'stack', got {expansion!r}")
         if ema_half_life_epochs is not None:
             _check_half_life(ema_half_life_epochs)
+        if parameterize not in (False, True, *OPTIMIZER_RULES):
+            raise ValueError(f"parameterize must be False, True (the rule of the compiled "
+                             f"optimizer) or one of {OPTIMIZER_RULES}, got {parameterize!r}")
+        if parameterize and mode != "cnn":
+            raise ValueError("parameterize scales learning rates with layer widths: it applies "
+                             "to width expansion, mode='cnn'")
         self.mode = mode
+        self.parameterize = parameterize
+        self.lr_rule: Optional[str] = None
+        self.reference: Optional[dict] = None
         self.epochs = epochs
         self._schedule_args = dict(num_stages=num_stages, start_width=start_width,
                                    start_depth=start_depth, stage_epochs=stage_epochs,
@@ -146,6 +166,8 @@ class NetworkExpansion(Growth):
     # known: at `set_model` (depth) and `set_params` (epochs), both before
     # any training step.
     def set_model(self, model):
+        if self.parameterize and self.reference is None:
+            self.reference = layer_fans(model)  # the full model's fans, before any shrink
         if self.mode == "vit" and self.full_depth is None:
             from kgrow.surgery import find_stages
             stages = find_stages(model, spec=self.block_spec)
@@ -182,6 +204,11 @@ class NetworkExpansion(Growth):
             if half_life is None:
                 half_life = PAPER_EMA_HALF_LIFE_FRACTION * self.schedule.total_epochs
             self.ema_decay = ema_decay(half_life, steps)
+        if self.parameterize:
+            self.lr_rule = optimizer_rule(getattr(self.model, "optimizer", None),
+                                          self.parameterize)
+            if self.stage_index is None:  # a fresh run, not a resumed one
+                fan_in_initialize(self.model, seed=self.seed)
         super().on_train_begin(logs)
         optimizer = getattr(self.model, "optimizer", None)
         if self.base_weight_decay is None and optimizer is not None:
@@ -193,11 +220,28 @@ class NetworkExpansion(Growth):
         super().on_train_end(logs)
 
     def _get_ne_state(self):
-        return {"base_weight_decay": self.base_weight_decay, "full_depth": self.full_depth}
+        return {"base_weight_decay": self.base_weight_decay, "full_depth": self.full_depth,
+                "reference": {k: list(v) for k, v in (self.reference or {}).items()}}
 
     def _set_ne_state(self, state):
         self.base_weight_decay = state["base_weight_decay"]
         self.full_depth = state["full_depth"]
+        if state.get("reference"):
+            self.reference = {k: tuple(v) for k, v in state["reference"].items()}
+
+    def after_growth(self, result, stage: int, initial: bool) -> None:
+        super().after_growth(result, stage, initial)
+        if self.parameterize:
+            self.apply_lr_factors()
+
+    def apply_lr_factors(self) -> None:
+        """Sets the fan-in LR factors of the model as it is now (1 where the width is full)."""
+        from kgrow.controller.lr_scales import LRScales
+        factors = fan_in_lr_factors(self.model, self.reference, optimizer=self.lr_rule)
+        LRScales.of(self.controller).set({
+            v.path: np.full(tuple(v.shape), factors[layer.name], np.float32)
+            for layer in self.model.layers if factors.get(layer.name, 1.0) != 1.0
+            for v in layer.trainable_weights})
 
     def controlled_epoch_begin(self, epoch: int) -> None:
         super().controlled_epoch_begin(epoch)
