@@ -47,7 +47,9 @@ def stage_epochs(choice: str, epochs: int, num_stages: int):
     if choice == "late":
         return [0] + [((i + 1) * epochs) // (num_stages + 1) for i in range(1, num_stages)]
     if choice == "half":
-        fractions = [i / (2 * max(1, num_stages - 1)) for i in range(num_stages - 1)] + [0.5]
+        if num_stages == 1:
+            return [0]
+        fractions = [i / (2 * (num_stages - 1)) for i in range(num_stages - 1)] + [0.5]
         return list(ne_bench.stage_starts(fractions, epochs))
     raise ValueError(f"--stages takes {STAGE_CHOICES}, got {choice!r}")
 

@@ -334,6 +334,7 @@ def test_recipe_registers_the_cnn_stage_choices(monkeypatch):
     spec.loader.exec_module(recipe)
     assert recipe.stage_epochs("half", 12, 3) == [0, 3, 6]
     assert recipe.stage_epochs("late", 12, 3) == [0, 6, 9]
+    assert recipe.stage_epochs("half", 12, 1) == [0]
     ran = {}
     monkeypatch.setattr(recipe.bench_cli, "run", lambda args: ran.setdefault("args", args) and 0)
     recipe.main(["--mode", "cnn", "--widths", "0.25", "0.5", "1", "--stages", "equal", "half",
