@@ -33,6 +33,7 @@ import keras
 from kgrow import bench, models
 from kgrow.bench import cli as bench_cli
 from kgrow.methods.network_expansion import bench as ne_bench
+from kgrow.methods.network_expansion import stage_starts
 
 STAGE_CHOICES = ("equal", "late", "half")
 
@@ -50,7 +51,7 @@ def stage_epochs(choice: str, epochs: int, num_stages: int):
         if num_stages == 1:
             return [0]
         fractions = [i / (2 * (num_stages - 1)) for i in range(num_stages - 1)] + [0.5]
-        return list(ne_bench.stage_starts(fractions, epochs))
+        return list(stage_starts(fractions, epochs))
     raise ValueError(f"--stages takes {STAGE_CHOICES}, got {choice!r}")
 
 

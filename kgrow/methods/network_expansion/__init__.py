@@ -19,9 +19,9 @@ Example:
 from kgrow.methods.network_expansion.functional import (PAPER_EMA_HALF_LIFE_FRACTION,
                                                         cnn_schedule, depth_weight_decay,
                                                         ema_decay, expand_depth, expand_width,
-                                                        vit_schedule)
+                                                        stage_starts, thirds, vit_schedule)
 from kgrow.methods.network_expansion.callback import NetworkExpansion
 
 __all__ = ["NetworkExpansion", "expand_width", "expand_depth", "ema_decay",
-           "depth_weight_decay", "cnn_schedule", "vit_schedule",
+           "depth_weight_decay", "cnn_schedule", "vit_schedule", "stage_starts", "thirds",
            "PAPER_EMA_HALF_LIFE_FRACTION"]

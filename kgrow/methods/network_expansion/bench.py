@@ -11,40 +11,11 @@ Example:
 from __future__ import annotations
 
 from kgrow.methods.network_expansion.callback import NetworkExpansion
+from kgrow.methods.network_expansion.functional import stage_starts, thirds
 
 __all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_cnn_quarter_long",
            "bench_cnn_quarter_mup", "bench_vit",
            "bench_vit_carry", "bench_vit_thirds", "factory", "stage_starts", "thirds"]
-
-
-def thirds(full_depth: int) -> tuple:
-    """Depths of the authors' 3-stage schedule (4 -> 8 -> 12 for DeiT-B) for any depth.
-
-    Example:
-        >>> thirds(12), thirds(6)
-        ((4, 8, 12), (2, 4, 6))
-    """
-    full_depth = int(full_depth)
-    if full_depth < 3:
-        raise ValueError(f"a 3-stage depth schedule needs at least 3 blocks, the model has "
-                         f"{full_depth}")
-    return tuple(max(1, round(full_depth * k / 3)) for k in (1, 2, 3))
-
-
-def stage_starts(fractions, epochs: int) -> tuple:
-    """First epoch of each stage from fractions of the run, at least one epoch each.
-
-    Example:
-        >>> stage_starts((0, 0.25, 0.5), 12), stage_starts((0, 0.25, 0.5), 3)
-        ((0, 3, 6), (0, 1, 2))
-    """
-    starts = []
-    for f in fractions:
-        starts.append(max(int(f * epochs), starts[-1] + 1 if starts else 0))
-    if starts[-1] >= epochs:
-        raise ValueError(f"{len(starts)} stages need at least {len(starts)} epochs, the run "
-                         f"has {epochs}")
-    return tuple(starts)
 
 
 def factory(mode: str, depth_schedule=None, stage_fractions=None, **options):

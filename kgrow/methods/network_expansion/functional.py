@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 from kgrow.schedules import GrowthSchedule, Stage
 
 __all__ = ["PAPER_EMA_HALF_LIFE_FRACTION", "ema_decay", "depth_weight_decay", "cnn_schedule",
-           "vit_schedule", "expand_width", "expand_depth"]
+           "vit_schedule", "stage_starts", "thirds", "expand_width", "expand_depth"]
 
 # The authors' EMA decay 0.99996 per step on ImageNet at batch 1024 (1,251
 # steps per epoch) over 300 epochs: a half-life of 17,328 steps = 13.85
@@ -117,6 +117,36 @@ def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.
             sizes["depth"] = start_depth + (1.0 - start_depth) * t
         stages.append(Stage(epoch, **sizes))
     return GrowthSchedule(stages, total_epochs=total_epochs)
+
+
+def thirds(full_depth: int) -> tuple:
+    """Depths of the authors' 3-stage schedule (4 -> 8 -> 12 for DeiT-B) for any depth.
+
+    Example:
+        >>> thirds(12), thirds(6)
+        ((4, 8, 12), (2, 4, 6))
+    """
+    full_depth = int(full_depth)
+    if full_depth < 3:
+        raise ValueError(f"a 3-stage depth schedule needs at least 3 blocks, the model has "
+                         f"{full_depth}")
+    return tuple(max(1, round(full_depth * k / 3)) for k in (1, 2, 3))
+
+
+def stage_starts(fractions, epochs: int) -> tuple:
+    """First epoch of each stage from fractions of the run, at least one epoch each.
+
+    Example:
+        >>> stage_starts((0, 0.25, 0.5), 12), stage_starts((0, 0.25, 0.5), 3)
+        ((0, 3, 6), (0, 1, 2))
+    """
+    starts = []
+    for f in fractions:
+        starts.append(max(int(f * epochs), starts[-1] + 1 if starts else 0))
+    if starts[-1] >= epochs:
+        raise ValueError(f"{len(starts)} stages need at least {len(starts)} epochs, the run "
+                         f"has {epochs}")
+    return tuple(starts)
 
 
 def vit_schedule(total_epochs: int, depths: Sequence[int] = (6, 12),
