@@ -216,6 +216,8 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset", help="kgrow.data dataset name, e.g. fashion_mnist")
     group.add_argument("--epochs", type=int)
     group.add_argument("--subset", type=int, help="number of training samples")
+    group.add_argument("--test-subset", type=int,
+                       help="evaluate on the first N test samples only (smoke runs)")
     group.add_argument("--batch-size", type=int)
     group.add_argument("--image-size", type=parse_image_size,
                        help="resize images, e.g. 32 or 32x32")
@@ -246,6 +248,7 @@ def spec_from_args(args: argparse.Namespace):
         model_kwargs = {}
     overrides = dict(
         model=args.model, dataset=args.dataset, epochs=args.epochs, subset=args.subset,
+        test_subset=args.test_subset,
         batch_size=args.batch_size, image_size=args.image_size, optimizer=args.optimizer,
         lr=args.lr, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, data_dir=args.data_dir,

@@ -44,6 +44,8 @@ class Profile:
         epochs: Training epochs.
         batch_size: Global batch size.
         subset: Number of training samples used (None: all).
+        test_subset: Number of test samples evaluated, the first ones (None:
+            the whole test split).
         image_size: Resize images to this (H, W) (None: native size).
         optimizer: `"sgd"` or `"adamw"`.
         lr: Peak learning rate.
@@ -66,6 +68,7 @@ class Profile:
     batch_size: int = 128
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     subset: int | None = None
+    test_subset: int | None = None
     image_size: tuple[int, int] | None = None
     optimizer: str = "sgd"
     lr: float = 0.1

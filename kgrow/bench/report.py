@@ -331,6 +331,10 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         "Binomial standard error of each test accuracy (test-set size): " + ", ".join(stderr)
         + ".",
     ]
+    test_subset = (results.get("settings") or {}).get("test_subset")
+    if test_subset:
+        lines.append(f"Test accuracy on the first {test_subset} test samples only "
+                     f"(`--test-subset`), not the whole test set.")
     overheads = [(name, comp) for name, comp in comparisons.items()
                  if comp.get("equal_work_overhead") is not None]
     if overheads:

@@ -49,6 +49,7 @@ class BenchSpec:
         train: Training hyper-parameters (epochs, batch size, seed, ...).
         model_kwargs: Extra model builder arguments.
         subset: Training samples used (None: all).
+        test_subset: Test samples evaluated, the first ones (None: all).
         image_size: Resize to `(H, W)` (None: native).
         data_dir: Where `kgrow.data` looks for files (None: its default).
         methods: Method names; the baseline always runs first.
@@ -66,6 +67,7 @@ class BenchSpec:
     methods: Sequence[str] = (registry.BASELINE,)
     seeds: Sequence[int] = (0,)
     profile: str = "custom"
+    test_subset: int | None = None
 
     def __post_init__(self):
         methods = registry.check_methods(list(self.methods))
@@ -77,8 +79,10 @@ class BenchSpec:
             raise ValueError("seeds must hold at least one seed.")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}.")
-        if self.subset is not None and (int(self.subset) != self.subset or self.subset < 1):
-            raise ValueError(f"subset must be a positive integer or None, got {self.subset!r}.")
+        for name in ("subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
         if self.image_size is not None:
             self.image_size = tuple(int(v) for v in self.image_size)
             if len(self.image_size) != 2 or min(self.image_size) < 1:
@@ -98,7 +102,7 @@ class BenchSpec:
             num_seeds: How many seeds to repeat each method with (None: the
                 profile's `seeds`).
             **overrides: Any `Profile` field (`model`, `dataset`, `epochs`,
-                `batch_size`, `subset`, `lr`, ...) or `data_dir`. None values
+                `batch_size`, `subset`, `test_subset`, `lr`, ...) or `data_dir`. None values
                 are ignored so unset command-line flags keep the profile's.
                 When `epochs` is overridden and `warmup_epochs` is not, the
                 profile's warm-up is capped at half the epochs.
@@ -156,13 +160,15 @@ class BenchSpec:
             seed=seed)
         return cls(model=p.model, dataset=p.dataset, train=train,
                    model_kwargs=dict(p.model_kwargs), subset=p.subset,
-                   image_size=p.image_size, data_dir=data_dir, methods=methods,
+                   test_subset=p.test_subset, image_size=p.image_size, data_dir=data_dir,
+                   methods=methods,
                    seeds=range(seed, seed + int(p.seeds)), profile=p.name)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON description of the spec (`from_dict` reads it back)."""
         return {"model": self.model, "model_kwargs": dict(self.model_kwargs),
                 "dataset": self.dataset, "subset": self.subset,
+                "test_subset": self.test_subset,
                 "image_size": None if self.image_size is None else list(self.image_size),
                 "data_dir": self.data_dir, "methods": list(self.methods),
                 "seeds": list(self.seeds), "profile": self.profile,
@@ -194,7 +200,8 @@ class BenchSpec:
             name=self.profile, description="" if base is None else base.description,
             model=self.model, dataset=self.dataset, epochs=train.epochs,
             batch_size=train.batch_size, model_kwargs=dict(self.model_kwargs),
-            subset=self.subset, image_size=self.image_size, optimizer=train.optimizer,
+            subset=self.subset, test_subset=self.test_subset, image_size=self.image_size,
+            optimizer=train.optimizer,
             lr=train.lr, warmup_epochs=train.warmup_epochs, final_lr=train.final_lr,
             weight_decay=train.weight_decay, no_decay=train.no_decay,
             label_smoothing=train.label_smoothing, augment=train.augment,
@@ -212,7 +219,8 @@ def load_data(spec: BenchSpec, seed: int, resizable: bool = False,
     return data.load(spec.dataset, batch_size=spec.train.batch_size,
                      image_size=spec.image_size, augment=spec.train.augment,
                      subset=spec.subset, seed=seed, data_dir=spec.data_dir,
-                     label_mode="onehot", resizable=resizable, elastic_batch=elastic_batch)
+                     label_mode="onehot", resizable=resizable, elastic_batch=elastic_batch,
+                     test_subset=spec.test_subset)
 
 
 def live_input_shape(bundle) -> tuple:
@@ -481,7 +489,10 @@ def finished_runs(spec: BenchSpec, out_dir: str) -> dict[str, list]:
         return {}
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    theirs = {k: v for k, v in (saved.get("settings") or {}).items() if k != "seeds"}
+    theirs = saved.get("settings") or {}
+    if theirs:  # settings added since they were saved compare as their defaults
+        theirs = json.loads(json.dumps(profiles.Profile.from_dict(theirs).to_dict()))
+    theirs = {k: v for k, v in theirs.items() if k != "seeds"}
     ours = {k: v for k, v in json.loads(json.dumps(spec.settings())).items() if k != "seeds"}
     if theirs != ours:
         changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))

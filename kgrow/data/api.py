@@ -5,6 +5,8 @@ All three validate their arguments before touching any data, build a source
 training set, apply ``subset``, and assemble a `DataBundle`
 (`kgrow.data.pipeline`).
 """
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -16,7 +18,7 @@ from kgrow.data.selection import LiveSelection
 
 def load(name, batch_size=128, image_size=None, augment=None, subset=None, subset_mode="first",
          seed=0, data_dir=None, label_mode="onehot", selection=None, resizable=False,
-         elastic_batch=False):
+         elastic_batch=False, test_subset=None):
     """Train/test pipelines of a dataset given by name.
 
     ``"fashion_mnist"`` is built in and works offline: it reads the IDX files
@@ -61,13 +63,18 @@ def load(name, batch_size=128, image_size=None, augment=None, subset=None, subse
             batches then have an unknown batch dimension. With the default
             ``False`` the batch size is fixed and other sizes are refused.
             The test pipeline always keeps ``batch_size``.
+        test_subset: Evaluate on only the first this many test samples
+            (``None``: the whole test split). The same samples for every
+            seed, so runs stay comparable; for smoke tests and quick
+            comparisons, where a full test pass would cost more than the
+            training.
 
     Returns:
         A `DataBundle`.
 
     Raises:
         ValueError: unknown name or preset, invalid argument, or a subset
-            larger than the training set.
+            larger than the training set (``test_subset``: the test set).
         FileNotFoundError: Fashion-MNIST is neither on disk nor available
             through TFDS.
 
@@ -80,7 +87,7 @@ def load(name, batch_size=128, image_size=None, augment=None, subset=None, subse
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"Dataset name must be a non-empty string, got {name!r}.")
     options = _check_options(batch_size, image_size, augment, subset, subset_mode, seed,
-                             label_mode, selection, resizable, elastic_batch)
+                             label_mode, selection, resizable, elastic_batch, test_subset)
     if name.strip().lower().replace("-", "_") in sources.BUILTIN_DATASETS:
         source = sources.load_fashion_mnist(data_dir)
     else:
@@ -90,7 +97,8 @@ def load(name, batch_size=128, image_size=None, augment=None, subset=None, subse
 
 def from_arrays(train, test=None, name="arrays", num_classes=None, batch_size=128,
                 image_size=None, augment=None, subset=None, subset_mode="first", seed=0,
-                label_mode="onehot", selection=None, resizable=False, elastic_batch=False):
+                label_mode="onehot", selection=None, resizable=False, elastic_batch=False,
+                test_subset=None):
     """Train/test pipelines from numpy arrays.
 
     Args:
@@ -101,7 +109,8 @@ def from_arrays(train, test=None, name="arrays", num_classes=None, batch_size=12
         name: Name reported in ``bundle.info``.
         num_classes: Number of classes; ``None`` infers ``max label + 1``.
         batch_size, image_size, augment, subset, subset_mode, seed,
-            label_mode, selection, resizable, elastic_batch: As in `load`.
+            label_mode, selection, resizable, elastic_batch, test_subset: As in
+            `load`.
 
     Returns:
         A `DataBundle`. Normalization statistics are the exact per-channel
@@ -116,7 +125,7 @@ def from_arrays(train, test=None, name="arrays", num_classes=None, batch_size=12
         (5, 20)
     """
     options = _check_options(batch_size, image_size, augment, subset, subset_mode, seed,
-                             label_mode, selection, resizable, elastic_batch)
+                             label_mode, selection, resizable, elastic_batch, test_subset)
     source = sources.array_source(train, test, name=name, num_classes=num_classes)
     return _build(source, **options)
 
@@ -124,7 +133,7 @@ def from_arrays(train, test=None, name="arrays", num_classes=None, batch_size=12
 def from_datasets(train, test=None, num_classes=None, name="datasets", batch_size=128,
                   image_size=None, augment=None, subset=None, subset_mode="first", seed=0,
                   label_mode="onehot", selection=None, resizable=False,
-                  elastic_batch=False):
+                  elastic_batch=False, test_subset=None):
     """Train/test pipelines from existing unbatched ``tf.data`` datasets.
 
     The training dataset is read in order every pass (it must yield the same
@@ -139,7 +148,8 @@ def from_datasets(train, test=None, num_classes=None, name="datasets", batch_siz
         num_classes: Number of classes (required).
         name: Name reported in ``bundle.info``.
         batch_size, image_size, augment, subset, subset_mode, seed,
-            label_mode, selection, resizable, elastic_batch: As in `load`. ``image_size`` is required
+            label_mode, selection, resizable, elastic_batch, test_subset: As in
+            `load`. ``image_size`` is required
             when the images vary in size.
 
     Returns:
@@ -158,18 +168,20 @@ def from_datasets(train, test=None, num_classes=None, name="datasets", batch_siz
     if num_classes is None:
         raise ValueError("from_datasets needs num_classes (it cannot be read from a dataset).")
     options = _check_options(batch_size, image_size, augment, subset, subset_mode, seed,
-                             label_mode, selection, resizable, elastic_batch)
+                             label_mode, selection, resizable, elastic_batch, test_subset)
     source = sources.stream_source(train, test, num_classes=num_classes, name=name)
     return _build(source, **options)
 
 
 # -- argument checks --------------------------------------------------------------------
 def _check_options(batch_size, image_size, augment, subset, subset_mode, seed, label_mode,
-                   selection, resizable, elastic_batch=False):
+                   selection, resizable, elastic_batch=False, test_subset=None):
     _require_int(batch_size, "batch_size", minimum=1)
     _require_int(seed, "seed", minimum=0)
     if subset is not None:
         _require_int(subset, "subset", minimum=1)
+    if test_subset is not None:
+        _require_int(test_subset, "test_subset", minimum=1)
     if subset_mode not in SUBSET_MODES:
         raise ValueError(f"subset_mode must be one of {SUBSET_MODES}, got {subset_mode!r}.")
     if label_mode not in LABEL_MODES:
@@ -190,7 +202,7 @@ def _check_options(batch_size, image_size, augment, subset, subset_mode, seed, l
     return dict(batch_size=int(batch_size), image_size=_image_size(image_size), augment=config,
                 subset=subset, subset_mode=subset_mode, seed=int(seed), label_mode=label_mode,
                 selection=selection, resizable=bool(resizable),
-                elastic_batch=bool(elastic_batch))
+                elastic_batch=bool(elastic_batch), test_subset=test_subset)
 
 
 def _require_int(value, name, minimum):
@@ -229,7 +241,7 @@ def _subset_indices(num_train, subset, mode, seed):
 
 
 def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, label_mode,
-           selection, resizable, elastic_batch):
+           selection, resizable, elastic_batch, test_subset=None):
     channels = source.image_shape[-1]
     if augment.uses_randaugment and channels not in (1, 3):
         raise ValueError(
@@ -242,6 +254,7 @@ def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, l
         mean, std = stats.array_channel_stats(source.x_train, source.pixel_scale)
     else:
         mean, std = stats.stream_channel_stats(source.train, source.pixel_scale)
+    source = _first_test_samples(source, test_subset)
     keep = _subset_indices(source.num_train, subset, subset_mode, seed)
     indexed_train = None
     if isinstance(source, sources.ArraySource):
@@ -267,6 +280,21 @@ def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, l
         std=tuple(float(s) for s in stats.safe_std(std)), pixel_scale=source.pixel_scale,
         resizable=resizable, elastic_batch=elastic_batch)
     return build_bundle(source, selection, settings, keep, indexed_train)
+
+
+def _first_test_samples(source, test_subset):
+    """`source` with only its first `test_subset` test samples (None: all)."""
+    if test_subset is None:
+        return source
+    if test_subset > source.num_test:
+        raise ValueError(
+            f"test_subset={test_subset} is larger than the test set of {source.name!r} "
+            f"({source.num_test} samples).")
+    if isinstance(source, sources.ArraySource):
+        return dataclasses.replace(source, x_test=source.x_test[:test_subset],
+                                   y_test=source.y_test[:test_subset])
+    return dataclasses.replace(source, test=source.test.take(test_subset),
+                               num_test=test_subset)
 
 
 def _index_stream(source, keep, mode):

@@ -26,6 +26,10 @@ def test_profile_values_and_overrides():
         3, 256, 32, 0.05)
     assert spec.model_kwargs == {"width": 0.25}
     assert spec.seeds == [4, 5] and spec.train.augment is None
+    assert spec.test_subset is None
+    assert _spec("--test-subset", "300").test_subset == 300
+    with pytest.raises(ValueError, match="test_subset must be a positive integer"):
+        _spec("--test-subset", "0")
 
 
 def test_other_model_drops_profile_model_args():

@@ -102,7 +102,8 @@ def test_run_method_runs_extra_callbacks_in_its_fit():
             self.batches += 1
 
     spec = BenchSpec.from_profile("quick", epochs=1, subset=512, batch_size=128,
-                                  model="resnet_cifar", model_kwargs=MODEL_KWARGS, seed=3)
+                                  model="resnet_cifar", model_kwargs=MODEL_KWARGS, seed=3,
+                                  test_subset=128)
     counter = CountBatches()
     record = run_method("baseline", spec, 3, verbose=0, log=lambda line: None,
                         extra_callbacks=[counter])
@@ -144,9 +145,12 @@ def _ramp(record, key):
 def test_named_combinations_compose_in_one_fit(combination, model, model_kwargs, epochs):
     # Issue 19's pairs, each in one fit through the harness: every part acts, and
     # each part's state survives the other part's changes.
+    # 256 test samples: a full test pass per epoch would cost more than the training.
     spec = BenchSpec.from_profile("quick", epochs=epochs, subset=512, batch_size=32,
-                                  model=model, model_kwargs=model_kwargs, seed=3)
+                                  model=model, model_kwargs=model_kwargs, seed=3,
+                                  test_subset=256)
     record = run_method(combination, spec, 3, verbose=0, log=lambda line: None)
+    assert record["num_test"] == 256
     last = record["curve"][-1]
     parts = combination.split("+")
     if "sieve" in parts:

@@ -62,15 +62,16 @@ def test_standard_profiles_default_to_two_seeds():
 
 def test_settings_round_trip_through_results_json(tmp_path):
     spec = BenchSpec.from_profile("standard", methods=["baseline"], seed=2, epochs=3,
-                                  subset=2000, model_kwargs={"width": 0.5}, lr=0.05)
+                                  subset=2000, model_kwargs={"width": 0.5}, lr=0.05,
+                                  test_subset=500)
     records = {"baseline": [_fake_record("baseline", 2, 10.0),
                             _fake_record("baseline", 3, 11.0)]}
     runner.write_results(runner.build_results(spec, records), str(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
     settings = saved["settings"]
     assert (settings["name"], settings["epochs"], settings["subset"], settings["lr"],
-            settings["model_kwargs"], settings["seeds"]) == (
-        "standard", 3, 2000, 0.05, {"width": 0.5}, 2)
+            settings["model_kwargs"], settings["seeds"], settings["test_subset"]) == (
+        "standard", 3, 2000, 0.05, {"width": 0.5}, 2, 500)
     # Warm-up of the 9-epoch profile capped for the 3-epoch run, and recorded as run.
     assert settings["warmup_epochs"] == spec.train.warmup_epochs
     assert BenchSpec.from_settings(settings, seed=2) == spec
@@ -124,3 +125,22 @@ def test_resume_keeps_finished_runs_and_runs_the_rest(two_methods, monkeypatch, 
                                    epochs=2)
     with pytest.raises(ValueError, match="other settings.*epochs"):
         runner.run_bench(other, str(tmp_path), verbose=0, log=lambda line: None, resume=True)
+    smaller_test = BenchSpec.from_profile("quick", methods=["zz_other"], num_seeds=2, seed=5,
+                                          test_subset=100)
+    with pytest.raises(ValueError, match="other settings.*test_subset"):
+        runner.finished_runs(smaller_test, str(tmp_path))
+
+
+def test_resume_reads_results_saved_before_a_setting_existed(two_methods, tmp_path):
+    # results.json of an older kgrow, without `test_subset`: it was the whole test set.
+    spec = BenchSpec.from_profile("quick", methods=["zz_other"], num_seeds=1, seed=5)
+    runner.write_results(runner.build_results(spec, {
+        "baseline": [_fake_record("baseline", 5, 10.0)],
+        "zz_other": [_fake_record("zz_other", 5, 5.0)]}), str(tmp_path))
+    path = tmp_path / "results.json"
+    saved = json.loads(path.read_text())
+    del saved["settings"]["test_subset"]
+    path.write_text(json.dumps(saved))
+    kept = runner.finished_runs(spec, str(tmp_path))
+    assert {name: [r["seed"] for r in runs] for name, runs in kept.items()} == {
+        "baseline": [5], "zz_other": [5]}

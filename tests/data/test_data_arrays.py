@@ -116,6 +116,18 @@ def test_subset_random_is_seeded_and_served():
     assert sorted(sum(ids_per_batch(a.train), [])) == sorted(kept.tolist())
 
 
+def test_test_subset_evaluates_the_first_test_samples_whatever_the_seed():
+    x, _ = make_arrays(40)
+    for seed in (0, 5):
+        bundle = from_arrays((x, np.arange(40)), (x[10:30], np.arange(10, 30)), num_classes=40,
+                             label_mode="sparse", batch_size=8, seed=seed, test_subset=12)
+        assert bundle.info.num_test == 12
+        assert sum(ids_per_batch(bundle.test), []) == list(range(10, 22))
+    with pytest.raises(ValueError, match=r"test_subset=21 is larger than the test set .*20"):
+        from_arrays((x, np.arange(40)), (x[10:30], np.arange(10, 30)), num_classes=40,
+                    batch_size=8, test_subset=21)
+
+
 def test_stats_come_from_the_full_training_set():
     x, y = make_arrays()
     full = from_arrays((x, y), None, batch_size=8)
@@ -134,6 +146,8 @@ def test_stats_come_from_the_full_training_set():
     (dict(image_size="big"), "image_size must be None"),
     (dict(batch_size=0), "batch_size must be an int >= 1"),
     (dict(seed=-1), "seed must be an int >= 0"),
+    (dict(test_subset=0), "test_subset must be an int >= 1"),
+    (dict(test_subset=4), r"test_subset=4 is larger than the test set .*\(0 samples\)"),
     (dict(num_classes=3), "labels out of range: found class id 3, but num_classes is 3"),
 ])
 def test_bad_arguments(kwargs, message):

@@ -30,6 +30,17 @@ def test_from_datasets_shapes_counts_and_stats():
     np.testing.assert_array_equal(np.argmax(test[0][1], 1), np.arange(8) % 3)
 
 
+def test_from_datasets_test_subset_takes_the_first_test_samples():
+    x = np.random.default_rng(0).integers(0, 255, (30, 4, 4, 1), np.uint8)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(30) % 3))
+    test = tf.data.Dataset.from_tensor_slices((x, np.arange(30) % 3))
+    bundle = from_datasets(ds, test, num_classes=3, batch_size=4, test_subset=10,
+                           label_mode="sparse")
+    assert bundle.info.num_test == 10
+    labels = np.concatenate([b[1].numpy() for b in bundle.test])
+    assert labels.tolist() == (np.arange(10) % 3).tolist()
+
+
 def test_unknown_cardinality_is_counted():
     ds, _ = image_dataset(n=20)
     filtered = ds.filter(lambda image, label: label >= 0)  # cardinality unknown

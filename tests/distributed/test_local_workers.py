@@ -21,8 +21,8 @@ def _readme_command():
     assert len(lines) == 1, lines
     words = shlex.split(lines[0])
     assert words[words.index("--out") + 1] == "runs/mw"
-    return [sys.executable, "-m", "kgrow", *words[1:], "--subset", "512", "--epochs", "2",
-            "--verbose", "0"]
+    return [sys.executable, "-m", "kgrow", *words[1:], "--subset", "512", "--test-subset", "512",
+            "--epochs", "2", "--verbose", "0"]
 
 
 # Slow (90 s on 2 cores): two full bench processes. Growth, AutoProg and SpFDE under
