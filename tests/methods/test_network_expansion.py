@@ -315,12 +315,18 @@ def test_cnn_bench_methods_schedules():
                             num_classes=3, train=TrainConfig(epochs=12), data=None,
                             steps_per_epoch=5)
     got = {}
-    for name in ("network_expansion", "network_expansion_w25", "network_expansion_w25_long"):
+    fan_out = {}
+    for name in ("network_expansion", "network_expansion_w25", "network_expansion_w25_long",
+                 "network_expansion_w25_fanout"):
         _, (cb,) = get_method(name)(None, context)
         got[name] = [(s.epoch, s.width) for s in cb.schedule.stages]
+        fan_out[name] = cb.initializer.fan_out
     assert got == {"network_expansion": [(0, 0.5), (4, 0.75), (8, 1.0)],
                    "network_expansion_w25": [(0, 0.25), (3, 0.5), (6, 0.75), (9, 1.0)],
-                   "network_expansion_w25_long": [(0, 0.25), (3, 0.5), (6, 1.0)]}
+                   "network_expansion_w25_long": [(0, 0.25), (3, 0.5), (6, 1.0)],
+                   "network_expansion_w25_fanout": [(0, 0.25), (3, 0.5), (6, 0.75), (9, 1.0)]}
+    assert fan_out == {"network_expansion": 0.0, "network_expansion_w25": 0.0,
+                       "network_expansion_w25_long": 0.0, "network_expansion_w25_fanout": 0.1}
 
 
 def test_recipe_registers_the_cnn_stage_choices(monkeypatch):

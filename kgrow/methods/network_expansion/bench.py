@@ -4,7 +4,8 @@ Example:
     >>> from kgrow import bench
     >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit",
     ...  "network_expansion_vit_carry", "network_expansion_vit3",
-    ...  "network_expansion_w25_long", "network_expansion_w25_mup"} <= set(
+    ...  "network_expansion_w25_long", "network_expansion_w25_mup",
+    ...  "network_expansion_w25_fanout"} <= set(
     ...     bench.available_methods())
     True
 """
@@ -14,7 +15,7 @@ from kgrow.methods.network_expansion.callback import NetworkExpansion
 from kgrow.methods.network_expansion.functional import stage_starts, thirds
 
 __all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_cnn_quarter_long",
-           "bench_cnn_quarter_mup", "bench_vit",
+           "bench_cnn_quarter_mup", "bench_cnn_quarter_fanout", "bench_vit",
            "bench_vit_carry", "bench_vit_thirds", "factory", "stage_starts", "thirds"]
 
 
@@ -92,6 +93,18 @@ def bench_cnn_quarter_mup(build_model, context):
                    parameterize=True)(build_model, context)
 
 
+def bench_cnn_quarter_fanout(build_model, context):
+    """Bench method `network_expansion_w25_fanout`: `network_expansion_w25` with the
+    weights reading the new filters started as small orthogonal rows
+    (``fan_out=0.1``: a tenth of the existing rows' norm) instead of zero.
+
+    With zero fan-out a new filter's own weights get no gradient until the
+    weights reading it have grown; small rows let both train from the first
+    step, at the price of a small change of the function at each expansion.
+    """
+    return factory("cnn", num_stages=4, start_width=0.25, fan_out=0.1)(build_model, context)
+
+
 def bench_vit(build_model, context):
     """Bench method `network_expansion_vit`: half the blocks -> all, in 2 stages.
 
@@ -125,6 +138,7 @@ METHODS = {"network_expansion": f"{__name__}:bench_cnn",
            "network_expansion_w25": f"{__name__}:bench_cnn_quarter",
            "network_expansion_w25_long": f"{__name__}:bench_cnn_quarter_long",
            "network_expansion_w25_mup": f"{__name__}:bench_cnn_quarter_mup",
+           "network_expansion_w25_fanout": f"{__name__}:bench_cnn_quarter_fanout",
            "network_expansion_vit": f"{__name__}:bench_vit",
            "network_expansion_vit_carry": f"{__name__}:bench_vit_carry",
            "network_expansion_vit3": f"{__name__}:bench_vit_thirds"}
