@@ -250,11 +250,11 @@ def _build(source, batch_size, image_size, augment, subset, subset_mode, seed, l
         raise ValueError(
             f"{source.name!r} has images of varying size {source.image_shape}; pass image_size="
             f"(height, width) so they can be batched.")
+    source = _first_test_samples(source, test_subset)
     if isinstance(source, sources.ArraySource):
         mean, std = stats.array_channel_stats(source.x_train, source.pixel_scale)
     else:
         mean, std = stats.stream_channel_stats(source.train, source.pixel_scale)
-    source = _first_test_samples(source, test_subset)
     keep = _subset_indices(source.num_train, subset, subset_mode, seed)
     indexed_train = None
     if isinstance(source, sources.ArraySource):

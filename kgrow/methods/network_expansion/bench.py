@@ -101,6 +101,7 @@ def bench_cnn_quarter_fanout(build_model, context):
     With zero fan-out a new filter's own weights get no gradient until the
     weights reading it have grown; small rows let both train from the first
     step, at the price of a small change of the function at each expansion.
+    Measured on `standard` (seed 0): about as accurate as zero fan-out (method card).
     """
     return factory("cnn", num_stages=4, start_width=0.25, fan_out=0.1)(build_model, context)
 
