@@ -51,19 +51,3 @@ def _fresh_keras_session_per_module():
 def mirrored_strategy():
     return new_mirrored_strategy()
 
-
-# Modules whose tests each start processes or train for tens of seconds. They run
-# first: pytest-xdist hands tests out in collection order, so long tests left at the
-# end (tests/test_docs_examples.py is collected last) would keep one worker busy
-# while the other idles; the many short tests at the end now even out the two.
-RUN_FIRST = ("test_docs_examples.py", "test_multi_worker.py", "test_kill9_methods.py",
-             "test_resume_kill9.py", "test_step_checkpoints.py", "test_bench_probe.py",
-             "test_bench_e2e.py", "test_component_matrix.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        name = item.path.name
-        return RUN_FIRST.index(name) if name in RUN_FIRST else len(RUN_FIRST)
-    # A stable sort: each module's tests stay together and in order (module fixtures).
-    items.sort(key=rank)
