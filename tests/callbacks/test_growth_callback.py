@@ -89,6 +89,9 @@ def test_width_and_depth_growth_in_one_fit_is_function_preserving(tmp_path):
                    if not type(layer).__module__.startswith("kgrow.models"))
 
 
+# Slow: `Growth` under a strategy is also run by NetworkExpansion's MirroredStrategy test
+# (a Growth configuration), the component matrix's and the 2-worker growth test.
+@pytest.mark.slow
 def test_growth_under_mirrored_strategy(mirrored_strategy):
     x, y = _data(32)
     with mirrored_strategy.scope():

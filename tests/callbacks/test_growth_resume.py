@@ -33,8 +33,14 @@ def _run(bundle, extra_callbacks, directory=None, crash=None, saver="controller"
     return model, grow, callbacks
 
 
+# The kgrow rows are slow: ControllerCheckpoint across a growth is also checked by the
+# README path under a real SIGKILL (test_resume_kill9.py: killed before the growth
+# epoch was saved, and mid-epoch) and by the component matrix (resumed from a
+# checkpoint saved after a width or a depth growth).
 @pytest.mark.parametrize("saver,saved_growth_epoch", [
-    ("controller", True), ("controller", False), ("keras_backup_and_restore", True)],
+    pytest.param("controller", True, marks=pytest.mark.slow),
+    pytest.param("controller", False, marks=pytest.mark.slow),
+    ("keras_backup_and_restore", True)],
     ids=["kgrow-killed-after-growth-epoch-saved", "kgrow-killed-before-save",
          "keras-BackupAndRestore"])
 def test_resume_after_growth_equals_uninterrupted_run(tmp_path, saver, saved_growth_epoch):

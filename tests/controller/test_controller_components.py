@@ -272,6 +272,9 @@ def test_every_component_survives_keras_backup_and_restore(tmp_path):
     _assert_masked_zero(fresh, TrainingController.of(fresh).component("masks"))
 
 
+# Slow: the component matrix's early-stopping test restores every component (masks and
+# LR scales among them) across a growth.
+@pytest.mark.slow
 def test_masks_and_scales_survive_early_stopping_across_growth():
     x, y = _images()
     model = _resnet()
@@ -311,6 +314,9 @@ def test_masks_and_scales_survive_early_stopping_across_growth():
     _assert_masked_zero(model, masks)
 
 
+# Slow: the component matrix's MirroredStrategy rows check masks and LR scales (with
+# every other component) through width and depth growth, replicas agreeing.
+@pytest.mark.slow
 def test_masks_and_scales_under_mirrored_strategy():
     x, y = _images()
     strategy = mirrored_strategy()

@@ -178,6 +178,10 @@ def test_resnet_width_depth_growth_masks_and_freezing_in_one_fit(policy):
         np.testing.assert_array_equal(probe.weights[3][p], probe.weights[1][p], p)
 
 
+# bfloat16 slow: its float32 EMA and dtypes are also checked by the ResNet and resume
+# tests above; float16 adds the loss scale, which only it has.
+@pytest.mark.parametrize("policy", [pytest.param("mixed_bfloat16", marks=pytest.mark.slow),
+                                    "mixed_float16"], indirect=True)
 def test_vit_network_expansion_keeps_float32_ema_and_the_loss_scale(policy):
     x, y = _data(32)
     model = _vit()
@@ -245,7 +249,10 @@ def _resume_run(policy, directory=None, crash=False):
 
 
 # Unshuffled numpy data: the resumed run sees the batches the uninterrupted one saw.
+# bfloat16 slow: float16's resume also restores the loss-scale state, bfloat16 has none.
 @pytest.mark.filterwarnings("ignore:ControllerCheckpoint")
+@pytest.mark.parametrize("policy", [pytest.param("mixed_bfloat16", marks=pytest.mark.slow),
+                                    "mixed_float16"], indirect=True)
 def test_checkpoint_resume_equals_uninterrupted_run(policy, tmp_path):
     tf.config.experimental.enable_op_determinism()
     try:

@@ -1,8 +1,9 @@
 """One worker of a 2-worker MultiWorkerMirroredStrategy run (driven by test_multi_worker.py).
 
-    TF_CONFIG=... python multi_worker_script.py OUT_NPZ CKPT_DIR EPOCHS [SCENARIO]
+    TF_CONFIG=... python multi_worker_script.py OUT_NPZ CKPT_DIR EPOCHS [SCENARIO[+SCENARIO]]
 
-Scenarios:
+Scenarios (several joined by "+" run one after the other in the same worker
+group, which saves starting a group per scenario):
 
 - ``growth`` (default): a small ResNet grown in width and depth by `Growth`,
   with `ControllerCheckpoint` (resumes when CKPT_DIR holds one).
@@ -12,8 +13,9 @@ Scenarios:
 - ``autoprog``: AutoProg's search with *measured* step times (each worker
   times its own steps; the choice must still be the same on both).
 
-Writes the final weights to OUT_NPZ (plus masks as ``mask|<path>``) and
-prints one JSON line of the worker's decisions.
+Writes each scenario's final weights to OUT_NPZ as ``<scenario>|<path>`` (plus
+masks as ``<scenario>|mask|<path>``) and prints one JSON line of the worker's
+decisions, ``{"worker": i, "<scenario>": {...}}``.
 """
 import json
 import os
@@ -109,9 +111,12 @@ def autoprog():
                    "times": [e["times"] for e in search.events if "times" in e]}
 
 
-model, report = {"growth": growth, "spfde": spfde, "autoprog": autoprog}[scenario]()
-arrays_out = {w.path.replace("/", "|"): w.numpy() for w in model.weights}
-for path, mask in report.pop("masks", {}).items():
-    arrays_out["mask|" + path.replace("/", "|")] = mask
+arrays_out, reports = {}, {"worker": int(index)}
+for name in scenario.split("+"):
+    model, report = {"growth": growth, "spfde": spfde, "autoprog": autoprog}[name]()
+    arrays_out.update({f"{name}|" + w.path.replace("/", "|"): w.numpy() for w in model.weights})
+    for path, mask in report.pop("masks", {}).items():
+        arrays_out[f"{name}|mask|" + path.replace("/", "|")] = mask
+    reports[name] = report
 np.savez(out, **arrays_out)
-print(json.dumps({"worker": int(index), **report}))
+print(json.dumps(reports))

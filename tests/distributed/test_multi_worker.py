@@ -46,8 +46,9 @@ def _max_diff(a, b):
 def test_growth_under_two_workers_is_identical_on_both_and_resumes(tmp_path):
     ckpt = tmp_path / "ckpt"
     results, weights = _run_group(tmp_path, "full", ckpt, epochs=3)
-    assert results[0]["events"] == results[1]["events"] == ["shrink-to-start", "grow"]
-    assert results[0]["width"] == results[1]["width"] == [0.5, 1.0, 1.0]
+    a, b = (r["growth"] for r in results)
+    assert a["events"] == b["events"] == ["shrink-to-start", "grow"]
+    assert a["width"] == b["width"] == [0.5, 1.0, 1.0]
     assert _max_diff(*weights) == 0.0  # BN moving statistics included
     names = sorted(p.name for p in ckpt.iterdir() if p.name.startswith("ckpt-"))
     assert [n[:11] for n in names] == ["ckpt-000002", "ckpt-000003"]  # one writer
@@ -56,32 +57,35 @@ def test_growth_under_two_workers_is_identical_on_both_and_resumes(tmp_path):
     (ckpt / names[1]).rename(tmp_path / "dropped")
     (ckpt / "latest").write_text(names[0] + "\n")
     results, resumed = _run_group(tmp_path, "resumed", ckpt, epochs=3)
-    assert [r["epochs_run"] for r in results] == [1, 1]
+    assert [r["growth"]["epochs_run"] for r in results] == [1, 1]
     assert _max_diff(*resumed) == 0.0
     assert _max_diff(resumed[0], weights[0]) <= 1e-6
 
 
-def test_sparse_freezing_and_sieving_decide_alike_on_two_workers(tmp_path):
-    results, weights = _run_group(tmp_path, "spfde", tmp_path / "ckpt", epochs=4,
-                                  scenario="spfde")
-    a, b = results
+# One worker group runs both scenarios, one after the other (a group start costs
+# two TensorFlow imports and the collective setup).
+def test_sparse_freezing_sieving_and_the_autoprog_search_decide_alike_on_two_workers(
+        tmp_path):
+    results, weights = _run_group(tmp_path, "both", tmp_path / "ckpt", epochs=4,
+                                  scenario="spfde+autoprog")
+    assert _max_diff(*weights) == 0.0  # both models, masks included
+    assert any(k.startswith("spfde|mask|") for k in weights[0])
+    assert any(k.startswith("autoprog|") for k in weights[0])
+
+    a, b = (r["spfde"] for r in results)
     for key in ("frozen", "freeze_events", "mask_events", "queue", "active", "forgets"):
         assert a[key] == b[key], key
     assert a["frozen"] and a["freeze_events"]  # something froze
     assert [k for _, k, _ in a["mask_events"]].count("update") >= 2
     assert sum(a["forgets"]) > 0  # counted from the step's predictions
-    assert _max_diff(*weights) == 0.0  # masks included
     # Every worker counted every sample: both trackers hold the same counts
     # (above), and the sieved set was dealt out in halves, each active sample
     # once per pass, none of the queue.
     assert sorted(a["seen"] + b["seen"]) == a["active"]
     assert a["seen"] and b["seen"] and not set(a["seen"]) & set(b["seen"])
 
-
-def test_autoprog_search_with_measured_times_chooses_alike_on_two_workers(tmp_path):
-    results, weights = _run_group(tmp_path, "autoprog", tmp_path / "ckpt", epochs=4,
-                                  scenario="autoprog")
-    a, b = results
+    # AutoProg's search with measured step times: the workers' own timings,
+    # averaged, give the same choice on both.
+    a, b = (r["autoprog"] for r in results)
     assert a["chosen"] == b["chosen"] and a["chosen"]
-    assert a["times"] == b["times"]  # the workers' own timings, averaged
-    assert _max_diff(*weights) == 0.0
+    assert a["times"] == b["times"]

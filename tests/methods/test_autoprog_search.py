@@ -1,5 +1,5 @@
-"""AutoProg's elastic supernet, per-stage search and weight recycling (its kill -9
-resume: test_kill9_methods.py)."""
+"""AutoProg's elastic supernet, per-stage search, weight recycling and resume (a real
+kill -9 of the resumed run: test_kill9_methods.py, slow)."""
 import json
 
 import keras
@@ -10,13 +10,14 @@ import tensorflow as tf
 import kgrow
 from kgrow import models
 from kgrow.callbacks import Growth
-from kgrow.controller import TrainingController
+from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.methods.autoprog import search as search_lib
 from kgrow.methods.autoprog.search_callback import AutoProg
 from kgrow.methods.autoprog.supernet import (build_supernet, extract_subnetwork,
                                              set_subnetwork)
 from kgrow.schedules import GrowthSchedule
 from kgrow.surgery import interpolation_mapping, set_depth
+from testing_helpers import assert_weights_match
 
 
 def _vit(depth=4, image=16):
@@ -224,6 +225,43 @@ def test_autoprog_searches_recycles_logs_and_its_schedule_replays(tmp_path):
     replay_model.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=[replay])
     assert [(e["epoch"], e["sizes"]["resolution"], e["sizes"]["depth"], e["image_size"])
             for e in replay.events] == [(0, 0.75, 0.75, [12, 12]), (2, 1.0, 1.0, [16, 16])]
+
+
+def test_resume_after_a_kill_while_scoring_equals_the_uninterrupted_run(tmp_path):
+    """Killed while it scores the candidates after the supernet epoch, the same
+    calls again score from the checkpoint and end where a run never interrupted
+    ends: weights, choice and searched schedule. A real SIGKILL of this run:
+    test_kill9_methods.py (slow)."""
+    tf.config.experimental.enable_op_determinism()
+    try:
+        def run(directory=None):
+            bundle = _bundle()
+            model, search, callbacks = _run(bundle)
+            if directory is not None:
+                callbacks.append(ControllerCheckpoint(directory))
+            return model, search, callbacks, bundle
+
+        reference, want, callbacks, bundle = run()
+        reference.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=callbacks)
+        directory = str(tmp_path / "ckpt")
+        crashed, search, callbacks, bundle = run(directory)
+
+        def killed():
+            raise RuntimeError("simulated kill")
+
+        search.candidate_losses = killed
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            crashed.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=callbacks)
+        assert search.chosen == []
+        resumed, got, callbacks, bundle = run(directory)
+        history = resumed.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=callbacks)
+        assert len(history.history["loss"]) == EPOCHS - 1  # the supernet epoch was saved
+        assert got.chosen == want.chosen and want.chosen
+        assert got.searched_schedule() == want.searched_schedule()
+        assert_weights_match(resumed, reference)
+    finally:
+        from tensorflow.python.framework import config as tf_config
+        tf_config.disable_op_determinism()
 
 
 def test_bench_factory_needs_resizable_data_and_sets_up_autoprog():

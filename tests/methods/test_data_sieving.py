@@ -334,6 +334,12 @@ def test_bench_method_trains_on_ids_and_composes():
     assert registry.data_options("sieve") == {"sample_ids": True}
     assert isinstance(setup.callbacks[0], DataSieving)
     assert setup.callbacks[0].selection is bundle.selection
+    # The held-out share each bench method names (SpFDE splits: freeze_15+sieve_15,
+    # freeze_5+sieve_22).
+    for name, fraction in (("sieve", 0.25), ("sieve_15", 0.15), ("sieve_22", 0.22)):
+        (cb,) = registry.setup_method(name, context).callbacks
+        assert cb.fraction == fraction and cb.epochs == 10 and cb.seed == 2, name
+        assert registry.data_options(name) == {"sample_ids": True}, name
 
     def also_ids(build_model, ctx):
         return registry.MethodSetup(build_model(), [])

@@ -25,13 +25,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(ROOT, "tests", "methods", "kill9_script.py")
 # Network Expansion's CNN mode is a Growth configuration, whose kill -9 resume
 # tests/callbacks/test_resume_kill9.py covers (`network_expansion` runs by hand).
-# Slow (outside the default suite): autoprog_supernet_steps (mid-epoch step checkpoints
-# are in "combined", AutoProg's own resume in "autoprog"); freeze and sieve alone
+# Slow (outside the default suite): network_expansion_vit and autoprog (the same runs
+# killed in-process and resumed: test_network_expansion.py, test_autoprog_search.py;
+# "combined" is the real SIGKILL of the default suite); autoprog_supernet_steps
+# (mid-epoch step checkpoints are in "combined"); freeze and sieve alone
 # ("combined" kills a run that has frozen blocks and sieved twice); variance_transfer
 # and sparse (their in-process kill-and-resume tests cover the same state, and
 # "combined" the masks under a real SIGKILL).
-SCENARIOS = ["network_expansion_vit",
-             pytest.param("variance_transfer", marks=pytest.mark.slow), "autoprog",
+SCENARIOS = [pytest.param("network_expansion_vit", marks=pytest.mark.slow),
+             pytest.param("variance_transfer", marks=pytest.mark.slow),
+             pytest.param("autoprog", marks=pytest.mark.slow),
              pytest.param("autoprog_supernet_steps", marks=pytest.mark.slow),
              pytest.param("sparse", marks=pytest.mark.slow),
              pytest.param("freeze", marks=pytest.mark.slow),

@@ -6,14 +6,14 @@ import tensorflow as tf
 
 from kgrow import models
 from kgrow.callbacks import NetworkExpansion
-from kgrow.controller import TrainingController
+from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.controller.optimizer import optimizer_state
 from kgrow.methods.network_expansion import (PAPER_EMA_HALF_LIFE_FRACTION, cnn_schedule,
                                              depth_weight_decay, ema_decay, expand_depth,
                                              expand_width, vit_schedule)
 from kgrow.surgery import find_blocks
 
-from testing_helpers import randomize_weights
+from testing_helpers import CrashAtEpoch, assert_weights_match, randomize_weights
 
 
 def _vit(depth=6, drop_path=0.1, image=12, patch=4, classes=3):
@@ -182,11 +182,17 @@ def test_vit_expansion_in_fit_ema_drop_path_and_weight_decay():
     # Weight decay scaled by depth / final depth, the compiled value at full depth.
     assert first["weight_decay"] == pytest.approx(0.02)
     assert second["weight_decay"] == pytest.approx(0.04)
+    # The ViT default is the paper's: optimizer moments reset at the expansion.
+    assert cb.reset_optimizer
+    _check_moments(probe, reset=True)
 
 
-@pytest.mark.parametrize("reset", [True, False], ids=["reset-paper", "carry"])
-def test_vit_optimizer_moments_reset_or_carried(reset):
-    model, cb, probe = _fit_vit(reset_optimizer=reset)
+def test_vit_optimizer_moments_carried_on_request():
+    _, _, probe = _fit_vit(reset_optimizer=False)
+    _check_moments(probe, reset=False)
+
+
+def _check_moments(probe, reset):
     before, after = probe.epochs[0]["end_optimizer"], probe.epochs[1]["optimizer"]
     assert probe.epochs[1]["iterations"] == 4  # the LR schedule continues either way
     kernel = "block1_mlp1/kernel"
@@ -203,6 +209,59 @@ def test_vit_optimizer_moments_reset_or_carried(reset):
         for attr in moments:
             np.testing.assert_array_equal(after[attr]["block1_ins1_mlp1/kernel"],
                                           before[attr][kernel])
+
+
+# Unshuffled numpy data: the resumed run sees the batches the uninterrupted one saw.
+@pytest.mark.filterwarnings("ignore:ControllerCheckpoint")
+def test_vit_resume_after_an_expansion_equals_the_uninterrupted_run(tmp_path):
+    """Killed after the epoch that expanded 2 -> 4 blocks from the EMA (drop path on,
+    weight decay scaled by depth), the same calls again end where a run never
+    interrupted ends: weights, EMA, events and the stage's weight decay. A real
+    SIGKILL of this run: test_kill9_methods.py (slow)."""
+    tf.config.experimental.enable_op_determinism()
+    try:
+        x, y = _data(n=32)
+
+        def run(directory=None, crash=None):
+            keras.utils.set_random_seed(3)
+            model = _vit(4)
+            model.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.05),
+                          "categorical_crossentropy")
+            cb = NetworkExpansion("vit", depths=(2, 4), scale_weight_decay=True, verbose=0)
+            callbacks = [cb]
+            if directory is not None:
+                callbacks.append(ControllerCheckpoint(directory))
+            if crash is not None:
+                callbacks.append(CrashAtEpoch(crash))
+            return model, cb, callbacks
+
+        def fit(model, callbacks):
+            return model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                             callbacks=callbacks)
+
+        reference, want, callbacks = run()
+        fit(reference, callbacks)
+        directory = str(tmp_path / "ckpt")
+        crashed, cb, callbacks = run(directory, crash=1)
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            fit(crashed, callbacks)
+        assert [(e["epoch"], e["kind"]) for e in cb.events][-1][0] == 1  # it expanded
+        resumed, got, callbacks = run(directory)
+        assert len(fit(resumed, callbacks).history["loss"]) == 1
+        assert len(_order(resumed)) == 4
+        assert_weights_match(resumed, reference)
+        ema = TrainingController.of(resumed).ema(NetworkExpansion.EMA_NAME).values()
+        ref_ema = TrainingController.of(reference).ema(NetworkExpansion.EMA_NAME).values()
+        assert sorted(ema) == sorted(ref_ema)
+        for path, value in ref_ema.items():
+            np.testing.assert_allclose(ema[path], value, atol=1e-6, err_msg=path)
+        assert ([(e["epoch"], e["kind"]) for e in got.events]
+                == [(e["epoch"], e["kind"]) for e in want.events])
+        assert float(resumed.optimizer.weight_decay) == pytest.approx(
+            float(reference.optimizer.weight_decay))
+    finally:
+        from tensorflow.python.framework import config as tf_config
+        tf_config.disable_op_determinism()
 
 
 def test_cnn_expansion_in_fit_is_function_preserving_width_and_depth():
