@@ -44,7 +44,14 @@ def test_every_document_has_python_examples():
     assert all(blocks(doc) for doc in DOCS), [doc for doc in DOCS if not blocks(doc)]
 
 
-@pytest.mark.parametrize("doc", DOCS)
+# Slow (the longest document, ~75 s): autoprog.md's Prog and AutoProg examples are the
+# flows test_autoprog.py and test_autoprog_search.py run (fit with a checkpoint across
+# resolution and depth growth; search, recycling, logs and a replay of the schedule file).
+SLOW_DOCS = {"docs/methods/autoprog.md"}
+
+
+@pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.slow) if d in SLOW_DOCS
+                                 else d for d in DOCS])
 def test_document_examples_run(doc, tmp_path):
     script = "\n".join(shrink(b) for b in blocks(doc))
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from kgrow.bench.launch import local_tf_configs
 
@@ -43,8 +44,7 @@ def _max_diff(a, b):
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
-def test_growth_under_two_workers_is_identical_on_both_and_resumes(tmp_path):
-    ckpt = tmp_path / "ckpt"
+def _growth_group(tmp_path, ckpt):
     results, weights = _run_group(tmp_path, "full", ckpt, epochs=3)
     a, b = (r["growth"] for r in results)
     assert a["events"] == b["events"] == ["shrink-to-start", "grow"]
@@ -52,7 +52,19 @@ def test_growth_under_two_workers_is_identical_on_both_and_resumes(tmp_path):
     assert _max_diff(*weights) == 0.0  # BN moving statistics included
     names = sorted(p.name for p in ckpt.iterdir() if p.name.startswith("ckpt-"))
     assert [n[:11] for n in names] == ["ckpt-000002", "ckpt-000003"]  # one writer
+    return weights, names
 
+
+def test_growth_under_two_workers_is_identical_on_both(tmp_path):
+    _growth_group(tmp_path, tmp_path / "ckpt")
+
+
+# Slow (a second worker group): the restart. Resume across a growth is covered on one
+# machine by the README path's kill -9 tests and the component matrix.
+@pytest.mark.slow
+def test_growth_under_two_workers_resumes_where_the_group_stopped(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    weights, names = _growth_group(tmp_path, ckpt)
     # As if the group died before its last checkpoint: restart with the same command.
     (ckpt / names[1]).rename(tmp_path / "dropped")
     (ckpt / "latest").write_text(names[0] + "\n")

@@ -294,6 +294,9 @@ def test_augment_scale_changes_the_training_images():
 _Crash = CrashAtEpoch
 
 
+# Slow: AutoProg's resume test (test_autoprog_search.py) resumes a run whose recycled
+# sub-network then grows in resolution and depth from the EMA, as Prog's does.
+@pytest.mark.slow
 def test_kill_and_resume_across_a_resolution_and_depth_growth(tmp_path):
     tf.config.experimental.enable_op_determinism()
     try:

@@ -301,6 +301,9 @@ def _resumable(directory=None, crash=False):
     return bundle, model, cb, callbacks
 
 
+# Slow: the "combined" kill -9 scenario (test_kill9_methods.py) kills a run with frozen
+# blocks mid-epoch and checks its frozen set and weights after the restart.
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_weights_and_frozen_set(tmp_path):
     tf.config.experimental.enable_op_determinism()
     try:
