@@ -127,7 +127,11 @@ def fit_step_times(flops_per_step: Sequence[float], seconds: Sequence[float],
         flops_per_step: Training FLOPs of each measured step.
         seconds: Its measured duration.
         anchored: Keep the points for `StepTimeFit.step_s` to interpolate
-            (points of one shape family: equal FLOPs are averaged).
+            (points of one shape family: equal FLOPs are averaged, and the
+            times made non-decreasing in FLOPs by pooling adjacent
+            inversions: within one family a larger step is never faster, so
+            a measured inversion is timing noise, and interpolating it would
+            predict a slowdown from a smaller model).
 
     Raises:
         ValueError: Fewer than two points, mismatched lengths, non-positive
@@ -161,9 +165,23 @@ def fit_step_times(flops_per_step: Sequence[float], seconds: Sequence[float],
     rms = float(np.sqrt(np.mean(((predicted - y) / y) ** 2)))
     points = ()
     if anchored:
-        points = tuple((float(f), float(np.mean(y[x == f]))) for f in np.unique(x))
+        points = _non_decreasing([(float(f), float(np.mean(y[x == f]))) for f in np.unique(x)])
     return StepTimeFit(overhead_s=float(overhead), flops_per_s=float(1.0 / slope),
                        rms_rel_error=rms, num_points=int(len(x)), points=points)
+
+
+def _non_decreasing(points):
+    """Pool-adjacent-violators on `(flops, seconds)` pairs ascending in FLOPs: each run
+    of inverted times becomes its mean (isotonic least squares), FLOPs unchanged."""
+    blocks = []  # [sum of seconds, count]
+    for _, seconds in points:
+        blocks.append([seconds, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    times = [total / count for total, count in blocks for _ in range(count)]
+    return tuple((flops, seconds) for (flops, _), seconds in zip(points, times))
 
 
 def predicted_train_s(fit: StepTimeFit, epochs: Sequence[Mapping[str, float]],

@@ -80,6 +80,19 @@ def test_anchored_fit_predicts_measured_points_and_the_line_outside():
     assert rz.StepTimeFit.from_dict(old) == line
 
 
+def test_anchored_points_never_let_a_smaller_step_be_slower():
+    # Noisy single-step timings: the half-size step measured slower than the full one
+    # and the 3/4 size. Inverted runs are pooled to their mean; ordered points stay.
+    flops = [1e9, 2e9, 3e9, 4e9, 4e9]
+    seconds = [0.05, 0.20, 0.10, 0.15, 0.17]
+    anchored = rz.fit_step_times(flops, seconds, anchored=True)
+    np.testing.assert_allclose([t for _, t in anchored.points], [0.05, 0.15, 0.15, 0.16])
+    assert [f for f, _ in anchored.points] == [1e9, 2e9, 3e9, 4e9]
+    base = [{"flops_per_sample": 4e9 / 128, "samples": 1280}] * 3
+    grown = [{"flops_per_sample": f / 128, "samples": 1280} for f in (1e9, 2e9, 4e9)]
+    assert rz.predicted_speedup(anchored, base, grown, 128) >= 1.0
+
+
 def _curve(seconds, samples, flops_per_sample):
     # Per-epoch seconds -> the bench's cumulative wall_s.
     walls = np.cumsum(seconds)
