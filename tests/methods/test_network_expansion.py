@@ -245,7 +245,7 @@ def test_vit_resume_after_an_expansion_equals_the_uninterrupted_run(tmp_path):
         crashed, cb, callbacks = run(directory, crash=1)
         with pytest.raises(RuntimeError, match="simulated kill"):
             fit(crashed, callbacks)
-        assert [(e["epoch"], e["kind"]) for e in cb.events][-1][0] == 1  # it expanded
+        assert cb.events[-1]["epoch"] == 1  # it expanded before the kill
         resumed, got, callbacks = run(directory)
         assert len(fit(resumed, callbacks).history["loss"]) == 1
         assert len(_order(resumed)) == 4
