@@ -6,7 +6,9 @@ the usual hyper-parameters of one training run.
 
 The learning-rate schedule is a function of the optimizer's iteration count.
 The growth engine rebuilds the optimizer when the model grows and carries
-the iteration count over, so the schedule continues where it was. Built
+the iteration count over, so the schedule continues where it was (a reset
+of the moments restarts the count and shifts the schedule by the steps
+done, `kgrow.controller.ShiftedSchedule`, with the same effect). Built
 with `steps_per_epoch` (as `schedule_from_config` does), it follows the
 epochs instead inside a kgrow-controlled `fit` (`kgrow.controller.clock`):
 where data sieving or a larger batch makes an epoch shorter, the schedule
@@ -426,8 +428,9 @@ def schedule_from_config(config: TrainConfig, steps_per_epoch: int) -> WarmupCos
 def optimizer_from_config(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """A fresh optimizer (with its schedule) for `config`.
 
-    The growth engine calls this again at each growth; Keras' schedule reads
-    the optimizer's iteration count, which the engine carries over.
+    The growth engine rebuilds it at each growth; Keras' schedule reads the
+    optimizer's iteration count, which the engine carries over (or, after a
+    moment reset, moves into a `ShiftedSchedule`).
 
     Example:
         >>> opt = optimizer_from_config(TrainConfig(optimizer="adamw", lr=1e-3), 10)

@@ -437,14 +437,16 @@ class TrainingController:
         object `fit` runs on computes the new graph; the optimizer is rebuilt
         with the same configuration and its state carried through
         `result.plan` (new entries of slots start at zero; the iteration count
-        always continues, so LR schedules continue); EMA shadows are carried
+        continues unless the optimizer is reset, and LR schedules always do); EMA shadows are carried
         through the same plan (new entries copy the new weights); LR groups
         are re-resolved; the train function is retraced at the next batch.
 
         Args:
             result: a `kgrow.surgery.GrowthResult` (`.model`, `.plan`, `.info`).
             reset_optimizer: start all optimizer slots at zero (moments reset,
-                as Network Expansion and AutoProg do); iterations still carry.
+                as Network Expansion and AutoProg do) with the iteration count,
+                as a new optimizer (Adam's bias correction starts over); the LR
+                schedule continues (`ShiftedSchedule`).
             reset_ema: restart every EMA as a copy of the new model.
             reset: names of further components to reset instead of carry
                 (e.g. `("masks",)`: the grown model is dense again).

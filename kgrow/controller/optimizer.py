@@ -9,7 +9,14 @@ is its *state*:
   EMA, ...): moved through the same `TransferPlan` as the weights, new
   entries start at zero (the optimizer-EMA slot starts at the new weight);
 * the iteration count, so that learning-rate schedules and Adam's bias
-  correction continue where they were;
+  correction continue where they were. A *reset* of the moments (`reset=True`,
+  Network Expansion's and AutoProg's "new AdamW") restarts the count instead,
+  as a newly created optimizer's: Adam-family bias correction is a function
+  of the iteration count, and zero moments under the correction of step
+  `t >> 1` (none) make the first updates after the reset 3-6x the learning
+  rate for about a thousand steps (`m / sqrt(v)` with `m = 0.1 g`,
+  `v = 0.001 g^2` after one step). The learning-rate schedule continues at
+  the run's step through `ShiftedSchedule`; `optimizer_step` gives that step;
 * everything else the optimizer owns (learning-rate variable, loss-scale
   state, Nadam's momentum product, ...), copied by name;
 * the configuration, including the learning-rate schedule *object* and the
@@ -49,7 +56,8 @@ from kgrow.controller.component import Component, register_kind
 from kgrow.surgery.transfer import TransferPlan, VariableTransfer
 
 __all__ = ["clone_optimizer", "optimizer_state", "load_optimizer_state", "rebuild_optimizer",
-           "slot_lists", "optimizer_levels", "knows_variables", "OptimizerState"]
+           "slot_lists", "optimizer_levels", "knows_variables", "OptimizerState",
+           "ShiftedSchedule", "optimizer_step"]
 
 # Slot lists whose new entries start as a copy of the new weight, not at zero:
 # Keras' built-in optimizer EMA (`use_ema=True`).
@@ -124,8 +132,9 @@ def _other_variables(level, levels) -> dict:
 
 
 def _counter_ids(level) -> set:
-    """Variables kept even by a reset: the iteration count, the LR value and
-    all own state of a wrapping level.
+    """Variables kept even by a reset: the LR value and all own state of a
+    wrapping level. (The iteration count restarts; `_restart_steps` moves it
+    into the schedule.)
 
     A wrapper's own state (a `LossScaleOptimizer`'s loss scale and its step
     counter) calibrates the arithmetic, it is not a moment estimate: starting
@@ -135,11 +144,96 @@ def _counter_ids(level) -> set:
     if hasattr(level, "inner_optimizer"):
         inner = {id(v) for v in level.inner_optimizer.variables}
         return {id(v) for v in level.variables if id(v) not in inner}
-    ids = {id(level._iterations)} if hasattr(level, "_iterations") else set()
+    ids = set()
     lr = getattr(level, "_learning_rate", None)
     if isinstance(lr, keras.Variable):
         ids.add(id(lr))
     return ids
+
+
+@keras.saving.register_keras_serializable(package="kgrow")
+class ShiftedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step + offset)`: a learning-rate schedule continued by an
+    optimizer whose iteration count restarted.
+
+    A reset of the optimizer moments restarts the iteration count (so that
+    Adam's bias correction starts over, as in a new optimizer); the run's
+    learning-rate schedule goes on where it was. A schedule that follows the
+    controller's epoch clock (`kgrow.training.WarmupCosine` with
+    `steps_per_epoch`) ignores the step, and the wrapper passes the clock on.
+
+    Args:
+        schedule: the run's `LearningRateSchedule` (kept as the same object).
+        offset: the steps done before the restart, >= 0.
+
+    Example:
+        >>> s = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=100)
+        >>> shifted = ShiftedSchedule(s, 40)
+        >>> bool(abs(float(shifted(10)) - float(s(50))) < 1e-7)
+        True
+    """
+
+    def __init__(self, schedule, offset: int):
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise TypeError(f"ShiftedSchedule wraps a LearningRateSchedule, got {schedule!r}.")
+        if int(offset) != offset or offset < 0:
+            raise ValueError(f"ShiftedSchedule offset must be an integer >= 0, got {offset!r}.")
+        self.schedule = schedule
+        self.offset = int(offset)
+
+    def __call__(self, step):
+        return self.schedule(step + self.offset)
+
+    @property
+    def steps_per_epoch(self):
+        return getattr(self.schedule, "steps_per_epoch", None)
+
+    @property
+    def clock(self):
+        return getattr(self.schedule, "clock", None)
+
+    def follow_epoch_clock(self, clock) -> bool:
+        follow = getattr(self.schedule, "follow_epoch_clock", None)
+        return bool(follow(clock)) if follow is not None else False
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "offset": self.offset}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(**config)
+
+
+def shift_schedule(schedule, steps: int):
+    """`schedule` continued `steps` later (nested shifts add up)."""
+    if isinstance(schedule, ShiftedSchedule):
+        return ShiftedSchedule(schedule.schedule, schedule.offset + int(steps))
+    return ShiftedSchedule(schedule, int(steps))
+
+
+def optimizer_step(optimizer) -> int:
+    """The run's optimizer step: the iteration count plus the steps before
+    any reset of the moments (`ShiftedSchedule.offset`)."""
+    level = optimizer_levels(optimizer)[-1]
+    lr = getattr(level, "_learning_rate", None)
+    offset = getattr(level, "_kgrow_step_offset", 0)  # constant learning rates
+    if isinstance(lr, ShiftedSchedule):
+        offset += lr.offset
+    return int(np.asarray(optimizer.iterations)) + int(offset)
+
+
+def _restart_steps(level, steps: int) -> None:
+    """After a reset: the iteration count stays at 0 (a new optimizer's, so Adam's
+    bias correction starts over) and the learning-rate schedule continues at
+    `steps`. A constant or variable learning rate does not read the count."""
+    lr = getattr(level, "_learning_rate", None)
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        level._learning_rate = shift_schedule(lr, steps)
+    else:
+        level._kgrow_step_offset = getattr(level, "_kgrow_step_offset", 0) + int(steps)
 
 
 def knows_variables(optimizer, variables) -> bool:
@@ -213,7 +307,8 @@ def optimizer_state(optimizer) -> dict:
                            if s is not None}
         others = {k: np.array(v.numpy()) for k, v in _other_variables(level, levels).items()}
         out.append({"class": type(level).__name__, "slots": slots, "others": others,
-                    "weight_decay": _weight_decay_state(level)})
+                    "weight_decay": _weight_decay_state(level),
+                    "step_offset": int(getattr(level, "_kgrow_step_offset", 0))})
     return {"levels": out}
 
 
@@ -236,9 +331,11 @@ def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = 
         state: the output of `optimizer_state`.
         plan: maps each variable the optimizer was built on (by path) to its
             source; None means "same path" (checkpoint restore).
-        reset: keep only the iteration count, the learning-rate value and a
-            wrapper's loss-scale state; every slot and other state starts
-            fresh.
+        reset: keep only the learning-rate value and a wrapper's loss-scale
+            state; every slot and other state starts fresh, the iteration
+            count too (Adam's bias correction starts over), while the
+            learning-rate schedule continues at the saved step
+            (`ShiftedSchedule`).
 
     Raises:
         ValueError: the optimizer's class or slot kinds differ from the state's.
@@ -277,7 +374,14 @@ def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = 
                         value = np.where(new_mask, np.asarray(v.numpy()), value)
                     s.assign(value.astype(s.dtype))
         keep = _counter_ids(level)
+        iterations = getattr(level, "_iterations", None)
+        if not hasattr(level, "inner_optimizer"):
+            level._kgrow_step_offset = int(saved.get("step_offset", 0))
         for key, var in _other_variables(level, levels).items():
+            if reset and var is iterations and not hasattr(level, "inner_optimizer") \
+                    and key in saved["others"]:
+                _restart_steps(level, int(np.asarray(saved["others"][key])))
+                continue
             if reset and id(var) not in keep:
                 continue
             if key not in saved["others"]:
@@ -319,8 +423,9 @@ def rebuild_optimizer(old, variables, plan: Optional[TransferPlan] = None,
             train, frozen ones included, so an unfreeze finds their slots).
         plan: `TransferPlan` from the old model's variable paths to the new
             ones; None: same paths.
-        reset: start every slot at zero (keep iterations, the LR value and
-            the loss scale of a LossScaleOptimizer).
+        reset: start every slot and the iteration count at zero, as a new
+            optimizer's (keep the LR value, the schedule's position and the
+            loss scale of a LossScaleOptimizer).
     """
     state = optimizer_state(old)
     new = clone_optimizer(old)
@@ -335,11 +440,12 @@ class OptimizerState(Component):
 
     Growth: a new optimizer of the same configuration is built on every
     variable that may train and the old state is moved through the plan
-    (`rebuild_optimizer`); `reset=True` zeroes the slots and keeps the
-    iteration count, the LR value and a LossScaleOptimizer's loss scale. A
-    model taken back from another architecture gets a fresh optimizer (same
-    configuration, iteration count, LR value and loss scale; the slots of
-    that time were not kept). Checkpoints hold the serialized configuration
+    (`rebuild_optimizer`); `reset=True` zeroes the slots and the iteration
+    count (the schedule continues, `ShiftedSchedule`) and keeps the LR value
+    and a LossScaleOptimizer's loss scale. A model taken back from another
+    architecture gets a fresh optimizer the same way (same configuration, LR
+    schedule position and loss scale; the slots of that time were not
+    kept). Checkpoints hold the serialized configuration
     and `optimizer_state`.
     """
 
@@ -353,7 +459,7 @@ class OptimizerState(Component):
 
     def install(self, optimizer, state=None, reset: bool = False) -> None:
         """Builds a new `optimizer` on every variable that may train, loads `state`
-        (with `reset`, only its iteration count, LR value and loss scale)."""
+        (with `reset`, only its LR value, schedule position and loss scale)."""
         host = self.host
         with host.scope():
             optimizer.build(trainable_candidates(host.model))
@@ -385,7 +491,7 @@ class OptimizerState(Component):
         current = self._built()
         if current is None or knows_variables(current, trainable_candidates(self.host.model)):
             return
-        # A reset load keeps the iteration count, the LR value and a loss scale.
+        # A reset load keeps the schedule's position, the LR value and a loss scale.
         state = optimizer_state(current) if keep_iterations else None
         self.install(clone_optimizer(current), state, reset=True)
 

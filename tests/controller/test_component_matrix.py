@@ -14,7 +14,7 @@ import tensorflow as tf
 import kgrow
 from kgrow import models, surgery
 from kgrow.controller import ControllerCheckpoint, LRScales, Masks, TrainingController
-from kgrow.controller.optimizer import optimizer_state
+from kgrow.controller.optimizer import optimizer_state, optimizer_step
 
 from ctrl_helpers import mirrored_strategy
 from testing_helpers import assert_same_state, component_states
@@ -181,7 +181,9 @@ def test_reset_on_request_resets_that_component_only(name):
         assert ctrl.frozen == [] and all(layer.trainable for layer in model.layers)
     elif name == "optimizer":
         assert all(not np.any(s) for s in _slots(model).values())
-        assert int(model.optimizer.iterations.numpy()) == old["iterations"]
+        # a new optimizer's count, the run's step carried for the LR schedule
+        assert int(model.optimizer.iterations.numpy()) == 0 < old["iterations"]
+        assert optimizer_step(model.optimizer) == old["iterations"]
     elif name == "ema":
         for p, shadow in ctrl.ema("ema").values().items():
             np.testing.assert_array_equal(shadow, weights[p])
@@ -274,9 +276,10 @@ def test_every_component_survives_early_stopping_across_growth():
     after = component_states(ctrl)
     for name in ("frozen", "lr_groups", "masks", "lr_scales"):
         assert_same_state(before[name], after[name], name)  # as they were with those weights
-    # The optimizer restarts on the restored variables with its iteration count;
-    # the EMA restarts as a copy of the restored weights.
-    assert int(model.optimizer.iterations.numpy()) == 3 * data.steps_per_epoch
+    # The optimizer restarts on the restored variables as a new one, its LR schedule
+    # at the run's step; the EMA restarts as a copy of the restored weights.
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert optimizer_step(model.optimizer) == 3 * data.steps_per_epoch
     assert all(not np.any(s) for s in _slots(model).values())
     weights = _weights(model)
     for p, shadow in ctrl.ema("ema").values().items():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kgrow.controller import TrainingController, clone_optimizer, optimizer_state
-from kgrow.controller.optimizer import load_optimizer_state, slot_lists
+from kgrow.controller.optimizer import load_optimizer_state, optimizer_step, slot_lists
 
 from ctrl_helpers import make_mlp, mirrored_strategy, regression_data, widen_hidden
 
@@ -63,18 +63,53 @@ def test_slots_of_kept_weights_carried_and_new_slots_zero(name):
         np.testing.assert_array_equal(new[slot]["out/bias"], old[slot]["out/bias"])
 
 
-def test_reset_optimizer_zeroes_slots_but_keeps_iterations_and_schedule():
+def test_reset_optimizer_is_a_new_optimizer_on_the_continuing_schedule():
+    """A reset (the papers' "new AdamW") restarts the moments and the count Adam's
+    bias correction reads, while the LR schedule goes on at the run's step: the
+    first update after it is a new AdamW's first update at the schedule's current
+    LR, not the 3x larger step of zero moments under the correction of step 5."""
     schedule = keras.optimizers.schedules.CosineDecay(0.01, decay_steps=100)
-    model = _trained_model(lambda: keras.optimizers.AdamW(schedule))
+    model = _trained_model(lambda: keras.optimizers.AdamW(schedule, weight_decay=0.1))
     controller = TrainingController.of(model)
     controller.replace_model(widen_hidden(model, 6), reset_optimizer=True)
     opt = model.optimizer
-    assert opt._learning_rate is schedule  # the same schedule object, not a copy
-    assert int(opt.iterations.numpy()) == 4
+    assert opt._learning_rate.schedule is schedule  # the same object, continued
+    assert int(opt.iterations.numpy()) == 0 and optimizer_step(opt) == 4
     assert float(opt.learning_rate.numpy()) == pytest.approx(float(schedule(4)))
     for slot in _slots_by_path(opt).values():
         for value in slot.values():
             np.testing.assert_array_equal(value, 0.0)
+
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    twin.compile(keras.optimizers.AdamW(float(schedule(4)), weight_decay=0.1), "mse")
+    x, y = regression_data(n=8, seed=3)
+    start = twin.get_weights()
+    for m in (model, twin):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert all(np.abs(w - w0).max() > 1e-4 for w, w0 in zip(twin.get_weights(), start))
+    for a, b in zip(model.weights, twin.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6, err_msg=a.path)
+    assert optimizer_step(opt) == 5
+    assert float(opt.learning_rate.numpy()) == pytest.approx(float(schedule(5)))
+
+    # A second reset adds up, and the shifted schedule survives serialization.
+    controller.replace_model(widen_hidden(model, 8), reset_optimizer=True)
+    opt = model.optimizer
+    assert opt._learning_rate.offset == 5 and opt._learning_rate.schedule is schedule
+    back = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert float(back.learning_rate.numpy()) == pytest.approx(float(schedule(5)))
+
+
+def test_reset_with_a_constant_learning_rate_keeps_the_run_step_in_the_state():
+    model = _trained_model(lambda: keras.optimizers.Adam(0.01))
+    TrainingController.of(model).replace_model(widen_hidden(model, 6), reset_optimizer=True)
+    opt = model.optimizer
+    assert int(opt.iterations.numpy()) == 0 and optimizer_step(opt) == 4
+    clone = clone_optimizer(opt)
+    clone.build(model.trainable_variables)
+    load_optimizer_state(clone, optimizer_state(opt))
+    assert optimizer_step(clone) == 4
 
 
 def test_amsgrad_and_optimizer_ema_slots_found():

@@ -21,7 +21,7 @@ from kgrow import flops, models
 from kgrow.callbacks import Growth, NetworkExpansion
 from kgrow.controller import ControllerCheckpoint, TrainingController
 from kgrow.controller.masks import Masks
-from kgrow.controller.optimizer import optimizer_state
+from kgrow.controller.optimizer import optimizer_state, optimizer_step
 from kgrow.controller.shared_traces import SharedLayerTraces
 from kgrow.methods.progressive_freezing import ProgressiveFreezing
 from kgrow.methods.variance_transfer import VarianceTransferGrowth
@@ -75,7 +75,7 @@ def _scale_state(model):
         return {}
     return {"scale": float(opt.dynamic_scale.numpy()),
             "counter": int(opt.step_counter.numpy()),
-            "iterations": int(opt.iterations.numpy())}
+            "step": optimizer_step(opt)}
 
 
 def _policies(model):
@@ -160,7 +160,7 @@ def test_resnet_width_depth_growth_masks_and_freezing_in_one_fit(policy):
     # The loss scale and its step counter cross the growth unchanged and had moved.
     if policy == "mixed_float16":
         assert probe.scale_begin[1] == probe.scale_end[0]
-        assert probe.scale_end[0]["iterations"] == 4
+        assert probe.scale_end[0]["step"] == 4
         scales = {s["scale"] for s in probe.scale_end.values()}
         assert scales != {2.0 ** 15}, scales
     # Masked entries exactly zero in the float32 master weights.

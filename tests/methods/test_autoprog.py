@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import kgrow
 from kgrow.callbacks import FullSize
-from kgrow.controller import ControllerCheckpoint, TrainingController
+from kgrow.controller import ControllerCheckpoint, TrainingController, optimizer_step
 from kgrow.methods.autoprog import (OPERATORS, Prog, check_vit_like, growth_operator,
                                     mogrow_ema_decay, prog_schedule, regularization_scales)
 from kgrow.models import resize_vit
@@ -234,8 +234,10 @@ def test_each_operator_runs_a_two_stage_fit(operator):
     assert history.history["grow/resolution"] == [4.0, 8.0]
     assert [e["sizes"] for e in prog.events] == [s.to_dict() for s in schedule.stages]
     assert np.all(np.isfinite(history.history["loss"]))
-    # The optimizer was rebuilt at the growth, its step count (the LR schedule's clock) kept.
-    assert int(model.optimizer.iterations.numpy()) == 2 * data.steps_per_epoch
+    # The optimizer was rebuilt at the growth as a new one (moments and count reset,
+    # the paper's "new AdamW"); the LR schedule kept the run's step.
+    assert int(model.optimizer.iterations.numpy()) == data.steps_per_epoch
+    assert optimizer_step(model.optimizer) == 2 * data.steps_per_epoch
     after = _block_mlp(model)
     assert len(after) == 2 and model.input_shape == (None, 8, 8, 1)
     if operator == "randinit":  # the new block is fresh: no old block's weights

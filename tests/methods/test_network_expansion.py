@@ -7,7 +7,7 @@ import tensorflow as tf
 from kgrow import models
 from kgrow.callbacks import NetworkExpansion
 from kgrow.controller import ControllerCheckpoint, TrainingController
-from kgrow.controller.optimizer import optimizer_state
+from kgrow.controller.optimizer import optimizer_state, optimizer_step
 from kgrow.methods.network_expansion import (PAPER_EMA_HALF_LIFE_FRACTION, cnn_schedule,
                                              depth_weight_decay, ema_decay, expand_depth,
                                              expand_width, vit_schedule)
@@ -131,6 +131,7 @@ class _Probe(keras.callbacks.Callback):
                                       for p, v in self._ema().items()),
             "optimizer": optimizer_state(self.model.optimizer)["levels"][0]["slots"],
             "iterations": int(self.model.optimizer.iterations.numpy()),
+            "step": optimizer_step(self.model.optimizer),
             "weight_decay": self.model.optimizer.weight_decay}
         self.steps = [{v.path: v.numpy() for v in self.model.weights}]
 
@@ -194,7 +195,9 @@ def test_vit_optimizer_moments_carried_on_request():
 
 def _check_moments(probe, reset):
     before, after = probe.epochs[0]["end_optimizer"], probe.epochs[1]["optimizer"]
-    assert probe.epochs[1]["iterations"] == 4  # the LR schedule continues either way
+    assert probe.epochs[1]["step"] == 4  # the LR schedule continues either way
+    # A reset is a new optimizer: its count (Adam's bias correction) starts over.
+    assert probe.epochs[1]["iterations"] == (0 if reset else 4)
     kernel = "block1_mlp1/kernel"
     moments = [attr for attr in after if kernel in after[attr]]
     assert moments and all(np.abs(before[a][kernel]).max() > 0 for a in moments)

@@ -64,8 +64,9 @@ class Prog(Growth):
     * depth: new blocks by one of the paper's operators, ``"mogrow"``
       (default: Interpolation whose grown model is loaded from a momentum
       (EMA) network), ``"interpolation"``, ``"stacking"`` or ``"randinit"``;
-    * at each growth the optimizer's moments restart while the learning-rate
-      schedule continues (a function of the iteration count);
+    * at each growth the optimizer restarts as a new one (moments and the
+      count Adam's bias correction reads) while the learning-rate schedule
+      continues at the run's step;
     * optionally adaptive regularization: RandAugment magnitude, stochastic
       depth and random-erasing probability ramp linearly with the stage from
       a fraction of their full value (off by default: it hurts DeiT).

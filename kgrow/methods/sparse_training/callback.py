@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from kgrow.controller import ORDER_MASKS, ControlledCallback, Masks, Phase
+from kgrow.controller import ORDER_MASKS, ControlledCallback, Masks, Phase, optimizer_step
 from kgrow.controller._variables import weights_by_path
 from kgrow.methods.sparse_training.functional import (PAPER_EM_MUTATION, PAPER_EMS_BOUNDS,
                                                       PAPER_SEARCH_END, PAPER_UPDATE_EVERY,
@@ -189,7 +189,8 @@ class SparseTraining(ControlledCallback):
 
     # -- gradient sums for lam > 0 --------------------------------------------
     def _iterations(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        # The run's step: a growth that resets the optimizer restarts its count.
+        return optimizer_step(self.model.optimizer)
 
     def _arm_gradients(self, epoch: int, paths, shapes) -> None:
         """Sums the gradients of the masked kernels during `epoch` if an
