@@ -337,7 +337,7 @@ def test_kill_and_resume_across_a_resolution_and_depth_growth(tmp_path):
 def test_bench_methods_ask_for_resizable_data():
     from kgrow.bench import registry
     names = ["prog", "prog_randinit", "prog_stacking", "prog_interpolation", "prog_mogrow",
-             "prog_carry"]
+             "prog_carry", "prog_resolution", "prog_depth"]
     assert set(names) <= set(registry.available_methods())
     assert all(registry.data_options(n) == {"resizable": True} for n in names)
     assert registry.data_options("baseline") == {}
@@ -353,11 +353,17 @@ def test_prog_bench_methods_reset_or_carry_the_optimizer_moments():
         input_shape=(16, 16, 1), num_classes=3, train=TrainConfig(epochs=4),
         data=kgrow.data.from_arrays((x, y), (x[:8], y[:8]), batch_size=8, resizable=True),
         steps_per_epoch=4)
-    resets = {}
-    for name in ("prog", "prog_carry"):
+    resets, first = {}, {}
+    for name in ("prog", "prog_carry", "prog_resolution", "prog_depth"):
         _, (prog,) = get_method(name)(None, context)
         resets[name] = (prog.reset_optimizer, prog.operator, len(prog.schedule.stages))
-    assert resets == {"prog": (True, "mogrow", 4), "prog_carry": (False, "mogrow", 4)}
+        stage = prog.schedule.stages[0]
+        first[name] = tuple(v is not None and v < 1.0 for v in (stage.resolution, stage.depth))
+    assert resets == {"prog": (True, "mogrow", 4), "prog_carry": (False, "mogrow", 4),
+                      "prog_resolution": (True, "mogrow", 4), "prog_depth": (True, "mogrow", 4)}
+    # The one-dimension ablation grows only its dimension from a smaller first stage.
+    assert first == {"prog": (True, True), "prog_carry": (True, True),
+                     "prog_resolution": (True, False), "prog_depth": (False, True)}
 
 
 def test_recipe_reads_a_replay_schedule(tmp_path):

@@ -6,7 +6,10 @@
   ``prog_mogrow``: the growth-operator ablation, the same schedule with each
   operator (``prog_mogrow`` is ``prog``);
 * ``prog_carry``: ``prog`` with the optimizer moments carried through each
-  growth instead of reset.
+  growth instead of reset;
+* ``prog_resolution``, ``prog_depth``: ``prog`` growing one dimension only
+  (the other at full size from the start), to see which growth costs the
+  accuracy.
 
 They need the bench's data with a live image size, which they ask for with
 ``data_options = {"resizable": True}``; the runner then evaluates on the
@@ -15,13 +18,13 @@ by its own module.
 
 Example:
     >>> from kgrow import bench
-    >>> {"prog", "prog_randinit", "prog_mogrow", "prog_carry", "autoprog_carry"} <= set(
-    ...     bench.available_methods())
+    >>> {"prog", "prog_randinit", "prog_mogrow", "prog_carry", "prog_depth",
+    ...  "autoprog_carry"} <= set(bench.available_methods())
     True
 """
 from __future__ import annotations
 
-__all__ = ["METHODS", "factory", "bench_prog", "prog_carry"]
+__all__ = ["METHODS", "factory", "bench_prog", "prog_carry", "prog_resolution", "prog_depth"]
 
 
 def factory(operator: str = "mogrow", **options):
@@ -60,11 +63,17 @@ _ablation = {f"prog_{op}": factory(op) for op in ("randinit", "stacking", "inter
                                                    "mogrow")}
 prog_carry = factory("mogrow", reset_optimizer=False)
 prog_carry.__name__ = "prog_carry"
+prog_resolution = factory("mogrow", depth_scale=None)
+prog_resolution.__name__ = "prog_resolution"
+prog_depth = factory("mogrow", resolution_scale=None)
+prog_depth.__name__ = "prog_depth"
 globals().update(_ablation)
 
 #: Bench method name -> lazy "module:attribute" factory.
 METHODS = {"prog": "kgrow.methods.autoprog.bench:bench_prog",
            "prog_carry": "kgrow.methods.autoprog.bench:prog_carry",
+           "prog_resolution": "kgrow.methods.autoprog.bench:prog_resolution",
+           "prog_depth": "kgrow.methods.autoprog.bench:prog_depth",
            "autoprog": "kgrow.methods.autoprog.search_callback:bench_autoprog",
            "autoprog_carry": "kgrow.methods.autoprog.search_callback:bench_autoprog_carry",
            **{name: f"kgrow.methods.autoprog.bench:{name}" for name in _ablation}}
