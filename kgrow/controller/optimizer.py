@@ -215,25 +215,20 @@ def shift_schedule(schedule, steps: int):
 
 
 def optimizer_step(optimizer) -> int:
-    """The run's optimizer step: the iteration count plus the steps before
-    any reset of the moments (`ShiftedSchedule.offset`)."""
+    """The run's optimizer step: the iteration count plus the steps done before
+    any reset of the moments (kept in the optimizer state as `step_offset`)."""
     level = optimizer_levels(optimizer)[-1]
-    lr = getattr(level, "_learning_rate", None)
-    offset = getattr(level, "_kgrow_step_offset", 0)  # constant learning rates
-    if isinstance(lr, ShiftedSchedule):
-        offset += lr.offset
-    return int(np.asarray(optimizer.iterations)) + int(offset)
+    return int(np.asarray(optimizer.iterations)) + getattr(level, "_kgrow_step_offset", 0)
 
 
 def _restart_steps(level, steps: int) -> None:
     """After a reset: the iteration count stays at 0 (a new optimizer's, so Adam's
-    bias correction starts over) and the learning-rate schedule continues at
-    `steps`. A constant or variable learning rate does not read the count."""
+    bias correction starts over); the run's step and a learning-rate schedule
+    continue at `steps` more. A constant learning rate does not read the count."""
+    level._kgrow_step_offset = getattr(level, "_kgrow_step_offset", 0) + int(steps)
     lr = getattr(level, "_learning_rate", None)
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         level._learning_rate = shift_schedule(lr, steps)
-    else:
-        level._kgrow_step_offset = getattr(level, "_kgrow_step_offset", 0) + int(steps)
 
 
 def knows_variables(optimizer, variables) -> bool:
