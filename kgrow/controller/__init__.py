@@ -32,7 +32,8 @@ from kgrow.controller.masks import Masks
 from kgrow.controller.per_entry import PerEntryArrays
 from kgrow.controller.ema import EMA, decay_for_half_life, half_life_steps, rescale_decay
 from kgrow.controller.optimizer import (ShiftedSchedule, clone_optimizer, load_optimizer_state,
-                                        optimizer_state, optimizer_step, rebuild_optimizer)
+                                        optimizer_state, optimizer_step, rebuild_optimizer,
+                                        slot_births)
 from kgrow.controller.step import (ORDER_DEFAULT, ORDER_EMA, ORDER_MASKS, StepHooks,
                                    UpdateContext)
 
@@ -40,7 +41,7 @@ __all__ = [
     "TrainingController", "Phase", "ControlledCallback", "ControllerCheckpoint",
     "EMA", "decay_for_half_life", "half_life_steps", "rescale_decay",
     "clone_optimizer", "optimizer_state", "load_optimizer_state", "rebuild_optimizer",
-    "optimizer_step", "ShiftedSchedule", "StepHooks", "UpdateContext", "ORDER_DEFAULT", "ORDER_MASKS", "ORDER_EMA",
+    "optimizer_step", "slot_births", "ShiftedSchedule", "StepHooks", "UpdateContext", "ORDER_DEFAULT", "ORDER_MASKS", "ORDER_EMA",
     "Component", "register_kind", "component_class", "PerEntryArrays", "Masks", "LRScales",
     "latest_checkpoint", "read_checkpoint", "write_checkpoint",
 ]

@@ -436,8 +436,10 @@ class TrainingController:
         Build `result.model` inside `controller.scope()`. Afterwards the model
         object `fit` runs on computes the new graph; the optimizer is rebuilt
         with the same configuration and its state carried through
-        `result.plan` (new entries of slots start at zero; the iteration count
-        continues unless the optimizer is reset, and LR schedules always do); EMA shadows are carried
+        `result.plan` (new entries of slots start at zero, and under Adam/AdamW
+        their bias correction counts from the growth step, `slot_births`; the
+        iteration count continues unless the optimizer is reset, and LR
+        schedules always do); EMA shadows are carried
         through the same plan (new entries copy the new weights); LR groups
         are re-resolved; the train function is retraced at the next batch.
 

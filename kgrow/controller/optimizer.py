@@ -8,6 +8,15 @@ is its *state*:
   AMSGrad maxima, RMSprop averages, gradient accumulators, the optimizer's own
   EMA, ...): moved through the same `TransferPlan` as the weights, new
   entries start at zero (the optimizer-EMA slot starts at the new weight);
+* the *age* of every entry's moments under Adam and AdamW (`slot_births`):
+  their bias correction divides the zero-started moments by
+  `1 - beta^t` at the optimizer's count `t`, which for an entry a growth
+  added at step `t0 >> 1` is no correction at all, so its first updates
+  would be 3-6x the learning rate (as after a reset that kept the count,
+  below). The step therefore rescales such entries' updates by
+  `c(t - t0) / c(t)`, `c(k) = sqrt(1 - beta_2^k) / (1 - beta_1^k)`: each
+  entry is corrected from its own first step, as under a new optimizer
+  (`bias_correction_scales`);
 * the iteration count, so that learning-rate schedules and Adam's bias
   correction continue where they were. A *reset* of the moments (`reset=True`,
   Network Expansion's and AutoProg's "new AdamW") restarts the count instead,
@@ -50,6 +59,7 @@ from typing import Optional
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kgrow.controller._variables import trainable_candidates
 from kgrow.controller.component import Component, register_kind
@@ -57,7 +67,7 @@ from kgrow.surgery.transfer import TransferPlan, VariableTransfer
 
 __all__ = ["clone_optimizer", "optimizer_state", "load_optimizer_state", "rebuild_optimizer",
            "slot_lists", "optimizer_levels", "knows_variables", "OptimizerState",
-           "ShiftedSchedule", "optimizer_step"]
+           "ShiftedSchedule", "optimizer_step", "slot_births", "bias_correction_scales"]
 
 # Slot lists whose new entries start as a copy of the new weight, not at zero:
 # Keras' built-in optimizer EMA (`use_ema=True`).
@@ -149,6 +159,86 @@ def _counter_ids(level) -> set:
     if isinstance(lr, keras.Variable):
         ids.add(id(lr))
     return ids
+
+
+def _bias_corrected(level) -> bool:
+    """Adam and its subclasses (AdamW) scale each update by the bias correction
+    of the optimizer's iteration count, one count for all entries."""
+    return isinstance(level, keras.optimizers.Adam)
+
+
+def slot_births(optimizer) -> dict:
+    """`{variable path: array}`: the iteration count at which each entry's
+    moments started, for the entries of an Adam-family optimizer that a growth
+    step added after step 0 (variables whose entries all started at 0 are
+    left out)."""
+    out = {}
+    for level in optimizer_levels(optimizer):
+        out.update({p: np.array(v.numpy()) for p, v in
+                    (getattr(level, "_kgrow_births", None) or {}).items()})
+    return out
+
+
+def _set_births(level, births: dict) -> None:
+    level._kgrow_births = {p: tf.Variable(np.asarray(b, np.float32), trainable=False,
+                                          name=f"kgrow_slot_births_{i}")
+                           for i, (p, b) in enumerate(births.items())}
+
+
+def _carry_births(level, saved: dict, built, plan, fresh: dict) -> None:
+    """Births after a load: carried through `plan`, entries without carried
+    moments (`fresh`) born at the current count."""
+    now = float(np.asarray(level.iterations))
+    old_births = saved.get("births") or {}
+    births = {}
+    for v in built:
+        if v.path not in fresh:
+            continue
+        shape = tuple(v.shape)
+        t = _transfer_for(plan, v.path)
+        old = old_births.get(t.source) if t.source is not None else None
+        if old is not None and t.resample is None:
+            born = t.gather(np.asarray(old, np.float64), shape, fill=now)
+        else:
+            born = np.zeros(shape)
+        born = np.where(fresh[v.path], now, born)
+        if born.max() > 0:
+            births[v.path] = born
+    _set_births(level, births)
+
+
+def bias_correction_scales(level, variables) -> list:
+    """`[(variable, update factor)]` giving the entries of `level`'s births their
+    own Adam bias correction (traced into the step; read before the update).
+
+    Keras' Adam multiplies every update by `c(t) = sqrt(1 - beta_2^t) /
+    (1 - beta_1^t)` at `t = iterations + 1`; an entry whose moments started at
+    count `t0` gets `c(t - t0) / c(t)` instead, so its update is the one of an
+    Adam started at `t0`. Entries born at 0 keep factor 1. Decoupled weight
+    decay of young entries (AdamW) is rescaled with their update, a relative
+    error of `lr * weight_decay * (1 - factor)` per step on those entries.
+    """
+    births = getattr(level, "_kgrow_births", None)
+    if not births:
+        return []
+    step = tf.cast(level.iterations + 1, tf.float32)
+    beta_1 = tf.constant(float(level.beta_1), tf.float32)
+    beta_2 = tf.constant(float(level.beta_2), tf.float32)
+
+    def correction(k):
+        return tf.sqrt(1.0 - tf.pow(beta_2, k)) / (1.0 - tf.pow(beta_1, k))
+
+    run = correction(step)
+    out = []
+    for v in variables:
+        born = births.get(v.path)
+        if born is None:
+            continue
+        born = tf.convert_to_tensor(born)
+        # max(., 1) keeps the branch not taken finite for entries born at 0.
+        age = tf.maximum(step - born, 1.0)
+        out.append((v, tf.where(born > 0, correction(age) / run, tf.ones_like(born))))
+    return out
 
 
 @keras.saving.register_keras_serializable(package="kgrow")
@@ -301,9 +391,12 @@ def optimizer_state(optimizer) -> dict:
             slots[attr] = {v.path: np.array(s.numpy()) for s, v in zip(lst, built)
                            if s is not None}
         others = {k: np.array(v.numpy()) for k, v in _other_variables(level, levels).items()}
+        births = {p: np.array(b.numpy()) for p, b in
+                  (getattr(level, "_kgrow_births", None) or {}).items()}
         out.append({"class": type(level).__name__, "slots": slots, "others": others,
                     "weight_decay": _weight_decay_state(level),
-                    "step_offset": int(getattr(level, "_kgrow_step_offset", 0))})
+                    "step_offset": int(getattr(level, "_kgrow_step_offset", 0)),
+                    "births": births})
     return {"levels": out}
 
 
@@ -343,6 +436,7 @@ def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = 
                          f"the optimizer is {classes}.")
     for level, saved in zip(levels, saved_levels):
         built = _built_variables(level)
+        fresh = {}  # variable path -> entries whose moments start now
         if not reset:
             lists = slot_lists(level)
             unknown = set(saved["slots"]) - set(lists)
@@ -367,6 +461,8 @@ def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = 
                         new_mask = t.new_mask(tuple(s.shape))
                     if attr in _FILL_FROM_WEIGHTS and new_mask.any():
                         value = np.where(new_mask, np.asarray(v.numpy()), value)
+                    else:
+                        fresh[v.path] = fresh.get(v.path, False) | new_mask
                     s.assign(value.astype(s.dtype))
         keep = _counter_ids(level)
         iterations = getattr(level, "_iterations", None)
@@ -387,6 +483,9 @@ def load_optimizer_state(optimizer, state: dict, plan: Optional[TransferPlan] = 
                 raise ValueError(f"Optimizer variable {key!r} has shape {tuple(var.shape)}, "
                                  f"the saved state has {value.shape}.")
             var.assign(value.astype(var.dtype))
+        if _bias_corrected(level):
+            # After the count is restored: new entries are born at it.
+            _carry_births(level, saved, built, plan, fresh)
         _load_weight_decay(level, saved.get("weight_decay"), built, plan)
 
 
@@ -489,6 +588,13 @@ class OptimizerState(Component):
         # A reset load keeps the schedule's position, the LR value and a loss scale.
         state = optimizer_state(current) if keep_iterations else None
         self.install(clone_optimizer(current), state, reset=True)
+
+    def update_scales(self, variables) -> list:
+        optimizer = self._built()
+        if optimizer is None:
+            return []
+        return [pair for level in optimizer_levels(optimizer)
+                for pair in bias_correction_scales(level, variables)]
 
     def get_state(self):
         optimizer = getattr(self.host.model, "optimizer", None)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from kgrow.controller import TrainingController, clone_optimizer, optimizer_state
-from kgrow.controller.optimizer import load_optimizer_state, optimizer_step, slot_lists
+from kgrow.controller.optimizer import (load_optimizer_state, optimizer_step, slot_births,
+                                       slot_lists)
 
 from ctrl_helpers import make_mlp, mirrored_strategy, regression_data, widen_hidden
 
@@ -218,3 +219,127 @@ def test_model_with_own_train_step_rejected():
     model = Custom(inp, keras.layers.Dense(1)(inp))
     with pytest.raises(TypeError, match="own train_step"):
         TrainingController.of(model)
+
+
+def _partition_reference(model_before, opt_before, new_units, make_opt, x, y, steps):
+    """Trains the widened MLP with one optimizer per partition: the old entries
+    continue `opt_before`'s Adam (its moments and count), the new ones (hidden
+    columns and out rows from `old` on) under a new optimizer."""
+    import tensorflow as tf
+    old_units = model_before.get_layer("hidden").units
+    state = optimizer_state(opt_before)["levels"][0]
+    grown = widen_hidden(model_before, new_units).model
+    hk, hb = grown.get_layer("hidden").kernel.numpy(), grown.get_layer("hidden").bias.numpy()
+    ok, ob = grown.get_layer("out").kernel.numpy(), grown.get_layer("out").bias.numpy()
+    old_vars = [tf.Variable(hk[:, :old_units]), tf.Variable(hb[:old_units]),
+                tf.Variable(ok[:old_units]), tf.Variable(ob)]
+    new_vars = [tf.Variable(hk[:, old_units:]), tf.Variable(hb[old_units:]),
+                tf.Variable(ok[old_units:])]
+    old_opt, new_opt = make_opt(), make_opt()
+    old_opt.build(old_vars)
+    new_opt.build(new_vars)
+    paths = ["hidden/kernel", "hidden/bias", "out/kernel", "out/bias"]
+    for attr in ("_momentums", "_velocities"):
+        for slot, path in zip(getattr(old_opt, attr), paths):
+            slot.assign(state["slots"][attr][path])
+    old_opt.iterations.assign(opt_before.iterations)
+    for step in range(steps):
+        xb, yb = x[8 * step:8 * step + 8], y[8 * step:8 * step + 8]
+        with tf.GradientTape() as tape:
+            kernel = tf.concat([old_vars[0], new_vars[0]], axis=1)
+            bias = tf.concat([old_vars[1], new_vars[1]], axis=0)
+            out_kernel = tf.concat([old_vars[2], new_vars[2]], axis=0)
+            pred = tf.tanh(xb @ kernel + bias) @ out_kernel + old_vars[3]
+            loss = tf.reduce_mean(keras.losses.mean_squared_error(yb, pred))
+        grads = tape.gradient(loss, old_vars + new_vars)
+        old_opt.apply_gradients(zip(grads[:4], old_vars))
+        new_opt.apply_gradients(zip(grads[4:], new_vars))
+    return {"hidden/kernel": np.concatenate([old_vars[0].numpy(), new_vars[0].numpy()], 1),
+            "hidden/bias": np.concatenate([old_vars[1].numpy(), new_vars[1].numpy()]),
+            "out/kernel": np.concatenate([old_vars[2].numpy(), new_vars[2].numpy()], 0),
+            "out/bias": old_vars[3].numpy()}
+
+
+@pytest.mark.parametrize("name,atol", [("adam", 1e-6), ("adamw", 2e-4)])
+def test_entries_added_by_growth_get_their_own_adam_bias_correction(name, atol, monkeypatch):
+    """Moments carried through a growth at step 24: the new entries train as
+    under a new Adam started at the growth (their bias correction counts from
+    it), the old ones as under the continuing Adam. Under the run's count
+    instead, their first update here is half the learning rate (after ~1000
+    steps it would be 3x). AdamW's decoupled decay of young entries is
+    rescaled with them (tolerance lr * wd * steps)."""
+    from kgrow.controller import optimizer as optimizer_module
+    make_opt = {"adam": lambda: keras.optimizers.Adam(0.01),
+                "adamw": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.004)}[name]
+    x, y = regression_data()
+    x2, y2 = regression_data(n=32, seed=5)
+
+    def grown_and_trained():
+        model = make_mlp()
+        model.compile(make_opt(), "mse")
+        model.fit(x, y, batch_size=8, epochs=6, verbose=0, shuffle=False)
+        assert int(model.optimizer.iterations.numpy()) == 24
+        before = keras.models.clone_model(model)
+        before.set_weights(model.get_weights())
+        expected = _partition_reference(before, model.optimizer, 6, make_opt, x2, y2, steps=4)
+        TrainingController.of(model).replace_model(widen_hidden(model, 6))
+        births = slot_births(model.optimizer)
+        model.fit(x2, y2, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        return model, births, expected
+
+    model, births, expected = grown_and_trained()
+    np.testing.assert_array_equal(births["hidden/kernel"][:, :4], 0)
+    np.testing.assert_array_equal(births["hidden/kernel"][:, 4:], 24)
+    np.testing.assert_array_equal(births["out/kernel"][4:], 24)
+    assert "out/bias" not in births  # no entry is new
+    got = {w.path: w.numpy() for w in model.weights}
+    for path, value in expected.items():
+        np.testing.assert_allclose(got[path], value, rtol=0, atol=atol, err_msg=path)
+
+    # Under the run's count instead, the new entries end far from the reference.
+    monkeypatch.setattr(optimizer_module, "bias_correction_scales", lambda level, v: [])
+    model, _, expected = grown_and_trained()
+    out_kernel = model.get_layer("out").kernel.numpy()
+    assert np.abs(out_kernel[4:] - expected["out/kernel"][4:]).max() > 20 * atol
+
+
+def test_slot_births_follow_growth_and_checkpoints_and_a_reset_clears_them():
+    model = _trained_model(lambda: keras.optimizers.Adam(0.01))  # 4 steps
+    controller = TrainingController.of(model)
+    controller.replace_model(widen_hidden(model, 6))
+    x, y = regression_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)  # steps 5-8
+    controller.replace_model(widen_hidden(model, 8))
+    births = slot_births(model.optimizer)["hidden/kernel"]
+    np.testing.assert_array_equal(births[0], [0, 0, 0, 0, 4, 4, 8, 8])
+    clone = clone_optimizer(model.optimizer)
+    clone.build(model.trainable_variables)
+    load_optimizer_state(clone, optimizer_state(model.optimizer))  # a checkpoint's round trip
+    np.testing.assert_array_equal(slot_births(clone)["hidden/kernel"], slot_births(
+        model.optimizer)["hidden/kernel"])
+    controller.replace_model(widen_hidden(model, 10), reset_optimizer=True)
+    assert slot_births(model.optimizer) == {}
+    sgd = _trained_model(lambda: keras.optimizers.SGD(0.05, momentum=0.9))
+    TrainingController.of(sgd).replace_model(widen_hidden(sgd, 6))
+    assert slot_births(sgd.optimizer) == {}  # no bias correction to give
+
+
+def test_bias_correction_of_new_entries_under_mirrored_strategy():
+    import tensorflow as tf
+    x, y = regression_data()
+
+    def run(strategy):
+        with strategy.scope():
+            model = make_mlp()
+            model.compile(keras.optimizers.Adam(0.01), "mse")
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+        controller = TrainingController.of(model)
+        controller.replace_model(widen_hidden(model, 6, scope=controller.scope()))
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        return model
+
+    mirrored = run(mirrored_strategy())
+    assert slot_births(mirrored.optimizer)["out/kernel"][4:].min() == 8
+    single = run(tf.distribute.get_strategy())
+    for a, b in zip(mirrored.weights, single.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5, err_msg=a.path)
