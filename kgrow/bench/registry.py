@@ -363,6 +363,7 @@ def _compose(name: str, parts: Sequence[str], context: MethodContext) -> MethodS
 register_method(BASELINE, baseline_factory)
 # kgrow's own methods, imported only when used.
 register_method("grow_width", "kgrow.callbacks.growth:bench_width_growth")
+register_method("grow_width_2", "kgrow.callbacks.growth:bench_width_growth_2")
 register_method("grow_depth", "kgrow.callbacks.growth:bench_depth_growth")
 # Methods of kgrow.methods packages: each package's bench module lists its lazy factories.
 for _package in ("network_expansion", "variance_transfer", "autoprog", "sparse_training",

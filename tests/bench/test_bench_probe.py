@@ -81,6 +81,10 @@ def test_schedule_epochs_follow_the_growth_stages():
     per_epoch = [e["flops_per_sample"] for e in grown]
     assert per_epoch[-1] == pytest.approx(full) and np.all(np.diff(per_epoch) > 0)
     assert [e["samples"] for e in grown] == [e["samples"] for e in base]
+    # grow_width_2: half width for the first half of the run, then full.
+    halves = [e["flops_per_sample"] for e in probe.schedule_epochs("grow_width_2", context)]
+    assert len(set(halves)) == 2 and halves[-1] == pytest.approx(full)
+    assert halves[0] == pytest.approx(per_epoch[0])
 
 
 def test_family_fits_separate_axes():

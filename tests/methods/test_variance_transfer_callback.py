@@ -63,10 +63,9 @@ def test_three_growths_in_fit_are_exact_and_rebalance_learning_rates():
     s = scales["stage1_block0_conv1/kernel"]
     assert s[kernel == 0].min() == s[kernel == 0].max() == 1.0  # full width: muP factor 1
     assert len(np.unique(s[kernel == 3])) == 1 and s[kernel == 3][0] != 1.0
-    assert grow.lr_route in ("per_entry", "per_variable")
+    assert grow.lr_route == "per_entry"
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_resume_across_a_growth_equals_uninterrupted_run(tmp_path):
     tf.config.experimental.enable_op_determinism()
     try:
@@ -87,27 +86,18 @@ def test_resume_across_a_growth_equals_uninterrupted_run(tmp_path):
         tf_config.disable_op_determinism()
 
 
-def test_lr_scales_adapter_falls_back_to_per_variable_means_with_one_warning(monkeypatch):
+def test_lr_scales_adapter_sets_the_per_entry_scales():
+    from kgrow.controller import LRScales
     from kgrow.methods.variance_transfer import functional
     inp = keras.Input((2,))
     model = keras.Model(inp, keras.layers.Dense(3, name="d")(inp))
     model.compile("sgd", "mse")
     ctrl = TrainingController.of(model)
     scales = {"d/kernel": np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])}
-    try:
-        import kgrow.controller.lr_scales  # noqa: F401
-        assert functional.apply_lr_scales(ctrl, scales) == "per_entry"
-        return
-    except ImportError:
-        pass
-    monkeypatch.setattr(functional, "_FALLBACK_WARNED", False)
-    with pytest.warns(RuntimeWarning, match="per variable"):
-        assert functional.apply_lr_scales(ctrl, scales) == "per_variable"
-    assert ctrl.lr_multipliers == {"^d/kernel$": 2.0}
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        functional.apply_lr_scales(ctrl, scales)  # warned once only
+    assert functional.apply_lr_scales(ctrl, scales) == "per_entry"
+    np.testing.assert_array_equal(LRScales.of(ctrl).get()["d/kernel"], scales["d/kernel"])
+    functional.apply_lr_scales(ctrl, {})  # replaces, not adds
+    assert LRScales.of(ctrl).get() == {}
 
 
 def test_odd_growth_raises_before_training_unless_allowed():

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import warnings
 from typing import Mapping, Optional
 
 import keras
@@ -239,40 +237,18 @@ def partition_lr_scales(partitions: Mapping[str, np.ndarray], weights: Mapping[s
 
 # -- applying element-wise scales ----------------------------------------------
 
-_FALLBACK_WARNED = False
-
-
 def apply_lr_scales(controller, scales: Mapping[str, np.ndarray]) -> str:
-    """Hands element-wise LR scales to the controller; returns the route taken.
-
-    With the controller's per-entry LR-scales component
-    (`kgrow.controller.lr_scales.LRScales`) the scales apply entry by entry:
-    "per_entry". Without it, each variable gets the mean of its scales as a
-    per-variable LR multiplier (replacing any other multipliers): "per_variable",
-    announced once with a warning, since the partitions' LRs then no longer
-    differ inside a variable.
+    """Hands element-wise LR scales to the controller's per-entry LR-scales
+    component (`kgrow.controller.LRScales`), replacing the previous ones;
+    returns the route taken ("per_entry").
 
     Args:
         controller: the `TrainingController`.
         scales: ``{variable path: array of its shape}``.
     """
-    try:
-        from kgrow.controller.lr_scales import LRScales
-    except ImportError:
-        LRScales = None
-    if LRScales is not None:
-        LRScales.of(controller).set({p: np.asarray(a, np.float32) for p, a in scales.items()})
-        return "per_entry"
-    global _FALLBACK_WARNED
-    if not _FALLBACK_WARNED:
-        warnings.warn("kgrow.controller has no per-entry LR scales yet (issue 14): variance "
-                      "transfer's LR adaptation falls back to one multiplier per variable (the "
-                      "mean of its element-wise scales), so new rows/columns of a variable "
-                      "train at the same rate as its old ones.", RuntimeWarning, stacklevel=2)
-        _FALLBACK_WARNED = True
-    controller.set_lr_multipliers({f"^{re.escape(p)}$": float(np.mean(a))
-                                   for p, a in scales.items()})
-    return "per_variable"
+    from kgrow.controller.lr_scales import LRScales
+    LRScales.of(controller).set({p: np.asarray(a, np.float32) for p, a in scales.items()})
+    return "per_entry"
 
 
 # -- batch-size adaptation ------------------------------------------------------
