@@ -21,7 +21,7 @@ from kgrow.growth.base import (REPLICATION_SAFE_NORMALIZERS, GrowthInitializer, 
                                GrowthValues, he_std, register_initializer)
 
 __all__ = ["Zeros", "Random", "Net2Net", "Orthogonal", "VarianceTransfer",
-           "orthogonal_filters"]
+           "orthogonal_filters", "rescale_factor", "RESCALES"]
 
 
 def _normalized_reason(mixing) -> str:
@@ -254,22 +254,38 @@ class Orthogonal(Zeros):
     the loss from the first step, at the price of a small change of the
     function.
 
+    ``rescale`` borrows variance transfer's rescaling (`VarianceTransfer`):
+    the old fan-out is multiplied by ``s = sqrt(C_t / C_{t+1})`` ("sqrt") or
+    ``C_t / C_{t+1}`` ("linear") in groups whose consumers feed a BatchNorm
+    that undoes ``s`` exactly (``ChannelGroup.bn_compensable``), and left
+    alone elsewhere, so growth stays exact. Behind a BatchNorm the smaller
+    weights train at a larger effective learning rate (the normalized output
+    does not depend on their scale, the step does), as the new channels start
+    to contribute.
+
     Args:
         fan_out: norm of the new fan-out rows relative to the existing rows'
             mean norm (0: zero fan-out, function-preserving).
+        rescale: None (default), "sqrt" or "linear".
 
     Example:
         >>> Orthogonal().name, Orthogonal(fan_out=0.01).fan_out
         ('orthogonal', 0.01)
+        >>> Orthogonal(rescale="sqrt").rescale
+        'sqrt'
     """
 
     name = "orthogonal"
 
-    def __init__(self, fan_out: float = 0.0):
+    def __init__(self, fan_out: float = 0.0, rescale: Optional[str] = None):
         if not isinstance(fan_out, (int, float)) or not 0.0 <= fan_out <= 1.0:
             raise ValueError(f"Orthogonal(fan_out=...) must be a number in [0, 1] (a norm "
                              f"relative to the existing fan-out rows), got {fan_out!r}")
+        if rescale not in RESCALES:
+            raise ValueError(f"Orthogonal(rescale=...) must be one of {RESCALES}, got "
+                             f"{rescale!r}")
         self.fan_out = float(fan_out)
+        self.rescale = rescale
 
     def new_filters(self, request: GrowthRequest) -> list:
         return [orthogonal_filters(s.old, request.n_new, request.rng)
@@ -278,15 +294,25 @@ class Orthogonal(Zeros):
     final_filters = new_filters
 
     def grow(self, request: GrowthRequest) -> GrowthValues:
+        s = 1.0
+        if getattr(request.group, "bn_compensable", False):
+            s = rescale_factor(self.rescale, request.n_old, request.n_old + request.n_new)
         if not self.fan_out:
-            return super().grow(request)
-        consumers = []
-        for s in request.consumers:
-            norms = np.linalg.norm(s.old, axis=1)
-            scale = float(norms.mean()) if norms.size and norms.mean() > 0 else he_std(s.fan_in)
-            consumers.append(orthogonal_filters(s.old, request.n_new, request.rng,
-                                                norm=self.fan_out * scale))
-        return GrowthValues(self.new_filters(request), consumers, self.carrier_values(request))
+            values = super().grow(request)
+        else:
+            consumers = []
+            for sl in request.consumers:
+                norms = np.linalg.norm(sl.old, axis=1)
+                scale = (float(norms.mean()) if norms.size and norms.mean() > 0
+                         else he_std(sl.fan_in))
+                consumers.append(orthogonal_filters(sl.old, request.n_new, request.rng,
+                                                    norm=self.fan_out * scale * s))
+            values = GrowthValues(self.new_filters(request), consumers,
+                                  self.carrier_values(request))
+        if s != 1.0:
+            values.consumer_scale = np.full(request.n_old, s)
+            values.compensate = s
+        return values
 
     def check(self, group, old_size=None, new_size=None) -> Optional[str]:
         if self.fan_out:
@@ -294,7 +320,27 @@ class Orthogonal(Zeros):
         return super().check(group, old_size, new_size)
 
     def __repr__(self):
-        return f"Orthogonal(fan_out={self.fan_out})"
+        extra = "" if self.rescale is None else f", rescale={self.rescale!r}"
+        return f"Orthogonal(fan_out={self.fan_out}{extra})"
+
+
+#: Rules for rescaling the old fan-out when a group grows (`rescale_factor`).
+RESCALES = (None, "linear", "sqrt")
+
+
+def rescale_factor(rule: Optional[str], n_old: int, n_total: int) -> float:
+    """Variance transfer's factor of the old fan-out when a group grows from
+    ``n_old`` to ``n_total`` channels: ``n_old / n_total`` ("linear"), its square
+    root ("sqrt"), or 1 (None).
+
+    Example:
+        >>> [rescale_factor(rule, 4, 16) for rule in ("sqrt", "linear", None)]
+        [0.5, 0.25, 1.0]
+    """
+    if rule is None:
+        return 1.0
+    ratio = n_old / n_total
+    return ratio if rule == "linear" else float(np.sqrt(ratio))
 
 
 class VarianceTransfer(GrowthInitializer):
@@ -333,7 +379,7 @@ class VarianceTransfer(GrowthInitializer):
     """
 
     name = "variance_transfer"
-    RESCALES = (None, "linear", "sqrt")
+    RESCALES = RESCALES
 
     def __init__(self, rescale: Optional[str] = None, noise: float = 0.0):
         if rescale not in self.RESCALES:
@@ -364,10 +410,7 @@ class VarianceTransfer(GrowthInitializer):
 
     def factor(self, n_old: int, n_total: int) -> float:
         """The rescaling factor s of the old fan-out (1.0 without rescaling)."""
-        if self.rescale is None:
-            return 1.0
-        ratio = n_old / n_total
-        return ratio if self.rescale == "linear" else float(np.sqrt(ratio))
+        return rescale_factor(self.rescale, n_old, n_total)
 
     # The scales below are the hooks subclasses change; `grow` keeps the pairing.
     def fan_out_scale(self, request: GrowthRequest) -> float:

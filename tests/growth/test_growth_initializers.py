@@ -377,3 +377,35 @@ def test_orthogonal_small_fan_out_is_orthogonal_scaled_and_not_exact():
     assert not r.info["exact"]
     with pytest.raises(ValueError, match="fan_out"):
         Orthogonal(fan_out=-1)
+
+
+def test_orthogonal_with_rescale_scales_old_fan_out_behind_batchnorm_and_stays_exact():
+    # Variance transfer's "sqrt" rescaling on Network Expansion's filters: in a
+    # BN ResNet the old fan-out of every compensable group shrinks by
+    # sqrt(C_t / C_{t+1}) and the BatchNorms undo it, so the function is kept.
+    from kgrow.models import resnet_cifar
+    narrow = scale_width(resnet_cifar(8, (8, 8, 1), 3, width=0.5), 0.5).model
+    _randomize(narrow, seed=3)
+    x = np.random.default_rng(1).random((4, 8, 8, 1), dtype=np.float32)
+    plain = scale_width(narrow, 2.0, initializer=Orthogonal(), seed=5)
+    rescaled = scale_width(narrow, 2.0, initializer=Orthogonal(rescale="sqrt"), seed=5)
+    assert rescaled.info["exact"]
+    np.testing.assert_allclose(rescaled.model(x, training=False), narrow(x, training=False),
+                               atol=1e-5, rtol=0)
+    ratios = []
+    for layer in rescaled.model.layers:
+        if not isinstance(layer, L.Conv2D):
+            continue
+        rows = rescaled.plan[layer.kernel.path].index[-2]
+        if rows is None:  # the layer's input did not grow
+            continue
+        new_in = np.asarray(rows) < 0  # the input channels that are new
+        old = plain.model.get_layer(layer.name).kernel.numpy()[:, :, ~new_in]
+        got = layer.kernel.numpy()[:, :, ~new_in]
+        if new_in.any() and np.abs(old).max() > 0:
+            ratios.append(float(np.abs(got).sum() / np.abs(old).sum()))
+    # Every group doubles: s = sqrt(1/2) where a BatchNorm follows, 1 elsewhere.
+    assert any(abs(r - np.sqrt(0.5)) < 1e-5 for r in ratios)
+    assert all(abs(r - np.sqrt(0.5)) < 1e-5 or abs(r - 1.0) < 1e-5 for r in ratios)
+    with pytest.raises(ValueError, match="rescale"):
+        Orthogonal(rescale="cube")

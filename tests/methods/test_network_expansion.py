@@ -379,18 +379,24 @@ def test_cnn_bench_methods_schedules():
                             num_classes=3, train=TrainConfig(epochs=12), data=None,
                             steps_per_epoch=5)
     got = {}
-    fan_out = {}
+    init = {}
     for name in ("network_expansion", "network_expansion_w25", "network_expansion_w25_long",
-                 "network_expansion_w25_fanout"):
+                 "network_expansion_w25_fanout", "network_expansion_w25_rescale"):
         _, (cb,) = get_method(name)(None, context)
         got[name] = [(s.epoch, s.width) for s in cb.schedule.stages]
-        fan_out[name] = cb.initializer.fan_out
+        init[name] = (cb.initializer.fan_out, cb.initializer.rescale)
+    quarter = [(0, 0.25), (3, 0.5), (6, 0.75), (9, 1.0)]
     assert got == {"network_expansion": [(0, 0.5), (4, 0.75), (8, 1.0)],
-                   "network_expansion_w25": [(0, 0.25), (3, 0.5), (6, 0.75), (9, 1.0)],
+                   "network_expansion_w25": quarter,
                    "network_expansion_w25_long": [(0, 0.25), (3, 0.5), (6, 1.0)],
-                   "network_expansion_w25_fanout": [(0, 0.25), (3, 0.5), (6, 0.75), (9, 1.0)]}
-    assert fan_out == {"network_expansion": 0.0, "network_expansion_w25": 0.0,
-                       "network_expansion_w25_long": 0.0, "network_expansion_w25_fanout": 0.1}
+                   "network_expansion_w25_fanout": quarter,
+                   "network_expansion_w25_rescale": quarter}
+    assert init == {"network_expansion": (0.0, None), "network_expansion_w25": (0.0, None),
+                    "network_expansion_w25_long": (0.0, None),
+                    "network_expansion_w25_fanout": (0.1, None),
+                    "network_expansion_w25_rescale": (0.0, "sqrt")}
+    with pytest.raises(ValueError, match="rescale"):
+        NetworkExpansion("vit", epochs=4, rescale="sqrt")
 
 
 def test_recipe_registers_the_cnn_stage_choices(monkeypatch):

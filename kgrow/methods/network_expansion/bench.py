@@ -5,7 +5,7 @@ Example:
     >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit",
     ...  "network_expansion_vit_carry", "network_expansion_vit3",
     ...  "network_expansion_w25_long", "network_expansion_w25_mup",
-    ...  "network_expansion_w25_fanout"} <= set(
+    ...  "network_expansion_w25_fanout", "network_expansion_w25_rescale"} <= set(
     ...     bench.available_methods())
     True
 """
@@ -15,7 +15,8 @@ from kgrow.methods.network_expansion.callback import NetworkExpansion
 from kgrow.methods.network_expansion.functional import stage_starts, thirds
 
 __all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_cnn_quarter_long",
-           "bench_cnn_quarter_mup", "bench_cnn_quarter_fanout", "bench_vit",
+           "bench_cnn_quarter_mup", "bench_cnn_quarter_fanout", "bench_cnn_quarter_rescale",
+           "bench_vit",
            "bench_vit_carry", "bench_vit_thirds", "factory", "stage_starts", "thirds"]
 
 
@@ -106,6 +107,18 @@ def bench_cnn_quarter_fanout(build_model, context):
     return factory("cnn", num_stages=4, start_width=0.25, fan_out=0.1)(build_model, context)
 
 
+def bench_cnn_quarter_rescale(build_model, context):
+    """Bench method `network_expansion_w25_rescale`: `network_expansion_w25` with
+    variance transfer's "sqrt" rescaling of the old fan-out at each expansion
+    (``rescale="sqrt"``, undone by the BatchNorms: still exact).
+
+    In the variance-transfer ablation on `standard` the rescaling was the part
+    that brought paired growth closest to the baseline (method cards); this
+    asks whether Network Expansion's orthogonal filters gain the same.
+    """
+    return factory("cnn", num_stages=4, start_width=0.25, rescale="sqrt")(build_model, context)
+
+
 def bench_vit(build_model, context):
     """Bench method `network_expansion_vit`: half the blocks -> all, in 2 stages.
 
@@ -140,6 +153,7 @@ METHODS = {"network_expansion": f"{__name__}:bench_cnn",
            "network_expansion_w25_long": f"{__name__}:bench_cnn_quarter_long",
            "network_expansion_w25_mup": f"{__name__}:bench_cnn_quarter_mup",
            "network_expansion_w25_fanout": f"{__name__}:bench_cnn_quarter_fanout",
+           "network_expansion_w25_rescale": f"{__name__}:bench_cnn_quarter_rescale",
            "network_expansion_vit": f"{__name__}:bench_vit",
            "network_expansion_vit_carry": f"{__name__}:bench_vit_carry",
            "network_expansion_vit3": f"{__name__}:bench_vit_thirds"}

@@ -61,6 +61,9 @@ class NetworkExpansion(Growth):
             ``linspace(start_width, 1, num_stages)``), e.g. ``(0.25, 0.5, 1)``.
         fan_out: CNN: norm of the new channels' fan-out relative to the
             existing rows (0: zero, exact).
+        rescale: CNN: None (the paper), "sqrt" or "linear": variance
+            transfer's rescaling of the old fan-out where a BatchNorm undoes
+            it (`kgrow.growth.Orthogonal`), still exact.
         depths: ViT blocks per stage (default: half the blocks, then all).
         expansion: ViT "expansion" (interleave) or "stack".
         ema_half_life_epochs: ViT EMA half-life (default: the paper's,
@@ -97,6 +100,7 @@ class NetworkExpansion(Growth):
                  start_depth: Optional[float] = None,
                  stage_epochs: Optional[Sequence[int]] = None,
                  widths: Optional[Sequence[float]] = None, fan_out: float = 0.0,
+                 rescale: Optional[str] = None,
                  depths: Optional[Sequence[int]] = None, expansion: str = "expansion",
                  ema_half_life_epochs: Optional[float] = None,
                  steps_per_epoch: Optional[int] = None,
@@ -114,6 +118,8 @@ class NetworkExpansion(Growth):
         if parameterize not in (False, True, *OPTIMIZER_RULES):
             raise ValueError(f"parameterize must be False, True (the rule of the compiled "
                              f"optimizer) or one of {OPTIMIZER_RULES}, got {parameterize!r}")
+        if rescale is not None and mode != "cnn":
+            raise ValueError("rescale applies to width expansion, mode='cnn'")
         if parameterize and mode != "cnn":
             raise ValueError("parameterize scales learning rates with layer widths: it applies "
                              "to width expansion, mode='cnn'")
@@ -139,7 +145,8 @@ class NetworkExpansion(Growth):
                           1 + max(stage_epochs or [0]))
         schedule = self._make_schedule(epochs or placeholder, full_depth=None)
         if mode == "cnn":
-            kwargs = dict(initializer=Orthogonal(fan_out=fan_out), depth_mapping="interpolation",
+            kwargs = dict(initializer=Orthogonal(fan_out=fan_out, rescale=rescale),
+                          depth_mapping="interpolation",
                           depth_source="identity",
                           reset_optimizer=bool(reset_optimizer) if reset_optimizer is not None
                           else False)
