@@ -10,10 +10,11 @@ is its *state*:
   entries start at zero (the optimizer-EMA slot starts at the new weight);
 * the *age* of every entry's moments under Adam and AdamW (`slot_births`):
   their bias correction divides the zero-started moments by
-  `1 - beta^t` at the optimizer's count `t`, which for an entry a growth
-  added at step `t0 >> 1` is no correction at all, so its first updates
-  would be 3-6x the learning rate (as after a reset that kept the count,
-  below). The step therefore rescales such entries' updates by
+  `1 - beta^t` at the optimizer's count `t`, not at the entry's own age, so
+  the first updates of entries a growth added at step `t0` would be off:
+  3-6x the learning rate a thousand steps into a run (as after a reset that
+  kept the count, below), about half of it 25 steps in. The step therefore
+  rescales such entries' updates by
   `c(t - t0) / c(t)`, `c(k) = sqrt(1 - beta_2^k) / (1 - beta_1^k)`: each
   entry is corrected from its own first step, as under a new optimizer
   (`bias_correction_scales`);
