@@ -175,9 +175,13 @@ def slot_births(optimizer) -> dict:
     left out)."""
     out = {}
     for level in optimizer_levels(optimizer):
-        out.update({p: np.array(v.numpy()) for p, v in
-                    (getattr(level, "_kgrow_births", None) or {}).items()})
+        out.update(_births_of(level))
     return out
+
+
+def _births_of(level) -> dict:
+    births = getattr(level, "_kgrow_births", None) or {}
+    return {p: np.array(v.numpy()) for p, v in births.items()}
 
 
 def _set_births(level, births: dict) -> None:
@@ -392,8 +396,7 @@ def optimizer_state(optimizer) -> dict:
             slots[attr] = {v.path: np.array(s.numpy()) for s, v in zip(lst, built)
                            if s is not None}
         others = {k: np.array(v.numpy()) for k, v in _other_variables(level, levels).items()}
-        births = {p: np.array(b.numpy()) for p, b in
-                  (getattr(level, "_kgrow_births", None) or {}).items()}
+        births = _births_of(level)
         out.append({"class": type(level).__name__, "slots": slots, "others": others,
                     "weight_decay": _weight_decay_state(level),
                     "step_offset": int(getattr(level, "_kgrow_step_offset", 0)),

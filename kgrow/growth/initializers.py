@@ -21,7 +21,7 @@ from kgrow.growth.base import (REPLICATION_SAFE_NORMALIZERS, GrowthInitializer, 
                                GrowthValues, he_std, register_initializer)
 
 __all__ = ["Zeros", "Random", "Net2Net", "Orthogonal", "VarianceTransfer",
-           "orthogonal_filters", "rescale_factor", "RESCALES"]
+           "orthogonal_filters", "rescale_factor", "compensable_rescale", "RESCALES"]
 
 
 def _normalized_reason(mixing) -> str:
@@ -294,9 +294,7 @@ class Orthogonal(Zeros):
     final_filters = new_filters
 
     def grow(self, request: GrowthRequest) -> GrowthValues:
-        s = 1.0
-        if getattr(request.group, "bn_compensable", False):
-            s = rescale_factor(self.rescale, request.n_old, request.n_old + request.n_new)
+        s = compensable_rescale(self.rescale, request)
         if not self.fan_out:
             values = super().grow(request)
         else:
@@ -341,6 +339,14 @@ def rescale_factor(rule: Optional[str], n_old: int, n_total: int) -> float:
         return 1.0
     ratio = n_old / n_total
     return ratio if rule == "linear" else float(np.sqrt(ratio))
+
+
+def compensable_rescale(rule: Optional[str], request: GrowthRequest) -> float:
+    """`rescale_factor` where a BatchNorm after every consumer undoes it
+    (``ChannelGroup.bn_compensable``), else 1, so the growth stays exact."""
+    if not getattr(request.group, "bn_compensable", False):
+        return 1.0
+    return rescale_factor(rule, request.n_old, request.n_old + request.n_new)
 
 
 class VarianceTransfer(GrowthInitializer):

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from kgrow.growth import VarianceTransfer
+from kgrow.growth.initializers import compensable_rescale
 from kgrow.growth.base import GrowthRequest
 from kgrow.surgery.parameterization import (OPTIMIZER_RULES, fan_in_initialize,
                                             fan_in_lr_factors, kernel_layer_roles, layer_fans)
@@ -97,9 +98,7 @@ class PairedVarianceTransfer(VarianceTransfer):
         super().__init__(rescale=rescale, noise=noise)
 
     def fan_out_scale(self, request: GrowthRequest) -> float:
-        if not getattr(request.group, "bn_compensable", False):
-            return 1.0
-        return super().fan_out_scale(request)
+        return compensable_rescale(self.rescale, request)
 
     def producer_std(self, request: GrowthRequest, index: int) -> float:
         return _transferred_std(request.group.producers[index], request.producers[index])
