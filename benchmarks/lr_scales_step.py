@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from _interleaved import round_step_times  # noqa: E402  (benchmarks/ is the script's path)
 
 
 def main():
@@ -60,13 +61,7 @@ def main():
         return model
 
     runs = {"none": build(False), "per entry": build(True)}
-    times = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, model in runs.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                model.train_on_batch(x, y)
-            times[name].append((time.perf_counter() - start) / args.steps)
+    times = round_step_times(runs, x, y, args.rounds, args.steps)
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"{spec.model} width {args.width} ({args.profile}), batch {train.batch_size}, "
           f"{train.optimizer} momentum {train.momentum} weight decay {train.weight_decay}, "

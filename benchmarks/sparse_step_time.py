@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from _interleaved import round_step_times  # noqa: E402  (benchmarks/ is the script's path)
 
 
 def main():
@@ -58,13 +59,7 @@ def main():
         return model
 
     runs = {"dense": build(False), "masked": build(True)}
-    times = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, model in runs.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                model.train_on_batch(x, y)
-            times[name].append((time.perf_counter() - start) / args.steps)
+    times = round_step_times(runs, x, y, args.rounds, args.steps)
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"{args.model} widen={args.widen} batch={args.batch} {args.size}x{args.size}x3, "
           f"sparsity {args.sparsity}, {args.rounds} rounds x {args.steps} steps (interleaved)")
