@@ -5,7 +5,8 @@ Example:
     >>> {"network_expansion", "network_expansion_w25", "network_expansion_vit",
     ...  "network_expansion_vit_carry", "network_expansion_vit3",
     ...  "network_expansion_w25_long", "network_expansion_w25_mup",
-    ...  "network_expansion_w25_fanout", "network_expansion_w25_rescale"} <= set(
+    ...  "network_expansion_w25_fanout", "network_expansion_w25_rescale",
+    ...  "network_expansion_wd_rescale"} <= set(
     ...     bench.available_methods())
     True
 """
@@ -16,7 +17,7 @@ from kgrow.methods.network_expansion.functional import stage_starts, thirds
 
 __all__ = ["METHODS", "bench_cnn", "bench_cnn_quarter", "bench_cnn_quarter_long",
            "bench_cnn_quarter_mup", "bench_cnn_quarter_fanout", "bench_cnn_quarter_rescale",
-           "bench_vit",
+           "bench_cnn_width_depth", "bench_vit",
            "bench_vit_carry", "bench_vit_thirds", "factory", "stage_starts", "thirds"]
 
 
@@ -119,6 +120,24 @@ def bench_cnn_quarter_rescale(build_model, context):
     return factory("cnn", num_stages=4, start_width=0.25, rescale="sqrt")(build_model, context)
 
 
+def bench_cnn_width_depth(build_model, context):
+    """Bench method `network_expansion_wd_rescale`: the paper's width- *and*
+    depth-level sparsity, each dimension grown at its own time.
+
+    Half the filters and two thirds of the blocks of every network stage for
+    the first third of the run, then the full width (orthogonal filters,
+    "sqrt" rescaling), then the full depth for the last third (new blocks
+    start as identities). On a CPU, narrow convolutions save far less time
+    than FLOPs (channels padded to the vector width, memory-bound
+    element-wise work) while fewer blocks save time in proportion: the
+    step-time probe gives the full width at 2/3 of the blocks about 100% of
+    its FLOPs saving, half width at full depth about 70%. The schedule spends
+    its narrow stage shallow and its shallow stage wide.
+    """
+    return factory("cnn", widths=(0.5, 1.0, 1.0), depth_fractions=(2 / 3, 2 / 3, 1.0),
+                   rescale="sqrt")(build_model, context)
+
+
 def bench_vit(build_model, context):
     """Bench method `network_expansion_vit`: half the blocks -> all, in 2 stages.
 
@@ -154,6 +173,7 @@ METHODS = {"network_expansion": f"{__name__}:bench_cnn",
            "network_expansion_w25_mup": f"{__name__}:bench_cnn_quarter_mup",
            "network_expansion_w25_fanout": f"{__name__}:bench_cnn_quarter_fanout",
            "network_expansion_w25_rescale": f"{__name__}:bench_cnn_quarter_rescale",
+           "network_expansion_wd_rescale": f"{__name__}:bench_cnn_width_depth",
            "network_expansion_vit": f"{__name__}:bench_vit",
            "network_expansion_vit_carry": f"{__name__}:bench_vit_carry",
            "network_expansion_vit3": f"{__name__}:bench_vit_thirds"}

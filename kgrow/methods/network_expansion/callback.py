@@ -59,6 +59,10 @@ class NetworkExpansion(Growth):
         stage_epochs: first epoch of each CNN stage (default equal lengths).
         widths: CNN width of each stage, increasing to 1 (default
             ``linspace(start_width, 1, num_stages)``), e.g. ``(0.25, 0.5, 1)``.
+        depth_fractions: CNN fraction of each network stage's blocks per
+            expansion stage, ending at 1, e.g. ``(2/3, 2/3, 1)`` with
+            ``widths=(0.5, 1, 1)``: with both lists one dimension may pause
+            while the other grows (instead of ``start_depth``).
         fan_out: CNN: norm of the new channels' fan-out relative to the
             existing rows (0: zero, exact).
         rescale: CNN: None (the paper), "sqrt" or "linear": variance
@@ -99,7 +103,8 @@ class NetworkExpansion(Growth):
                  num_stages: int = 3, start_width: float = 0.5,
                  start_depth: Optional[float] = None,
                  stage_epochs: Optional[Sequence[int]] = None,
-                 widths: Optional[Sequence[float]] = None, fan_out: float = 0.0,
+                 widths: Optional[Sequence[float]] = None,
+                 depth_fractions: Optional[Sequence[float]] = None, fan_out: float = 0.0,
                  rescale: Optional[str] = None,
                  depths: Optional[Sequence[int]] = None, expansion: str = "expansion",
                  ema_half_life_epochs: Optional[float] = None,
@@ -131,6 +136,8 @@ class NetworkExpansion(Growth):
         self._schedule_args = dict(num_stages=num_stages, start_width=start_width,
                                    start_depth=start_depth, stage_epochs=stage_epochs,
                                    widths=None if widths is None else tuple(widths),
+                                   depth_fractions=None if depth_fractions is None
+                                   else tuple(depth_fractions),
                                    depths=None if depths is None else tuple(depths))
         self.ema_half_life_epochs = ema_half_life_epochs
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int)
@@ -141,7 +148,11 @@ class NetworkExpansion(Growth):
         self.base_weight_decay = None
         self.full_depth = None
         # Fails now on a bad fraction; the real schedule needs the run length.
+        if depth_fractions is not None and mode != "cnn":
+            raise ValueError("depth_fractions are the CNN's blocks per stage as fractions; "
+                             "a ViT's depth schedule is depths=(blocks, ...)")
         placeholder = max(num_stages, len(depths or (6, 12)), len(widths or ()),
+                          len(depth_fractions or ()),
                           1 + max(stage_epochs or [0]))
         schedule = self._make_schedule(epochs or placeholder, full_depth=None)
         if mode == "cnn":
@@ -162,7 +173,7 @@ class NetworkExpansion(Growth):
         if self.mode == "cnn":
             return cnn_schedule(epochs, num_stages=a["num_stages"], start_width=a["start_width"],
                                 start_depth=a["start_depth"], stage_epochs=a["stage_epochs"],
-                                widths=a["widths"])
+                                widths=a["widths"], depth_fractions=a["depth_fractions"])
         depths = a["depths"]
         if depths is None:
             full = full_depth or 12

@@ -74,12 +74,17 @@ def _check_fraction(label: str, value) -> float:
 def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.5,
                  start_depth: Optional[float] = None,
                  stage_epochs: Optional[Sequence[int]] = None,
-                 widths: Optional[Sequence[float]] = None) -> GrowthSchedule:
+                 widths: Optional[Sequence[float]] = None,
+                 depth_fractions: Optional[Sequence[float]] = None) -> GrowthSchedule:
     """CNN expansion: width (and optionally depth) from a fraction to the full model.
 
     Sizes are `linspace(start, 1, num_stages)` unless `widths` lists each
-    stage's width (increasing, ending at 1); stages are equal-length
-    (``total_epochs / num_stages``, the paper's choice) unless
+    stage's width (increasing, ending at 1) or `depth_fractions` each stage's
+    fraction of the blocks of every stage of the network (the paper's
+    depth-level sparsity; new blocks start as identities). With both lists,
+    each may stay put from one stage to the next as long as the other grows,
+    so a run can grow width and depth at different times. Stages are
+    equal-length (``total_epochs / num_stages``, the paper's choice) unless
     `stage_epochs` gives each stage's first epoch.
 
     Example:
@@ -88,19 +93,47 @@ def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.
         >>> [(s.epoch, s.width) for s in cnn_schedule(12, widths=(0.25, 0.5, 1.0),
         ...                                          stage_epochs=(0, 3, 6)).stages]
         [(0, 0.25), (3, 0.5), (6, 1.0)]
+        >>> [(s.epoch, s.width, s.depth) for s in cnn_schedule(
+        ...     12, widths=(0.5, 1.0, 1.0), depth_fractions=(2 / 3, 2 / 3, 1.0)).stages]
+        [(0, 0.5, 0.6666666666666666), (4, 1.0, 0.6666666666666666), (8, 1.0, 1.0)]
     """
     start_width = _check_fraction("start_width", start_width)
     if start_depth is not None:
         start_depth = _check_fraction("start_depth", start_depth)
-    if widths is not None:
-        widths = [_check_fraction("each of widths", w) for w in widths]
-        if not widths or widths[-1] != 1.0 or any(b <= a for a, b in zip(widths, widths[1:])):
-            raise ValueError(f"widths must increase and end at the full width 1.0, got "
-                             f"{list(widths)}")
-        if stage_epochs is not None and len(stage_epochs) != len(widths):
+    if depth_fractions is not None and start_depth is not None:
+        raise ValueError("give start_depth (linear depth growth) or depth_fractions (one per "
+                         "stage), not both")
+    lists = {}
+    for label, values in (("widths", widths), ("depth_fractions", depth_fractions)):
+        if values is None:
+            continue
+        values = [_check_fraction(f"each of {label}", v) for v in values]
+        # A dimension may pause only while the other one grows (checked below).
+        strict = depth_fractions is None or widths is None
+        if not values or values[-1] != 1.0 or any(
+                b < a or (strict and b == a) for a, b in zip(values, values[1:])):
+            raise ValueError(f"{label} must {'increase' if strict else 'not decrease'} and "
+                             f"end at the full model 1.0, got {list(values)}")
+        if stage_epochs is not None and len(stage_epochs) != len(values):
             raise ValueError(f"stage_epochs has {len(stage_epochs)} entries for "
-                             f"{len(widths)} widths; give one first epoch per width")
-        num_stages, start_width = len(widths), widths[0]
+                             f"{len(values)} {label}; give one first epoch per stage")
+        lists[label] = values
+    if len(lists) == 2:
+        widths, depth_fractions = lists["widths"], lists["depth_fractions"]
+        if len(widths) != len(depth_fractions):
+            raise ValueError(f"widths has {len(widths)} stages and depth_fractions "
+                             f"{len(depth_fractions)}; give one of each per stage")
+        still = [i for i in range(1, len(widths)) if (widths[i], depth_fractions[i]) ==
+                 (widths[i - 1], depth_fractions[i - 1])]
+        if still:
+            raise ValueError(f"stage(s) {still} grow neither width nor depth "
+                             f"(widths {widths}, depth_fractions {depth_fractions})")
+    if lists:
+        widths = lists.get("widths", widths)
+        depth_fractions = lists.get("depth_fractions", depth_fractions)
+        num_stages = len(widths if widths is not None else depth_fractions)
+        if widths is not None:
+            start_width = widths[0]
     if stage_epochs is None:
         if total_epochs < num_stages:
             raise ValueError(f"{num_stages} stages need at least {num_stages} epochs, got "
@@ -113,7 +146,9 @@ def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.
         t = 1.0 if n == 1 else i / (n - 1)
         sizes = {"width": widths[i] if widths is not None
                  else start_width + (1.0 - start_width) * t}
-        if start_depth is not None:
+        if depth_fractions is not None:
+            sizes["depth"] = depth_fractions[i]
+        elif start_depth is not None:
             sizes["depth"] = start_depth + (1.0 - start_depth) * t
         stages.append(Stage(epoch, **sizes))
     return GrowthSchedule(stages, total_epochs=total_epochs)
