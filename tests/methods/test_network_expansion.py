@@ -87,6 +87,12 @@ def test_schedules():
         (0, 0.25, 0.5), (3, 0.625, 0.75), (6, 1.0, 1.0)]
     assert [s.epoch for s in cnn_schedule(10, 3, stage_epochs=[0, 5, 8]).stages] == [0, 5, 8]
     assert [(s.epoch, s.width, s.depth) for s in cnn_schedule(
+        9, widths=(0.5, 1.0, 1.0), depth_fractions=(0.5, 0.5, 1.0)).stages] == [
+        (0, 0.5, 0.5), (3, 1.0, 0.5), (6, 1.0, 1.0)]
+    assert [(s.width, s.depth) for s in cnn_schedule(
+        8, num_stages=2, start_width=0.5, depth_fractions=(0.5, 1.0)).stages] == [
+        (0.5, 0.5), (1.0, 1.0)]
+    assert [(s.epoch, s.width, s.depth) for s in cnn_schedule(
         8, widths=(0.25, 0.5, 1.0), start_depth=0.5).stages] == [
         (0, 0.25, 0.5), (2, 0.5, 0.75), (5, 1.0, 1.0)]
     assert [(s.epoch, s.depth) for s in vit_schedule(9, (6, 9, 12)).stages] == [
@@ -267,20 +273,27 @@ def test_vit_resume_after_an_expansion_equals_the_uninterrupted_run(tmp_path):
         tf_config.disable_op_determinism()
 
 
-def test_cnn_expansion_in_fit_is_function_preserving_width_and_depth():
+@pytest.mark.parametrize("schedule", [
+    dict(num_stages=2, start_width=0.5, start_depth=0.5),
+    # Each dimension at its own time: width first, then depth (the bench's
+    # `network_expansion_wd_rescale` shape), with the rescaling on.
+    dict(widths=(0.5, 1.0, 1.0), depth_fractions=(0.5, 0.5, 1.0), rescale="sqrt")])
+def test_cnn_expansion_in_fit_is_function_preserving_width_and_depth(schedule):
     x, y = _data(image=8)
     model = models.resnet_cifar(14, (8, 8, 1), 3, width=0.5)
     full_shapes = sorted(tuple(v.shape) for v in model.weights)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
-    cb = NetworkExpansion("cnn", num_stages=2, start_width=0.5, start_depth=0.5, verbose=0)
+    cb = NetworkExpansion("cnn", verbose=0, **schedule)
+    stages = len(cb.schedule.stages)
 
     class Diff(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.before, self.diffs, self.params = None, {}, {}
+            self.before, self.diffs, self.params, self.blocks = None, {}, {}, {}
 
         def on_epoch_begin(self, epoch, logs=None):
             self.params[epoch] = self.model.count_params()
+            self.blocks[epoch] = len(find_blocks(self.model))
             if self.before is not None:
                 now = self.model(x[:8], training=False).numpy()
                 self.diffs[epoch] = float(np.abs(now - self.before).max())
@@ -289,9 +302,15 @@ def test_cnn_expansion_in_fit_is_function_preserving_width_and_depth():
             self.before = self.model(x[:8], training=False).numpy()
 
     diff = Diff()
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb, diff])
-    assert [e["kind"] for e in cb.events] == ["shrink-to-start", "grow"]
-    assert diff.params[0] < diff.params[1] and diff.diffs[1] < 1e-5, diff.diffs
+    model.fit(x, y, batch_size=8, epochs=stages, verbose=0, callbacks=[cb, diff])
+    assert [e["kind"] for e in cb.events] == ["shrink-to-start"] + ["grow"] * (stages - 1)
+    params = [diff.params[e] for e in range(stages)]
+    assert params == sorted(set(params)), params
+    assert max(diff.diffs.values()) < 1e-5 and len(diff.diffs) == stages - 1, diff.diffs
+    # Blocks are missing exactly while the schedule's depth is below 1.
+    full_blocks = len(find_blocks(model))
+    assert [diff.blocks[e] < full_blocks for e in range(stages)] == [
+        cb.schedule.stages[e].depth < 1 for e in range(stages)], diff.blocks
     assert sorted(tuple(v.shape) for v in model.weights) == full_shapes
 
 
@@ -381,20 +400,26 @@ def test_cnn_bench_methods_schedules():
     got = {}
     init = {}
     for name in ("network_expansion", "network_expansion_w25", "network_expansion_w25_long",
-                 "network_expansion_w25_fanout", "network_expansion_w25_rescale"):
+                 "network_expansion_w25_fanout", "network_expansion_w25_rescale",
+                 "network_expansion_wd_rescale"):
         _, (cb,) = get_method(name)(None, context)
         got[name] = [(s.epoch, s.width) for s in cb.schedule.stages]
+        if name == "network_expansion_wd_rescale":
+            got[name] = [(s.epoch, s.width, round(s.depth, 3)) for s in cb.schedule.stages]
         init[name] = (cb.initializer.fan_out, cb.initializer.rescale)
     quarter = [(0, 0.25), (3, 0.5), (6, 0.75), (9, 1.0)]
     assert got == {"network_expansion": [(0, 0.5), (4, 0.75), (8, 1.0)],
                    "network_expansion_w25": quarter,
                    "network_expansion_w25_long": [(0, 0.25), (3, 0.5), (6, 1.0)],
                    "network_expansion_w25_fanout": quarter,
-                   "network_expansion_w25_rescale": quarter}
+                   "network_expansion_w25_rescale": quarter,
+                   "network_expansion_wd_rescale": [(0, 0.5, 0.667), (4, 1.0, 0.667),
+                                                    (8, 1.0, 1.0)]}
     assert init == {"network_expansion": (0.0, None), "network_expansion_w25": (0.0, None),
                     "network_expansion_w25_long": (0.0, None),
                     "network_expansion_w25_fanout": (0.1, None),
-                    "network_expansion_w25_rescale": (0.0, "sqrt")}
+                    "network_expansion_w25_rescale": (0.0, "sqrt"),
+                    "network_expansion_wd_rescale": (0.0, "sqrt")}
     with pytest.raises(ValueError, match="rescale"):
         NetworkExpansion("vit", epochs=4, rescale="sqrt")
 
@@ -442,8 +467,21 @@ def test_bad_settings_fail_before_training():
     for bad in ((0.5, 0.25, 1.0), (0.25, 0.5), (0.0, 1.0)):
         with pytest.raises(ValueError, match="widths must increase|each of widths"):
             NetworkExpansion("cnn", widths=bad)
-    with pytest.raises(ValueError, match="one first epoch per width"):
+    with pytest.raises(ValueError, match="one first epoch per stage"):
         NetworkExpansion("cnn", widths=(0.5, 1.0), stage_epochs=(0, 2, 4))
+    for bad, match in (
+            (dict(widths=(0.5, 0.5, 1.0), depth_fractions=(0.5, 0.5, 1.0)),
+             "stage\\(s\\) \\[1\\] grow neither"),
+            (dict(widths=(0.5, 1.0), depth_fractions=(0.5, 0.75, 1.0)), "one of each per stage"),
+            (dict(depth_fractions=(0.5, 0.5, 1.0)), "depth_fractions must increase"),
+            (dict(widths=(0.5, 1.0, 1.0), depth_fractions=(0.75, 0.5, 1.0)),
+             "depth_fractions must not decrease"),
+            (dict(depth_fractions=(0.5, 0.9)), "end at the full model"),
+            (dict(start_depth=0.5, depth_fractions=(0.5, 1.0)), "not both")):
+        with pytest.raises(ValueError, match=match):
+            NetworkExpansion("cnn", **bad)
+    with pytest.raises(ValueError, match="a ViT's depth schedule is depths"):
+        NetworkExpansion("vit", depth_fractions=(0.5, 1.0))
     with pytest.raises(ValueError, match="parameterize must be"):
         NetworkExpansion("cnn", parameterize="lamb")
     with pytest.raises(ValueError, match="width expansion, mode='cnn'"):
