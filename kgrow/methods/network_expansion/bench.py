@@ -129,10 +129,12 @@ def bench_cnn_width_depth(build_model, context):
     "sqrt" rescaling), then the full depth for the last third (new blocks
     start as identities). On a CPU, narrow convolutions save far less time
     than FLOPs (channels padded to the vector width, memory-bound
-    element-wise work) while fewer blocks save time in proportion: the
-    step-time probe gives the full width at 2/3 of the blocks about 100% of
-    its FLOPs saving, half width at full depth about 70%. The schedule spends
-    its narrow stage shallow and its shallow stage wide.
+    element-wise work) while fewer blocks save time nearly in proportion:
+    on the AMD host, `benchmarks/width_depth_grid.py` gave the full width at
+    2/3 of the blocks 87-106% of its FLOPs saving, half width at full depth
+    66-76%. The schedule spends its narrow stage shallow and its shallow
+    stage wide. Measured on `standard` (seed 0): -0.42 points, more than the
+    w25 schedule with rescaling loses (method card).
     """
     return factory("cnn", widths=(0.5, 1.0, 1.0), depth_fractions=(2 / 3, 2 / 3, 1.0),
                    rescale="sqrt")(build_model, context)
