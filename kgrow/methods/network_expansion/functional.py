@@ -103,23 +103,23 @@ def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.
     if depth_fractions is not None and start_depth is not None:
         raise ValueError("give start_depth (linear depth growth) or depth_fractions (one per "
                          "stage), not both")
-    lists = {}
+    both = widths is not None and depth_fractions is not None
+    checked = {}
     for label, values in (("widths", widths), ("depth_fractions", depth_fractions)):
         if values is None:
             continue
         values = [_check_fraction(f"each of {label}", v) for v in values]
         # A dimension may pause only while the other one grows (checked below).
-        strict = depth_fractions is None or widths is None
         if not values or values[-1] != 1.0 or any(
-                b < a or (strict and b == a) for a, b in zip(values, values[1:])):
-            raise ValueError(f"{label} must {'increase' if strict else 'not decrease'} and "
+                b < a or (not both and b == a) for a, b in zip(values, values[1:])):
+            raise ValueError(f"{label} must {'not decrease' if both else 'increase'} and "
                              f"end at the full model 1.0, got {list(values)}")
         if stage_epochs is not None and len(stage_epochs) != len(values):
             raise ValueError(f"stage_epochs has {len(stage_epochs)} entries for "
                              f"{len(values)} {label}; give one first epoch per stage")
-        lists[label] = values
-    if len(lists) == 2:
-        widths, depth_fractions = lists["widths"], lists["depth_fractions"]
+        checked[label] = values
+    widths, depth_fractions = checked.get("widths"), checked.get("depth_fractions")
+    if both:
         if len(widths) != len(depth_fractions):
             raise ValueError(f"widths has {len(widths)} stages and depth_fractions "
                              f"{len(depth_fractions)}; give one of each per stage")
@@ -128,12 +128,10 @@ def cnn_schedule(total_epochs: int, num_stages: int = 3, start_width: float = 0.
         if still:
             raise ValueError(f"stage(s) {still} grow neither width nor depth "
                              f"(widths {widths}, depth_fractions {depth_fractions})")
-    if lists:
-        widths = lists.get("widths", widths)
-        depth_fractions = lists.get("depth_fractions", depth_fractions)
-        num_stages = len(widths if widths is not None else depth_fractions)
-        if widths is not None:
-            start_width = widths[0]
+    if checked:
+        num_stages = len(next(iter(checked.values())))
+    if widths is not None:
+        start_width = widths[0]
     if stage_epochs is None:
         if total_epochs < num_stages:
             raise ValueError(f"{num_stages} stages need at least {num_stages} epochs, got "
