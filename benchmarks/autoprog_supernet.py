@@ -9,10 +9,15 @@
 2. `smoke`: AutoProg (or the plain baseline) on 2000 Fashion-MNIST images,
    ViT dim 64, depth 6, patch 4, 9 epochs, 3 stages, 1 supernet epoch;
    prints the searched schedule, test accuracy and the search's costs.
+3. `scores`: the first search of `standard-vit`'s ViT (dim 128, depth 6,
+   patch 4) on 10,000 Fashion-MNIST images, one supernet epoch from the
+   initialization: every candidate's scoring loss with the EMA, with and
+   without its warm-up, next to the loss with the online weights.
 
 Usage:
     python benchmarks/autoprog_supernet.py steps [--rounds 4] [--steps 8]
     python benchmarks/autoprog_supernet.py smoke [--baseline]
+    python benchmarks/autoprog_supernet.py scores
 """
 from __future__ import annotations
 
@@ -123,15 +128,61 @@ def smoke(baseline: bool, epochs=9) -> dict:
     return out
 
 
+class _ScoredOnline(AutoProg):
+    """AutoProg that also scores every candidate with the online weights."""
+
+    def candidate_losses(self, candidates=None):
+        losses, seconds = super().candidate_losses(candidates)
+        candidates = self.search["candidates"] if candidates is None else candidates
+        x, y, batch = self._score_arrays()
+        online = []
+        for cand in candidates:
+            self._switch(cand)
+            batches = [float(self._score_fn(x[i:i + batch], y[i:i + batch]))
+                       for i in range(0, len(x), batch)]
+            online.append(sum(batches) / (len(x) // batch))
+        self._assigned = None
+        self.scored = {"candidates": [dict(c) for c in candidates], "ema": losses,
+                       "online": online}
+        return losses, seconds
+
+
+def scores() -> dict:
+    class StopAfterSearch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch >= 1
+
+    out = {}
+    for warmup in (False, True):
+        keras.utils.set_random_seed(0)
+        bundle = kgrow.data.load("fashion_mnist", batch_size=128, subset=10_000, seed=0,
+                                 resizable=True)
+        model = kgrow.models.vit((28, 28, 1), 10, depth=6, dim=128, heads=4, patch_size=4)
+        model.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.05),
+                      keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
+        TrainingController.of(model).attach_selection(bundle.selection)
+        search = _ScoredOnline(6, bundle, num_stages=2, supernet_epochs=1, verbose=0,
+                               ema_warmup=warmup)
+        model.fit(bundle.train, epochs=6, callbacks=[search, StopAfterSearch()], verbose=2)
+        chosen = next(e for e in search.events if e.get("kind") == "chosen")
+        out["warmup" if warmup else "no_warmup"] = dict(search.scored, choice=chosen["choice"],
+                                                        w=chosen["w"])
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("steps", "smoke"))
+    parser.add_argument("what", choices=("steps", "smoke", "scores"))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--baseline", action="store_true")
     args = parser.parse_args()
-    result = (steps(args.rounds, args.steps) if args.what == "steps"
-              else smoke(args.baseline))
+    if args.what == "steps":
+        result = steps(args.rounds, args.steps)
+    elif args.what == "smoke":
+        result = smoke(args.baseline)
+    else:
+        result = scores()
     print(json.dumps(result, indent=1, default=float))
 
 

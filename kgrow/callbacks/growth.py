@@ -319,6 +319,9 @@ class Growth(ControlledCallback):
             AutoProg's RandInit).
         ema_decay: decay of the EMA kept for depth_source="ema" (default:
             a half-life of one epoch).
+        ema_warmup: warm that EMA's decay up after every restart
+            (`kgrow.controller.ema.warmup_decay`), so it does not carry a
+            fresh initialization for several half-lives.
         reset_optimizer: start optimizer moments at zero after each growth
             (Network Expansion and AutoProg do; the LR schedule continues
             either way).
@@ -354,7 +357,7 @@ class Growth(ControlledCallback):
     def __init__(self, schedule: Union[GrowthSchedule, Sequence], *, initializer="zeros",
                  importance="l1", depth_mapping: Union[str, Callable] = "interpolation",
                  depth_source: str = "neighbour", ema_decay: Optional[float] = None,
-                 reset_optimizer: bool = False, reset_ema: bool = True, block_spec=None,
+                 ema_warmup: bool = False, reset_optimizer: bool = False, reset_ema: bool = True, block_spec=None,
                  reset_drop_path: Union[bool, float] = True, seed: int = 0,
                  full_resolution=None, interpolation: str = "bicubic",
                  position_table: str = "resample",
@@ -382,6 +385,7 @@ class Growth(ControlledCallback):
         self.depth_mapping = depth_mapping
         self.depth_source = depth_source
         self.ema_decay = ema_decay
+        self.ema_warmup = bool(ema_warmup)
         self.reset_optimizer = reset_optimizer
         self.reset_ema = reset_ema
         self.block_spec = block_spec
@@ -482,12 +486,19 @@ class Growth(ControlledCallback):
                 "selection: load the data with resizable=True and call "
                 "TrainingController.of(model).attach_selection(bundle.selection) before fit.")
         ctrl.register_state("growth", self._get_state, self._set_state)
-        if self.depth_source == "ema" and self.EMA_NAME not in ctrl.emas:
-            steps = (self.params or {}).get("steps") or 100
-            if self.ema_decay is not None:
-                ctrl.add_ema(self.EMA_NAME, self.ema_decay)
-            else:
-                ctrl.add_ema(self.EMA_NAME, half_life_steps=steps)
+        if self.depth_source == "ema":
+            self._add_growth_ema((self.params or {}).get("steps") or 100)
+
+    def _add_growth_ema(self, steps_per_epoch: int) -> None:
+        """The EMA new blocks copy from (and AutoProg scores with), unless the
+        controller already has it (a resumed run)."""
+        ctrl = self.controller
+        if self.EMA_NAME in ctrl.emas:
+            return
+        if self.ema_decay is not None:
+            ctrl.add_ema(self.EMA_NAME, self.ema_decay, warmup=self.ema_warmup)
+        else:
+            ctrl.add_ema(self.EMA_NAME, half_life_steps=steps_per_epoch, warmup=self.ema_warmup)
 
     def on_train_end(self, logs=None):
         self.controller.unregister_state("growth")

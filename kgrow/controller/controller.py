@@ -559,12 +559,14 @@ class TrainingController:
                 half_life_steps: Optional[float] = None,
                 half_life_epochs: Optional[float] = None,
                 steps_per_epoch: Optional[int] = None,
-                trainable_only: bool = False) -> EMA:
+                trainable_only: bool = False, warmup: bool = False) -> EMA:
         """Adds an EMA copy of the model, updated after every optimizer step.
 
         Give exactly one of `decay`, `half_life_steps`, or `half_life_epochs`
         (with `steps_per_epoch`). Shadows start as copies of the current
-        weights.
+        weights. `warmup=True`: the decay warms up after every restart
+        (`kgrow.controller.ema.warmup_decay`), so an average restarted from a
+        fresh initialization does not keep it for several half-lives.
 
         Example:
             >>> import keras, numpy as np
@@ -578,7 +580,8 @@ class TrainingController:
             ...     ema_loss = model.evaluate(x, y, verbose=0)
         """
         value = resolve_decay(decay, half_life_steps, half_life_epochs, steps_per_epoch)
-        return self._components["ema"].add(name, value, trainable_only=trainable_only)
+        return self._components["ema"].add(name, value, trainable_only=trainable_only,
+                                           warmup=warmup)
 
     def ema(self, name: str) -> EMA:
         return self._components["ema"].get(name)

@@ -17,12 +17,23 @@ step counts (Network Expansion: 0.99996 on ImageNet); `rescale_decay` keeps
 the same half-life *in epochs* on a run with a different number of steps per
 epoch.
 
+An EMA that (re)starts from a model far from where training is going (a
+fresh initialization) keeps that start for several half-lives: one half-life
+after a restart from random weights, half of the average *is* the random
+weights. `warmup=True` applies TensorFlow's `ExponentialMovingAverage`
+``num_updates`` rule, ``decay_t = min(decay, (1 + t) / (10 + t))`` with `t`
+the updates since the last restart (`warmup_decay`), so the average follows
+the weights closely at first and reaches the configured decay after
+``(10 * decay - 1) / (1 - decay)`` updates.
+
 Example:
     >>> round(half_life_steps(decay_for_half_life(100)), 6)
     100.0
     >>> d = rescale_decay(0.99996, steps_per_epoch=1251, new_steps_per_epoch=390)
     >>> round(half_life_steps(d) / 390, 3) == round(half_life_steps(0.99996) / 1251, 3)
     True
+    >>> [round(warmup_decay(0.999, t), 3) for t in (0, 90, 10**5)]
+    [0.1, 0.91, 0.999]
 """
 from __future__ import annotations
 
@@ -39,7 +50,7 @@ from kgrow.controller.component import Component, register_kind
 from kgrow.controller.step import ORDER_EMA
 
 __all__ = ["EMA", "EMAs", "decay_for_half_life", "half_life_steps", "rescale_decay",
-           "resolve_decay"]
+           "resolve_decay", "warmup_decay"]
 
 
 def decay_for_half_life(steps: float) -> float:
@@ -71,6 +82,12 @@ def rescale_decay(decay: float, steps_per_epoch: float, new_steps_per_epoch: flo
         if not v or v <= 0:
             raise ValueError(f"{name} must be positive, got {v}")
     return decay ** (float(steps_per_epoch) / float(new_steps_per_epoch))
+
+
+def warmup_decay(decay: float, updates: float) -> float:
+    """The decay of update number `updates` (0-based) since a restart with warm-up."""
+    decay = _check_decay(decay)
+    return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
 def _check_decay(decay) -> float:
@@ -124,6 +141,8 @@ class EMA:
         name: the EMA's name in its controller.
         decay: current decay (settable; takes effect without a retrace).
         trainable_only: average only trainable weights (else all float weights).
+        warmup: the decay warms up after every restart (`warmup_decay`).
+        updates: updates since the shadows last restarted from the model.
 
     Example:
         >>> import keras, kgrow
@@ -133,13 +152,19 @@ class EMA:
         ['d/bias', 'd/kernel']
     """
 
-    def __init__(self, controller, name: str, decay: float, trainable_only: bool = False):
+    def __init__(self, controller, name: str, decay: float, trainable_only: bool = False,
+                 warmup: bool = False):
         self._controller = controller
         self.name = name
         self.trainable_only = bool(trainable_only)
+        self.warmup = bool(warmup)
         with controller.scope():
             self._decay = tf.Variable(_check_decay(decay), trainable=False, dtype=tf.float32,
                                       name=f"kgrow_ema_{name}_decay")
+            # float32 counts exactly to 2**24 updates, where the warm-up
+            # decay is within 1e-6 of 1 and no longer the smaller one.
+            self._updates = tf.Variable(0.0, trainable=False, dtype=tf.float32,
+                                        name=f"kgrow_ema_{name}_updates")
         self._shadows: dict[str, tf.Variable] = {}
         self._sources: dict[str, object] = {}
         self.reset_to_model()
@@ -152,6 +177,15 @@ class EMA:
     @decay.setter
     def decay(self, value) -> None:
         self._decay.assign(_check_decay(value))
+
+    @property
+    def updates(self) -> int:
+        return int(self._updates.numpy())
+
+    @property
+    def effective_decay(self) -> float:
+        """The decay the next update uses."""
+        return warmup_decay(self.decay, self.updates) if self.warmup else self.decay
 
     @property
     def paths(self) -> list[str]:
@@ -172,6 +206,7 @@ class EMA:
 
     def reset_to_model(self) -> None:
         """Shadows become copies of the current weights (re-created if the set changed)."""
+        self._updates.assign(0.0)
         sources = self._model_weights()
         if list(sources) == list(self._sources) and all(
                 tuple(self._shadows[p].shape) == tuple(v.shape) for p, v in sources.items()):
@@ -213,6 +248,9 @@ class EMA:
     def _update(self, ctx) -> None:
         """Post-update hook: one EMA step for every shadow (cross-replica context)."""
         decay = self._decay
+        if self.warmup:
+            t = tf.convert_to_tensor(self._updates)
+            decay = tf.minimum(tf.convert_to_tensor(decay), (1.0 + t) / (10.0 + t))
 
         def step(shadow, weight, d):
             rate = tf.cast(1.0 - d, shadow.dtype)
@@ -220,6 +258,7 @@ class EMA:
 
         for p, shadow in self._shadows.items():
             ctx.update(shadow, step, self._sources[p], decay)
+        ctx.update(self._updates, lambda v: v.assign_add(1.0))
 
     # -- reading and using ----------------------------------------------------
     def values(self) -> dict:
@@ -271,7 +310,8 @@ class EMA:
 
     def __repr__(self):
         return (f"EMA(name={self.name!r}, decay={self.decay}, variables={len(self._shadows)}, "
-                f"half_life_steps={half_life_steps(self.decay):.1f})")
+                f"half_life_steps={half_life_steps(self.decay):.1f}"
+                f"{', warmup=True' if self.warmup else ''})")
 
 
 @register_kind
@@ -281,7 +321,8 @@ class EMAs(Component):
     Growth: shadows are carried through the plan (new entries copy the new
     weights), or restart as copies of the model with `reset=True`. A model
     taken back from another architecture restarts every EMA as a copy of it.
-    Checkpoints hold each EMA's decay, `trainable_only` and shadows.
+    Checkpoints hold each EMA's decay, `trainable_only`, warm-up flag, update
+    count and shadows.
     """
 
     kind = "ema"
@@ -291,13 +332,14 @@ class EMAs(Component):
     def __init__(self):
         self.emas: dict[str, EMA] = {}
 
-    def add(self, name: str, decay: float, trainable_only: bool = False) -> EMA:
+    def add(self, name: str, decay: float, trainable_only: bool = False,
+            warmup: bool = False) -> EMA:
         if not isinstance(name, str) or not name:
             raise TypeError(f"EMA name must be a non-empty string, got {name!r}")
         if name in self.emas:
             raise ValueError(f"An EMA named {name!r} already exists "
                              f"(EMAs: {sorted(self.emas)}).")
-        ema = EMA(self.host, name, decay, trainable_only=trainable_only)
+        ema = EMA(self.host, name, decay, trainable_only=trainable_only, warmup=warmup)
         self.emas[name] = ema
         self.host.hooks.add_post_update(ema._update, name=f"ema:{name}", order=ORDER_EMA)
         self.host.request_retrace()
@@ -332,11 +374,15 @@ class EMAs(Component):
 
     def get_state(self):
         return {name: {"decay": e.decay, "trainable_only": e.trainable_only,
-                       "shadows": e.values()} for name, e in self.emas.items()}
+                       "warmup": e.warmup, "updates": e.updates, "shadows": e.values()}
+                for name, e in self.emas.items()}
 
     def set_state(self, state, custom_objects=None) -> None:
         for name in list(self.emas):
             self.remove(name)
         for name, saved in (state or {}).items():
-            self.add(name, saved["decay"], trainable_only=saved["trainable_only"])._load(
-                saved["shadows"])
+            # Checkpoints from before the warm-up option have neither key.
+            ema = self.add(name, saved["decay"], trainable_only=saved["trainable_only"],
+                           warmup=saved.get("warmup", False))
+            ema._load(saved["shadows"])
+            ema._updates.assign(float(saved.get("updates", 0)))

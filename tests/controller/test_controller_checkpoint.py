@@ -162,6 +162,7 @@ def _compiled_small_model():
     model.compile(keras.optimizers.AdamW(schedule, weight_decay=0.01), "mse")
     controller = TrainingController.of(model)
     controller.add_ema("ema", decay=0.7)
+    controller.add_ema("warm", decay=0.9, warmup=True)
     controller.set_lr_multipliers({"out": 0.5})
     return model, controller
 
@@ -195,8 +196,12 @@ def test_resume_after_growth_matches_uninterrupted_run(tmp_path):
         full_weights = {v.path: v.numpy() for v in full.weights}
         for v in resumed.weights:
             np.testing.assert_allclose(v.numpy(), full_weights[v.path], atol=1e-6, rtol=0)
-        for p, value in full_ctrl.ema("ema").values().items():
-            np.testing.assert_allclose(resumed_ctrl.ema("ema").values()[p], value, atol=1e-6)
+        for name in ("ema", "warm"):
+            for p, value in full_ctrl.ema(name).values().items():
+                np.testing.assert_allclose(resumed_ctrl.ema(name).values()[p], value, atol=1e-6)
+        # The warm-up counter came back from the checkpoint, not from zero.
+        assert resumed_ctrl.ema("warm").warmup
+        assert resumed_ctrl.ema("warm").updates == full_ctrl.ema("warm").updates == 16
     finally:
         from tensorflow.python.framework import config as tf_config
         tf_config.disable_op_determinism()

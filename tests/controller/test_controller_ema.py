@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from kgrow.controller import (ORDER_MASKS, TrainingController, decay_for_half_life,
                               half_life_steps, rescale_decay)
-from kgrow.controller.ema import resolve_decay
+from kgrow.controller.ema import resolve_decay, warmup_decay
 
 from ctrl_helpers import make_mlp, mirrored_strategy, regression_data, widen_hidden
 
@@ -61,6 +61,39 @@ def test_ema_matches_numpy_recurrence(kind):
         replicas = [np.asarray(c.numpy()) for c in shadow.values]
         assert len(replicas) == 2
         np.testing.assert_array_equal(replicas[0], replicas[1])
+
+
+@pytest.mark.parametrize("kind", ["default", "mirrored"])
+def test_ema_warmup_matches_numpy_recurrence_and_restarts(kind):
+    strategy = _strategy(kind)
+    with strategy.scope():
+        model = make_mlp()
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.5), "mse")
+    controller = TrainingController.of(model)
+    warm = controller.add_ema("warm", decay=0.99, warmup=True)
+    plain = controller.add_ema("plain", decay=0.99)
+    recorder = RecordWeights()
+    x, y = regression_data(n=48)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[recorder])
+    shadow = dict(recorder.history[0])
+    for t, weights in enumerate(recorder.history[1:]):
+        d = min(0.99, (1 + t) / (10 + t))
+        shadow = {p: d * shadow[p] + (1 - d) * weights[p] for p in shadow}
+    for p, value in warm.values().items():
+        np.testing.assert_allclose(value, shadow[p], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(plain.values()["hidden/kernel"],
+                               _numpy_ema(recorder.history, 0.99)["hidden/kernel"],
+                               rtol=1e-5, atol=1e-6)
+    # Six updates: the warm average sits much closer to the last weights.
+    last = recorder.history[-1]["hidden/kernel"]
+    assert (np.abs(warm.values()["hidden/kernel"] - last).max()
+            < 0.5 * np.abs(plain.values()["hidden/kernel"] - last).max())
+    assert warm.updates == plain.updates == 6
+    assert warm.effective_decay == pytest.approx(7 / 16)
+    assert plain.effective_decay == pytest.approx(0.99)
+    warm.reset_to_model()
+    assert warm.updates == 0 and warm.effective_decay == pytest.approx(0.1)
+    assert warmup_decay(0.99, 10 ** 6) == pytest.approx(0.99)
 
 
 def _trained_with_ema():

@@ -189,6 +189,9 @@ def test_autoprog_searches_recycles_logs_and_its_schedule_replays(tmp_path):
     history = model.fit(bundle.train, epochs=EPOCHS, verbose=0, callbacks=callbacks)
 
     # Scoring is deterministic (EMA weights, fixed subset, no augmentation).
+    # The scoring EMA warms up (restarted at the supernet, counted since).
+    ema = ctrl.ema(search.EMA_NAME)
+    assert ema.warmup and 0 < ema.updates <= EPOCHS * bundle.steps_per_epoch
     first, second = probe.seen
     assert len(first) == 9 and first == second and np.all(np.isfinite(first))
     # The lowest score won, and the recycled model has its sizes.

@@ -93,9 +93,13 @@ class AutoProg(Growth):
         seed: seed of the per-step sub-network sampling.
         schedule_path: if given, the searched schedule's JSON is written there
             after every choice and at the end of training.
-        depth_mapping, depth_source, ema_decay, reset_optimizer, reset_ema,
-        reset_drop_path, interpolation, verbose: as `Growth` (defaults: MoGrow,
-            i.e. interpolation placement, copies from the EMA; moments reset).
+        depth_mapping, depth_source, ema_decay, ema_warmup, reset_optimizer,
+        reset_ema, reset_drop_path, interpolation, verbose: as `Growth`
+            (defaults: MoGrow, i.e. interpolation placement, copies from the
+            EMA; moments reset). `ema_warmup` defaults to True here: the
+            first search's EMA restarts from the initialization, and without
+            warm-up half the scoring weights are still random one half-life
+            later, which flattens the candidates' losses into noise.
 
     Attributes:
         events: Growth's events plus "supernet", "chosen" (with candidates,
@@ -115,13 +119,15 @@ class AutoProg(Growth):
                  step_time: Union[str, Callable] = "measured", gating: str = "cond",
                  seed: int = 0, schedule_path: Optional[str] = None,
                  depth_mapping="interpolation", depth_source: str = "ema",
-                 ema_decay: Optional[float] = None, reset_optimizer: bool = True,
+                 ema_decay: Optional[float] = None, ema_warmup: bool = True,
+                 reset_optimizer: bool = True,
                  reset_ema: bool = True, reset_drop_path=True,
                  interpolation: str = "bicubic", verbose: int = 1):
         schedule = GrowthSchedule.linear(int(epochs), num_stages=num_stages, start=start,
                                          quantity=("resolution", "depth"))
         super().__init__(schedule, depth_mapping=depth_mapping, depth_source=depth_source,
-                         ema_decay=ema_decay, reset_optimizer=reset_optimizer,
+                         ema_decay=ema_decay, ema_warmup=ema_warmup,
+                         reset_optimizer=reset_optimizer,
                          reset_ema=reset_ema, reset_drop_path=reset_drop_path,
                          interpolation=interpolation, verbose=verbose)
         if int(supernet_epochs) < 1:
@@ -238,14 +244,10 @@ class AutoProg(Growth):
     # -- training hooks -------------------------------------------------------
     def on_train_begin(self, logs=None):
         ctrl = self.controller
-        if self.EMA_NAME not in ctrl.emas:  # the scoring (and MoGrow) EMA
-            # kgrow bundles have no static length: the scoring bundle tells it.
-            steps = ((self.params or {}).get("steps")
-                     or getattr(self.score_data, "steps_per_epoch", None) or 100)
-            if self.ema_decay is not None:
-                ctrl.add_ema(self.EMA_NAME, self.ema_decay)
-            else:
-                ctrl.add_ema(self.EMA_NAME, half_life_steps=steps)
+        # The scoring (and MoGrow) EMA, whatever depth_source is. kgrow
+        # bundles have no static length: the scoring bundle tells it.
+        self._add_growth_ema((self.params or {}).get("steps")
+                             or getattr(self.score_data, "steps_per_epoch", None) or 100)
         super().on_train_begin(logs)
         ctrl.register_state(STATE_NAME, self._get_search_state, self._set_search_state)
         self._train_start = time.perf_counter()
