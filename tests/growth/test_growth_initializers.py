@@ -47,7 +47,12 @@ def test_registry_names_and_errors():
         Net2Net(noise=-1)
 
 
-def test_a_registered_custom_initializer_is_used_by_scale_width():
+def test_a_registered_custom_initializer_is_used_by_scale_width(monkeypatch):
+    # A registry of this test's own: the name must not leak into tests that
+    # list the built-in initializers (xdist may run them later in this process).
+    import kgrow.growth.base as growth_base
+    monkeypatch.setattr(growth_base, "_REGISTRY", dict(growth_base._REGISTRY))
+
     class Ones(GrowthInitializer):
         name = "test_ones"
 
