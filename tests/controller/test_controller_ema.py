@@ -22,9 +22,11 @@ class RecordWeights(keras.callbacks.Callback):
 
 
 def _numpy_ema(history, decay):
+    """`decay`: a number, or a function of the update index (warm-up)."""
     shadow = dict(history[0])
-    for weights in history[1:]:
-        shadow = {p: decay * shadow[p] + (1 - decay) * weights[p] for p in shadow}
+    for t, weights in enumerate(history[1:]):
+        d = decay(t) if callable(decay) else decay
+        shadow = {p: d * shadow[p] + (1 - d) * weights[p] for p in shadow}
     return shadow
 
 
@@ -34,18 +36,23 @@ def _strategy(kind):
     return tf.distribute.get_strategy()
 
 
-@pytest.mark.parametrize("kind", ["default", "mirrored"])
-def test_ema_matches_numpy_recurrence(kind):
-    strategy = _strategy(kind)
-    with strategy.scope():
+def _fit_recording(kind, emas):
+    """One epoch of 6 steps with the EMAs `{name: add_ema kwargs}`; (EMAs, weight history)."""
+    with _strategy(kind).scope():
         model = make_mlp()
         model.compile(keras.optimizers.SGD(0.1, momentum=0.5), "mse")
     controller = TrainingController.of(model)
-    fast = controller.add_ema("fast", decay=0.7)
-    slow = controller.add_ema("slow", half_life_steps=3)
+    added = [controller.add_ema(name, **kwargs) for name, kwargs in emas.items()]
     recorder = RecordWeights()
     x, y = regression_data(n=48)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[recorder])
+    return added, recorder
+
+
+@pytest.mark.parametrize("kind", ["default", "mirrored"])
+def test_ema_matches_numpy_recurrence(kind):
+    (fast, slow), recorder = _fit_recording(
+        kind, {"fast": dict(decay=0.7), "slow": dict(half_life_steps=3)})
     assert len(recorder.history) == 7  # initial + 6 steps
     for ema, decay in ((fast, 0.7), (slow, 0.5 ** (1 / 3))):
         expected = _numpy_ema(recorder.history, decay)
@@ -65,20 +72,9 @@ def test_ema_matches_numpy_recurrence(kind):
 
 @pytest.mark.parametrize("kind", ["default", "mirrored"])
 def test_ema_warmup_matches_numpy_recurrence_and_restarts(kind):
-    strategy = _strategy(kind)
-    with strategy.scope():
-        model = make_mlp()
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.5), "mse")
-    controller = TrainingController.of(model)
-    warm = controller.add_ema("warm", decay=0.99, warmup=True)
-    plain = controller.add_ema("plain", decay=0.99)
-    recorder = RecordWeights()
-    x, y = regression_data(n=48)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[recorder])
-    shadow = dict(recorder.history[0])
-    for t, weights in enumerate(recorder.history[1:]):
-        d = min(0.99, (1 + t) / (10 + t))
-        shadow = {p: d * shadow[p] + (1 - d) * weights[p] for p in shadow}
+    (warm, plain), recorder = _fit_recording(
+        kind, {"warm": dict(decay=0.99, warmup=True), "plain": dict(decay=0.99)})
+    shadow = _numpy_ema(recorder.history, lambda t: min(0.99, (1 + t) / (10 + t)))
     for p, value in warm.values().items():
         np.testing.assert_allclose(value, shadow[p], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(plain.values()["hidden/kernel"],
